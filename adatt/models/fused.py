@@ -1,0 +1,333 @@
+"""Models built from fusion levels: AdaTT-sp, AdaTT, PLE/CGC, MMoE, ML-MMoE.
+
+Notation: B batch, T tasks, L levels, E experts of a level, G units of a level.
+
+All five are a stack of :class:`~adatt.modules.fusion.FusionLevel` whose
+wiring (:class:`~adatt.modules.fusion.LevelPlan`) encodes the paper's
+semantics, on top of one :class:`~adatt.modules.layers.InputLinear` that
+computes, in a single product, the first layer of every expert and gate that
+reads the raw input, followed by :class:`~adatt.modules.towers.TowerBank`.
+
+* AdaTT-sp (Li et al., KDD'23, https://arxiv.org/abs/2304.04959, Eq. 1-11):
+  units = tasks; task t's experts and gate read task t's previous output;
+  each gate weighs all experts; NativeExpertLF ``v_t`` on its own experts
+  (fixed to 1 when ``m_t = 1``).
+* AdaTT (general): plus one shared unit with ``m_s`` experts; the shared unit
+  gates all experts with its own NativeExpertLF except at the last level,
+  where it only supplies experts.
+* PLE (Tang et al., RecSys'20; CGC with one level): task gates weigh their own
+  plus the shared experts, the shared gate weighs all, none at the last level.
+* MMoE (Ma et al., KDD'18) and ML-MMoE: ``n`` experts per level; every gate
+  reads the raw input; level l's gates (n of them, T at the last level) make
+  the inputs of level l+1's experts.
+
+Example:
+    >>> import torch
+    >>> m = AdaTT(num_tasks=2, dense_dim=3, expert_sizes=[16, 8], experts_per_task=2,
+    ...           shared_experts=1)
+    >>> m(torch.randn(4, 3), torch.zeros(4, 0, dtype=torch.long)).shape
+    torch.Size([4, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from adatt.models.base import MultiTaskModel, level_sizes, per_task_counts
+from adatt.models.registry import register_model
+from adatt.modules.fusion import FusionLevel, Gate, LevelPlan
+from adatt.modules.layers import InputLinear
+from adatt.modules.towers import TowerBank
+
+__all__ = ["FusedExpertModel", "AdaTTSp", "AdaTT", "PLE", "MMoE", "MLMMoE"]
+
+
+class FusedExpertModel(MultiTaskModel):
+    """Input product, fusion levels built from ``plans``, towers.
+
+    Args:
+        plans: one :class:`LevelPlan` per level; the last level has T gates.
+        num_tasks, dense_dim, cat_cardinalities, embedding_dim: the input.
+        expert_sizes: per level, every expert's MLP widths.
+        gate_hidden: hidden widths of every gate.
+        tower_sizes: hidden widths of every task tower.
+        activation: activation name.
+    """
+
+    def __init__(
+        self,
+        plans: Sequence[LevelPlan],
+        num_tasks: int,
+        dense_dim: int,
+        cat_cardinalities: Sequence[int],
+        embedding_dim: int | None,
+        expert_sizes: Sequence[int | Sequence[int]],
+        gate_hidden: Sequence[int],
+        tower_sizes: Sequence[int],
+        activation: str,
+    ) -> None:
+        super().__init__()
+        sizes = level_sizes(expert_sizes)
+        if len(plans) != len(sizes):
+            raise ValueError("one plan per level")
+        if len(plans[-1].gates) != num_tasks:
+            raise ValueError("the last level must have one unit per task")
+        self.num_tasks = num_tasks
+        levels, in_dim = [], None
+        for i, (plan, s) in enumerate(zip(plans, sizes, strict=True)):
+            levels.append(
+                FusionLevel(plan, in_dim or 0, s, gate_hidden, activation, first_external=i == 0)
+            )
+            in_dim = s[-1]
+        self.levels = nn.ModuleList(levels)
+        # x-consumers: level 0's experts and gates, then later levels' external gates
+        self.split = [levels[0].first_width] + [lv.external_width for lv in levels[1:]]
+        self.input = InputLinear(dense_dim, cat_cardinalities, embedding_dim, sum(self.split))
+        self.towers = TowerBank(num_tasks, sizes[-1][-1], tower_sizes, activation)
+
+    def _forward(self, dense: Tensor, cat: Tensor, want_weights: bool) -> tuple[Tensor, list]:
+        z = self.input(dense, cat)  # [B, sum(split)]
+        parts = z.split(self.split, dim=1) if len(self.split) > 1 else (z,)
+        weights = []
+        h = z
+        for i, (level, pre) in enumerate(zip(self.levels, parts, strict=True)):
+            gate_pre = pre if level.plan.external_gates else None
+            x = pre if i == 0 else h  # level 0 takes its pre-activations, later ones [B,G,d]
+            if want_weights:
+                h, w = level(x, gate_pre, return_weights=True)
+                weights.append(w)
+            else:
+                h = level(x, gate_pre)
+        return self.towers(h), weights
+
+
+def _owners(counts: Sequence[int]) -> list[int]:
+    return [u for u, m in enumerate(counts) for _ in range(m)]
+
+
+def _ranges(counts: Sequence[int]) -> list[tuple[int, ...]]:
+    out, off = [], 0
+    for m in counts:
+        out.append(tuple(range(off, off + m)))
+        off += m
+    return out
+
+
+@register_model
+class AdaTTSp(FusedExpertModel):
+    """AdaTT-sp: task-specific fusion units only (Li et al., KDD'23, Eq. 1-11).
+
+    Args:
+        num_tasks: T.
+        dense_dim: width of the dense input.
+        cat_cardinalities: cardinality of each categorical field.
+        embedding_dim: None: categorical fields act as one-hot columns; else
+            learned embeddings of this size.
+        expert_sizes: per fusion level, the expert MLP widths (int = 1 layer).
+        experts_per_task: ``m_t``, an int or one count per task.
+        gate_hidden: hidden widths of the gates (default: 1-layer softmax).
+        tower_sizes: task tower hidden widths.
+        activation: activation name.
+        native_fusion: NativeExpertLF on (paper) or off (Table 6 ablation).
+    """
+
+    name = "adatt_sp"
+    description = "AdaTT-sp: task-specific units, gated fusion of all experts + NativeExpertLF"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        dense_dim: int = 0,
+        cat_cardinalities: Sequence[int] = (),
+        embedding_dim: int | None = None,
+        expert_sizes: Sequence[int | Sequence[int]] = (128, 64),
+        experts_per_task: int | Sequence[int] = 2,
+        gate_hidden: Sequence[int] = (),
+        tower_sizes: Sequence[int] = (32,),
+        activation: str = "relu",
+        native_fusion: bool = True,
+    ) -> None:
+        m = per_task_counts(experts_per_task, num_tasks, "experts_per_task")
+        own, E = _ranges(m), sum(m)
+        plans = []
+        for lvl in range(len(level_sizes(expert_sizes))):
+            first = lvl == 0
+            gates = tuple(
+                Gate(
+                    0 if first else t,
+                    tuple(range(E)),
+                    own[t] if native_fusion else (),
+                    native_learned=m[t] > 1,
+                )
+                for t in range(num_tasks)
+            )
+            src = (0,) * E if first else tuple(_owners(m))
+            plans.append(LevelPlan(1 if first else num_tasks, src, gates))
+        self.experts_per_task, self.native_fusion = m, native_fusion
+        super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
+                         expert_sizes, gate_hidden, tower_sizes, activation)
+
+
+def _with_shared_unit_plans(
+    num_tasks: int, m: list[int], m_s: int, num_levels: int, ple: bool, native_fusion: bool
+) -> list[LevelPlan]:
+    counts = [*m, m_s]
+    own, E, T = _ranges(counts), sum(counts), num_tasks
+    shared = own[T]
+    plans = []
+    for lvl in range(num_levels):
+        first, last = lvl == 0, lvl == num_levels - 1
+        units = range(T) if last else range(T + 1)
+        gates = []
+        for u in units:
+            src = 0 if first else u
+            if ple:
+                experts = tuple(range(E)) if u == T else own[u] + shared
+                gates.append(Gate(src, experts))
+            else:
+                native = own[u] if native_fusion else ()
+                gates.append(Gate(src, tuple(range(E)), native, native_learned=counts[u] > 1))
+        src = (0,) * E if first else tuple(_owners(counts))
+        plans.append(LevelPlan(1 if first else T + 1, src, tuple(gates)))
+    return plans
+
+
+@register_model
+class AdaTT(FusedExpertModel):
+    """General AdaTT: task units plus a shared fusion unit (Li et al., KDD'23, Sec. 3.3).
+
+    Args: as :class:`AdaTTSp`, plus ``shared_experts`` (``m_s`` >= 0).
+    """
+
+    name = "adatt"
+    description = "AdaTT: task units + a shared fusion unit that gates all experts"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        dense_dim: int = 0,
+        cat_cardinalities: Sequence[int] = (),
+        embedding_dim: int | None = None,
+        expert_sizes: Sequence[int | Sequence[int]] = (128, 64),
+        experts_per_task: int | Sequence[int] = 1,
+        shared_experts: int = 3,
+        gate_hidden: Sequence[int] = (),
+        tower_sizes: Sequence[int] = (32,),
+        activation: str = "relu",
+        native_fusion: bool = True,
+    ) -> None:
+        m = per_task_counts(experts_per_task, num_tasks, "experts_per_task")
+        if shared_experts < 0:
+            raise ValueError("shared_experts must be >= 0")
+        L = len(level_sizes(expert_sizes))
+        plans = _with_shared_unit_plans(num_tasks, m, shared_experts, L, False, native_fusion)
+        self.experts_per_task, self.shared_experts = m, shared_experts
+        self.native_fusion = native_fusion
+        super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
+                         expert_sizes, gate_hidden, tower_sizes, activation)
+
+
+@register_model
+class PLE(FusedExpertModel):
+    """PLE (Tang et al., RecSys'20); CGC when it has one level.
+
+    Args: as :class:`AdaTT` without ``native_fusion``.
+    """
+
+    name = "ple"
+    description = "PLE / CGC: task gates over own + shared experts, shared gate over all"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        dense_dim: int = 0,
+        cat_cardinalities: Sequence[int] = (),
+        embedding_dim: int | None = None,
+        expert_sizes: Sequence[int | Sequence[int]] = (128, 64),
+        experts_per_task: int | Sequence[int] = 1,
+        shared_experts: int = 3,
+        gate_hidden: Sequence[int] = (),
+        tower_sizes: Sequence[int] = (32,),
+        activation: str = "relu",
+    ) -> None:
+        m = per_task_counts(experts_per_task, num_tasks, "experts_per_task")
+        if shared_experts < 0:
+            raise ValueError("shared_experts must be >= 0")
+        L = len(level_sizes(expert_sizes))
+        plans = _with_shared_unit_plans(num_tasks, m, shared_experts, L, True, False)
+        self.experts_per_task, self.shared_experts = m, shared_experts
+        super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
+                         expert_sizes, gate_hidden, tower_sizes, activation)
+
+
+def _mmoe_plans(num_tasks: int, n: int, num_levels: int) -> list[LevelPlan]:
+    if n < 1:
+        raise ValueError("num_experts must be >= 1")
+    plans = []
+    for lvl in range(num_levels):
+        first, last = lvl == 0, lvl == num_levels - 1
+        G = num_tasks if last else n
+        gates = tuple(Gate(0 if first else None, tuple(range(n))) for _ in range(G))
+        plans.append(LevelPlan(1 if first else n, (0,) * n if first else tuple(range(n)), gates))
+    return plans
+
+
+@register_model
+class MLMMoE(FusedExpertModel):
+    """Multi-level MMoE: level l's n gates (T at the last) fuse its experts into the
+    inputs of level l+1's n experts; every gate reads the raw input.
+
+    Args:
+        num_experts: n experts per level.
+        Others as :class:`AdaTTSp`.
+    """
+
+    name = "ml_mmoe"
+    description = "Multi-level MMoE: stacked MMoE levels, every gate reads the raw input"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        dense_dim: int = 0,
+        cat_cardinalities: Sequence[int] = (),
+        embedding_dim: int | None = None,
+        expert_sizes: Sequence[int | Sequence[int]] = (128, 64),
+        num_experts: int = 6,
+        gate_hidden: Sequence[int] = (),
+        tower_sizes: Sequence[int] = (32,),
+        activation: str = "relu",
+    ) -> None:
+        plans = _mmoe_plans(num_tasks, num_experts, len(level_sizes(expert_sizes)))
+        self.num_experts = num_experts
+        super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
+                         expert_sizes, gate_hidden, tower_sizes, activation)
+
+
+@register_model
+class MMoE(MLMMoE):
+    """MMoE (Ma et al., KDD'18, Eq. 12-13): n shared experts on x, one gate per task.
+
+    Args: as :class:`MLMMoE` with a single level (``expert_sizes`` = one MLP).
+    """
+
+    name = "mmoe"
+    description = "MMoE: shared experts on the input, one softmax gate per task"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        dense_dim: int = 0,
+        cat_cardinalities: Sequence[int] = (),
+        embedding_dim: int | None = None,
+        expert_sizes: Sequence[int | Sequence[int]] = ((128, 64),),
+        num_experts: int = 6,
+        gate_hidden: Sequence[int] = (),
+        tower_sizes: Sequence[int] = (32,),
+        activation: str = "relu",
+    ) -> None:
+        if len(level_sizes(expert_sizes)) != 1:
+            raise ValueError("mmoe has one level: give expert_sizes as one MLP, e.g. [[128, 64]]")
+        super().__init__(num_tasks, dense_dim, cat_cardinalities, embedding_dim, expert_sizes,
+                         num_experts, gate_hidden, tower_sizes, activation)

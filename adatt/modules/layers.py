@@ -1,0 +1,186 @@
+"""Batched linear building blocks shared by every model.
+
+Notation: B batch, S slots (independent linear maps run as one batched
+product), D input width, W output width, Dd dense width, F categorical fields.
+
+* :class:`InputLinear` -- the first linear map applied to a raw example
+  ``x = [dense, onehot(cat)]`` (or ``[dense, embed(cat)]``). In one-hot mode the
+  categorical part is an embedding-bag *gather* of weight rows, never a
+  product with one-hot columns: ``onehot(c) @ W == W[c]``.
+* :class:`SlotLinear` -- S linear maps, slot ``s`` reading its own input
+  ``x[s]``, computed as one ``baddbmm``. Slots may have different output widths;
+  narrower slots are zero-padded to the widest.
+
+Example:
+    >>> import torch
+    >>> lin = InputLinear(dense_dim=2, cardinalities=[3, 4], embedding_dim=None, out_features=5)
+    >>> lin(torch.randn(8, 2), torch.zeros(8, 2, dtype=torch.long)).shape
+    torch.Size([8, 5])
+    >>> SlotLinear(3, 4, [2, 2, 2])(torch.randn(3, 8, 4)).shape
+    torch.Size([3, 8, 2])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ACTIVATIONS", "activation_fn", "InputLinear", "SlotLinear", "uniform_init_"]
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+    "leaky_relu": F.leaky_relu,
+}
+
+
+def activation_fn(name: str):
+    """The element-wise activation called ``name`` (relu, gelu, silu, tanh, leaky_relu)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}"
+        ) from None
+
+
+def uniform_init_(t: Tensor, fan_in: int) -> Tensor:
+    """``nn.Linear``'s default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    with torch.no_grad():
+        return t.uniform_(-bound, bound)
+
+
+class InputLinear(nn.Module):
+    """First linear map of a raw example, for every consumer of ``x`` at once.
+
+    ``x = [dense, onehot(cat_1), ..., onehot(cat_F)]`` when ``embedding_dim`` is
+    None (the categorical part costs a gather of F weight rows per example), or
+    ``x = [dense, E_1[cat_1], ..., E_F[cat_F]]`` with learned embeddings of size
+    ``embedding_dim``.
+
+    Args:
+        dense_dim: Dd, width of the dense input (may be 0).
+        cardinalities: per categorical field, its number of indices.
+        embedding_dim: None for one-hot semantics, else the embedding size.
+        out_features: N, total width of all consumers' first layers.
+
+    Shapes: ``dense [B, Dd]``, ``cat [B, F]`` int64 -> ``[B, N]``.
+    """
+
+    def __init__(
+        self,
+        dense_dim: int,
+        cardinalities: Sequence[int],
+        embedding_dim: int | None,
+        out_features: int,
+    ) -> None:
+        super().__init__()
+        self.dense_dim = int(dense_dim)
+        self.cardinalities = [int(c) for c in cardinalities]
+        self.embedding_dim = embedding_dim
+        self.out_features = int(out_features)
+        if self.dense_dim == 0 and not self.cardinalities:
+            raise ValueError("the model needs an input: dense_dim > 0 or categorical fields")
+        if any(c < 1 for c in self.cardinalities):
+            raise ValueError("every categorical cardinality must be >= 1")
+        offsets = torch.tensor([0, *self.cardinalities[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        n_cat = sum(self.cardinalities)
+        if embedding_dim is None:
+            fan_in = self.dense_dim + n_cat  # as nn.Linear over one-hot columns
+            self.cat_weight = nn.Parameter(torch.empty(n_cat, out_features)) if n_cat else None
+            self.embedding = None
+        else:
+            if embedding_dim < 1:
+                raise ValueError("embedding_dim must be >= 1 (or null for one-hot input)")
+            fan_in = self.dense_dim + len(self.cardinalities) * embedding_dim
+            self.embedding = nn.Embedding(n_cat, embedding_dim) if n_cat else None
+            self.cat_weight = (
+                nn.Parameter(torch.empty(len(self.cardinalities) * embedding_dim, out_features))
+                if n_cat
+                else None
+            )
+        self.in_width = fan_in
+        self.dense_weight = (
+            nn.Parameter(torch.empty(self.dense_dim, out_features)) if self.dense_dim else None
+        )
+        self.bias = nn.Parameter(torch.empty(out_features))
+        for p in (self.dense_weight, self.cat_weight, self.bias):
+            if p is not None:
+                uniform_init_(p, fan_in)
+
+    def forward(self, dense: Tensor, cat: Tensor) -> Tensor:
+        out = self.bias
+        if self.cat_weight is not None:
+            idx = cat + self.offsets  # [B, F] global row indices
+            if self.embedding is None:
+                # one bag of F rows per example: sum_f W[idx_f]  [B,F] -> [B,N]
+                out = F.embedding_bag(idx, self.cat_weight, mode="sum") + out
+            else:
+                emb = self.embedding(idx).flatten(1)  # [B,F,k] -> [B,F*k]
+                out = torch.addmm(out, emb, self.cat_weight)  # [B,F*k] x [F*k,N] -> [B,N]
+        if self.dense_weight is not None:
+            out = torch.addmm(out, dense, self.dense_weight)  # [B,Dd] x [Dd,N] -> [B,N]
+        elif out.dim() == 1:
+            out = out.expand(cat.shape[0], -1)  # [N] -> [B,N]
+        return out
+
+
+class SlotLinear(nn.Module):
+    """S independent linear maps run as one batched product.
+
+    Slot ``s`` maps its own input ``x[s]`` of width D to ``widths[s]`` outputs;
+    the output is zero-padded to ``W = max(widths)``.
+
+    Args:
+        num_slots: S.
+        in_dim: D.
+        widths: output width of each slot (length S).
+
+    Shapes: ``x [S, B, D]`` -> ``[S, B, W]``.
+    """
+
+    def __init__(self, num_slots: int, in_dim: int, widths: Sequence[int]) -> None:
+        super().__init__()
+        widths = [int(w) for w in widths]
+        if len(widths) != num_slots:
+            raise ValueError("one width per slot is required")
+        self.num_slots, self.in_dim, self.widths = num_slots, in_dim, widths
+        self.out_dim = max(widths)
+        self.uniform = all(w == self.out_dim for w in widths)
+        if self.uniform:
+            self.weight = nn.Parameter(torch.empty(num_slots, in_dim, self.out_dim))
+            self.bias = nn.Parameter(torch.empty(num_slots, 1, self.out_dim))
+        else:
+            total = sum(widths)
+            self.weight = nn.Parameter(torch.empty(in_dim, total))
+            self.bias = nn.Parameter(torch.empty(total))
+            # padded column s*W + j takes flat column off_s + j, pads take the zero column
+            idx, off = [], 0
+            for w in widths:
+                idx += list(range(off, off + w)) + [total] * (self.out_dim - w)
+                off += w
+            self.register_buffer("pad_index", torch.tensor(idx), persistent=False)
+        uniform_init_(self.weight, in_dim)
+        uniform_init_(self.bias, in_dim)
+
+    def padded(self) -> tuple[Tensor, Tensor]:
+        """Weights ``[S, D, W]`` and biases ``[S, 1, W]`` with zero pads."""
+        if self.uniform:
+            return self.weight, self.bias
+        S, D, W = self.num_slots, self.in_dim, self.out_dim
+        w = F.pad(self.weight, (0, 1))[:, self.pad_index]  # [D, S*W]
+        w = w.view(D, S, W).transpose(0, 1)  # [D,S,W] -> [S,D,W]
+        b = F.pad(self.bias, (0, 1))[self.pad_index].view(S, 1, W)  # [S*W] -> [S,1,W]
+        return w, b
+
+    def forward(self, x: Tensor) -> Tensor:
+        w, b = self.padded()
+        return torch.baddbmm(b, x, w)  # [S,B,D] x [S,D,W] -> [S,B,W]
