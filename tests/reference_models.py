@@ -35,6 +35,8 @@ class LevelWeights:
         if lvl == 0:
             W, b = input_weight(model)
             self.W, self.b = W[:, : level.first_width], b[: level.first_width]
+        elif level.split_first:
+            self.W = self.b = None
         else:
             w, b = level.first.padded()  # [S,D,W], [S,1,W]
             S, D, Wd = w.shape
@@ -48,8 +50,12 @@ class LevelWeights:
             self.ext = (W[:, start : start + width], b[start : start + width])
 
     def expert(self, e: int, x: Tensor, act) -> Tensor:
-        cols = self.level.columns[("e", e)]
-        h = act(x @ self.W[:, cols] + self.b[cols])
+        if self.W is None:  # split first layer: one slot per expert
+            first = self.level.expert_first
+            h = act(x @ first.weight[e] + first.bias[e, 0])
+        else:
+            cols = self.level.columns[("e", e)]
+            h = act(x @ self.W[:, cols] + self.b[cols])
         for layer in self.level.expert_layers:
             h = act(h @ layer.weight[e] + layer.bias[e, 0])
         return h
@@ -60,6 +66,10 @@ class LevelWeights:
             W, b = self.ext
             g1 = W.shape[1] // self.level.num_gates
             cols = list(range(g * g1, (g + 1) * g1))
+        elif self.W is None:  # split first layer: one slot per gate
+            w, bb = self.level.gate_first.padded()
+            g1 = self.level.gate_first.widths[g]
+            W, b, cols = w[g], bb[g, 0], list(range(g1))
         else:
             W, b = self.W, self.b
             cols = self.level.columns[("g", g)]

@@ -143,6 +143,9 @@ class FusionLevel(nn.Module):
                 blocks[gate.src].append(("g", g, g1[g]))
         widths = [sum(w for _, _, w in b) for b in blocks]
         W = max(widths)
+        # fused: one product over slots for experts and gates together (no padding waste when
+        # every slot is as wide); split: one product over experts, one over gates
+        self.split_first = not first_external and any(w != W for w in widths)
         cols: dict[tuple[str, int], list[int]] = {}
         for s, b in enumerate(blocks):
             off = s * W
@@ -154,7 +157,16 @@ class FusionLevel(nn.Module):
         self.columns = cols  # (kind, id) -> columns of the flat first-layer output [B, S*W]
         self.first_width = W if first_external else None
         self.external_width = sum(g1) if plan.external_gates else 0
-        self.first = None if first_external else SlotLinear(S, in_dim, widths)
+        self.first = self.expert_first = self.gate_first = None
+        if self.split_first:
+            self.expert_first = SlotLinear(E, in_dim, [H] * E)
+            if not plan.external_gates:
+                self.gate_first = SlotLinear(G, in_dim, g1)
+            self.register_buffer("expert_src", torch.tensor(plan.expert_src), persistent=False)
+            self.register_buffer("gate_src", torch.tensor(
+                [g.src or 0 for g in plan.gates]), persistent=False)
+        elif not first_external:
+            self.first = SlotLinear(S, in_dim, widths)
         self._expert_slice = _as_slice(expert_cols)
         self._gate_slice = _as_slice(gate_cols)
         self.register_buffer("expert_cols", torch.tensor(expert_cols), persistent=False)
@@ -230,41 +242,57 @@ class FusionLevel(nn.Module):
         self, x: Tensor, gate_pre: Tensor | None = None, return_weights: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         E, G = self.num_experts, self.num_gates
-        if self.first_external:
-            flat = x  # [B, W] pre-activations of experts and gates
+        z_slots = None  # gate pre-activations already in [G, B, g1] layout (split mode)
+        if self.split_first:
+            B = x.shape[0]
+            xe = x.index_select(1, self.expert_src).transpose(0, 1)  # [B,S,D] -> [E,B,D]
+            h = self.expert_first(xe).transpose(0, 1)  # [E,B,D] x [E,D,H] -> [B,E,H]
+            if self.gate_first is not None:
+                xg = x.index_select(1, self.gate_src).transpose(0, 1)  # [B,S,D] -> [G,B,D]
+                z_slots = self.gate_first(xg)  # [G,B,D] x [G,D,g1] -> [G,B,g1]
         else:
-            y = self.first(x.transpose(0, 1))  # [B,S,D] -> [S,B,D] -> [S,B,W]
-            flat = y.transpose(0, 1).flatten(1)  # [S,B,W] -> [B,S*W]
-        B = flat.shape[0]
+            if self.first_external:
+                flat = x  # [B, W] pre-activations of experts and gates
+            else:
+                y = self.first(x.transpose(0, 1))  # [B,S,D] -> [S,B,D] -> [S,B,W]
+                flat = y.transpose(0, 1).flatten(1)  # [S,B,W] -> [B,S*W]
+            B = flat.shape[0]
+            if self._expert_slice is not None:
+                h = flat[:, self._expert_slice]
+            else:
+                h = flat.index_select(1, self.expert_cols)
+            h = h.reshape(B, E, -1)  # [B,E*H] -> [B,E,H]
 
         # experts: [B, E, H] -> deeper layers -> [B, E, d]
-        if self._expert_slice is not None:
-            h = flat[:, self._expert_slice]
-        else:
-            h = flat.index_select(1, self.expert_cols)
-        h = self.act(h.reshape(B, E, -1))  # [B,E*H] -> [B,E,H]
+        h = self.act(h)
         if len(self.expert_layers):
             h = h.transpose(0, 1)  # [B,E,H] -> [E,B,H]
             for layer in self.expert_layers:
                 h = self.act(layer(h))  # [E,B,a] x [E,a,b] -> [E,B,b]
             h = h.transpose(0, 1)  # [E,B,d] -> [B,E,d]
 
-        # gates: first-layer pre-activations [B, sum g1] -> logits [B, G, Kmax]
+        # gates: first-layer pre-activations -> logits [B, G, Kmax]
         if self.plan.external_gates:
             if gate_pre is None:
                 raise ValueError("this level's gates need their pre-activations (gate_pre)")
-            z = gate_pre
+            z = gate_pre  # [B, G*g1]
+        elif z_slots is not None:
+            z = z_slots
         elif self._gate_slice is not None:
             z = flat[:, self._gate_slice]
         else:
             z = flat.index_select(1, self.gate_cols)
         if len(self.gate_layers):
-            z = self.act(z).reshape(B, G, -1).transpose(0, 1)  # [B,G*h] -> [G,B,h]
+            if z_slots is None:
+                z = z.reshape(B, G, -1).transpose(0, 1)  # [B,G*h] -> [G,B,h]
+            z = self.act(z)
             for i, layer in enumerate(self.gate_layers):
                 z = layer(z)  # [G,B,a] x [G,a,b] -> [G,B,b]
                 if i < len(self.gate_layers) - 1:
                     z = self.act(z)
             logits = z.transpose(0, 1)  # [G,B,Kmax] -> [B,G,Kmax]
+        elif z_slots is not None:
+            logits = z_slots.transpose(0, 1)  # [G,B,Kmax] -> [B,G,Kmax], zero pads
         elif self.gate_uniform:
             logits = z.reshape(B, G, -1)  # [B,G*K] -> [B,G,K]
         else:

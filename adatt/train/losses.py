@@ -1,0 +1,177 @@
+"""Per-task training losses: binary cross-entropy and squared error, computed at once.
+
+Notation: B batch, T tasks, S ensemble copies (independently initialised models
+trained together; their outputs carry a leading ``S`` dimension).
+
+Models output raw scores ``[B, T]`` (or ``[S, B, T]``): a logit for a binary task,
+the prediction itself for a regression task. The sigmoid lives here and in
+:mod:`adatt.train.metrics`, never in the models.
+
+Per task t, with per-example weights ``w_b`` (1 when absent), the loss is the
+weighted mean over the batch
+
+    L_t = sum_b w_b l(x_bt, y_bt) / sum_b w_b,
+
+with ``l`` the binary cross-entropy with logits for a binary task and the squared
+error ``(x - y)^2`` for a regression task (the paper: cross-entropy for binary
+tasks, MSE for regression). Both forms are computed on the whole ``[B, T]`` block
+and one is picked per column with a precomputed mask, so there is no Python loop
+over tasks. When every task has the same kind only that form is computed.
+
+Example:
+    >>> import torch
+    >>> loss = TaskLoss(["binary", "regression"], task_weights=[1.0, 0.5])
+    >>> logits = torch.tensor([[0.0, 1.0], [0.0, 3.0]])
+    >>> labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> per_task = loss(logits, labels)          # [T]: BCE = log 2, MSE = (1 + 4) / 2
+    >>> per_task
+    tensor([0.6931, 2.5000])
+    >>> loss.total(per_task)                     # 1.0 * log 2 + 0.5 * 2.5
+    tensor(1.9431)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["TASK_KINDS", "TaskLoss", "task_losses", "elementwise_losses"]
+
+TASK_KINDS = ("binary", "regression")
+
+
+def _check_kinds(kinds: Sequence[str]) -> list[str]:
+    kinds = list(kinds)
+    if not kinds:
+        raise ValueError("at least one task kind is required")
+    for k in kinds:
+        if k not in TASK_KINDS:
+            raise ValueError(f"task kind must be one of {TASK_KINDS}, got {k!r}")
+    return kinds
+
+
+def elementwise_losses(logits: Tensor, labels: Tensor, kinds: Sequence[str]) -> Tensor:
+    """Unreduced per-example, per-task losses.
+
+    Args:
+        logits: ``[..., B, T]`` raw model outputs (leading dims, e.g. ``S``, allowed).
+        labels: ``[B, T]`` (or broadcastable to ``logits``).
+        kinds: T task kinds.
+
+    Returns:
+        ``[..., B, T]`` losses, in the dtype of ``logits``.
+    """
+    kinds = _check_kinds(kinds)
+    mask = torch.tensor([k == "binary" for k in kinds], device=logits.device)
+    return _elementwise(logits, labels, mask, all(mask.tolist()), not any(mask.tolist()))
+
+
+def _elementwise(
+    logits: Tensor, labels: Tensor, is_binary: Tensor, all_binary: bool, all_regression: bool
+) -> Tensor:
+    labels = labels.to(logits.dtype).expand_as(logits)  # [B,T] -> [...,B,T]
+    if all_binary:
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    if all_regression:
+        return (logits - labels).square()
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # [...,B,T]
+    se = (logits - labels).square()  # [...,B,T]
+    return torch.where(is_binary, bce, se)  # [T] mask broadcast over [...,B,T]
+
+
+def _batch_mean(per_example: Tensor, weight: Tensor | None) -> Tensor:
+    """(Weighted) mean over the batch dim (-2): ``[..., B, T] -> [..., T]``."""
+    if weight is None:
+        return per_example.mean(dim=-2)
+    if weight.dim() != 1 or weight.shape[0] != per_example.shape[-2]:
+        raise ValueError(
+            f"weight must be [B] with B={per_example.shape[-2]}, got {tuple(weight.shape)}"
+        )
+    w = weight.to(per_example.dtype)
+    return (per_example * w[:, None]).sum(dim=-2) / w.sum()  # [...,B,T] * [B,1] -> [...,T]
+
+
+def _check_shapes(logits: Tensor, labels: Tensor, num_tasks: int) -> None:
+    if logits.dim() not in (2, 3):
+        raise ValueError(f"logits must be [B, T] or [S, B, T], got {tuple(logits.shape)}")
+    if tuple(labels.shape) != tuple(logits.shape[-2:]):
+        raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
+    if logits.shape[-1] != num_tasks:
+        raise ValueError(f"logits have {logits.shape[-1]} tasks, expected {num_tasks}")
+
+
+def task_losses(
+    logits: Tensor,
+    labels: Tensor,
+    kinds: Sequence[str],
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Per-task losses, each a (weighted) mean over the batch.
+
+    Args:
+        logits: ``[B, T]`` or ``[S, B, T]`` raw model outputs.
+        labels: ``[B, T]`` float labels (0/1 for binary tasks).
+        kinds: T task kinds, ``"binary"`` (BCE with logits) or ``"regression"`` (MSE).
+        weight: optional ``[B]`` per-example weights.
+
+    Returns:
+        ``[T]`` (or ``[S, T]``) losses with the graph attached.
+
+    Example:
+        >>> import torch
+        >>> task_losses(torch.zeros(3, 2), torch.ones(3, 2), ["binary", "regression"])
+        tensor([0.6931, 1.0000])
+    """
+    kinds = _check_kinds(kinds)
+    _check_shapes(logits, labels, len(kinds))
+    return _batch_mean(elementwise_losses(logits, labels, kinds), weight)
+
+
+class TaskLoss(nn.Module):
+    """Per-task losses with the task-kind mask and static task weights precomputed.
+
+    Args:
+        kinds: T task kinds, ``"binary"`` or ``"regression"``.
+        task_weights: T static weights for :meth:`total` (default all 1, the
+            paper's equal-weight sum).
+
+    ``forward(logits [B,T] | [S,B,T], labels [B,T], weight [B] | None)`` returns the
+    per-task losses ``[T]`` (or ``[S,T]``); :meth:`total` returns their static-weighted
+    sum over tasks (a scalar, or ``[S]``).
+    """
+
+    is_binary: Tensor
+    task_weights: Tensor
+
+    def __init__(self, kinds: Sequence[str], task_weights: Sequence[float] | None = None):
+        super().__init__()
+        self.kinds = _check_kinds(kinds)
+        t = len(self.kinds)
+        w = torch.ones(t) if task_weights is None else torch.as_tensor(task_weights).float()
+        if w.shape != (t,):
+            raise ValueError(f"task_weights must have {t} entries, got {tuple(w.shape)}")
+        self.register_buffer("is_binary", torch.tensor([k == "binary" for k in self.kinds]))
+        self.register_buffer("task_weights", w)
+        self._all_binary = all(k == "binary" for k in self.kinds)
+        self._all_regression = all(k == "regression" for k in self.kinds)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.kinds)
+
+    def forward(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+        _check_shapes(logits, labels, self.num_tasks)
+        # Same-kind fast paths decided at construction: no device sync per step.
+        mask = self.is_binary.to(logits.device)
+        per = _elementwise(logits, labels, mask, self._all_binary, self._all_regression)
+        return _batch_mean(per, weight)  # [...,B,T] -> [...,T]
+
+    def total(self, losses: Tensor) -> Tensor:
+        """Static-weighted sum over tasks: ``[..., T] -> [...]``."""
+        return (losses * self.task_weights.to(losses)).sum(dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"kinds={self.kinds}, task_weights={self.task_weights.tolist()}"
