@@ -1,0 +1,166 @@
+"""The ``adatt`` command.
+
+    adatt models                          list the registered models
+    adatt demo                            train every model on simulated data, print a table
+    adatt train --config FILE [k=v ...]   train one run (see configs/)
+    adatt eval --run runs/NAME            re-score a saved run
+    adatt data info census|sim|files ...  describe a data set
+
+Bad input (a missing file, a bad config key, a malformed data file) is a one
+line ``error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from adatt.models import list_models
+
+    models = list_models()
+    width = max(map(len, models))
+    for name, desc in models.items():
+        print(f"{name:<{width}}  {desc}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from adatt.config import load_config
+    from adatt.train.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    res = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(format_results(res))
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from adatt.train.trainer import evaluate, load_run
+
+    cfg, model, splits = load_run(args.run)
+    res = {"name": cfg.name}
+    for split in args.splits.split(","):
+        res[split] = evaluate(model, getattr(splits, split), splits.schema,
+                              cfg.train.eval_batch_size)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(format_results(res, splits=args.splits.split(",")))
+
+
+def format_results(res: dict, splits: tuple[str, ...] | list[str] = ("valid", "test")) -> str:
+    """A per-task table of a results dict."""
+    lines = []
+    for split in splits:
+        if split not in res:
+            continue
+        lines.append(f"{split}:")
+        for task, m in res[split].items():
+            vals = "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "count")
+            lines.append(f"  {task:<16} {vals}")
+    if "train_examples_per_s" in res:
+        lines.append(f"selected: {res['selected']}  params: {res['num_parameters']:,}  "
+                     f"train: {res['train_examples_per_s']:,.0f} ex/s  "
+                     f"wall: {res['wall_time_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def _data_config_from_args(args: argparse.Namespace):
+    from adatt.data.config import DataConfig
+
+    opts = {"source": args.source}
+    for key in ("data_dir", "preset", "rows", "seed", "schema", "train", "valid", "test",
+                "correlation", "instance_weight"):
+        v = getattr(args, key, None)
+        if v is not None:
+            opts[key] = v
+    return DataConfig(**opts)
+
+
+def _cmd_data_info(args: argparse.Namespace) -> None:
+    from adatt.data.config import load_splits
+    from adatt.data.info import describe
+
+    print(describe(load_splits(_data_config_from_args(args))))
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from adatt.experiments.demo import run_demo
+
+    print(run_demo(rows=args.rows, epochs=args.epochs, out_dir=args.out_dir, seed=args.seed))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adatt", description="AdaTT and multi-task baselines")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list the registered models")
+    s.set_defaults(fn=_cmd_models)
+
+    s = sub.add_parser("demo", help="train every model on simulated data and compare")
+    s.add_argument("--rows", type=int, default=60_000)
+    s.add_argument("--epochs", type=int, default=2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out-dir", default="runs/demo")
+    s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("train", help="train one run from a YAML config")
+    s.add_argument("--config", help="YAML config (see configs/)")
+    s.add_argument("--resume", action="store_true", help="continue a killed run")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("eval", help="re-score a saved run")
+    s.add_argument("--run", required=True, help="run directory (runs/NAME)")
+    s.add_argument("--splits", default="valid,test")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("data", help="data sets")
+    dsub = s.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("info", help="row counts, positive rates, features")
+    d.add_argument("source", choices=["census", "sim", "mmoe_synthetic", "files"])
+    d.add_argument("--data-dir")
+    d.add_argument("--preset")
+    d.add_argument("--rows", type=int)
+    d.add_argument("--seed", type=int)
+    d.add_argument("--correlation", type=float)
+    d.add_argument("--instance-weight", dest="instance_weight")
+    d.add_argument("--schema")
+    d.add_argument("--train")
+    d.add_argument("--valid")
+    d.add_argument("--test")
+    d.set_defaults(fn=_cmd_data_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    from adatt.config import ConfigError
+    from adatt.data.errors import DataError
+    from adatt.train.trainer import RunError
+
+    try:
+        args.fn(args)
+    except (ConfigError, DataError, RunError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        print(f"error: {loc}: {err['msg']}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Run configuration: a typed tree loaded from YAML with ``key=value`` overrides.
+
+A run config has four sections::
+
+    name: census_adatt_sp        # run directory name under out_dir
+    out_dir: runs
+    data:  {source: census, ...}             # adatt.data.config.DataConfig
+    model: {name: adatt_sp, expert_sizes: [128, 64], ...}   # constructor options
+    train: {batch_size: 512, epochs: 10, optimizer: {name: adam, lr: 1e-3}, ...}
+
+Overrides are ``dotted.key=value`` with the value parsed as YAML
+(``train.optimizer.lr=3e-4``, ``model.expert_sizes=[96,48]``). Every key is
+checked: an unknown key or a value of the wrong type is a :class:`ConfigError`
+naming the key. Model options are checked against the model constructor's
+signature and type hints (``num_tasks``, ``dense_dim`` and
+``cat_cardinalities`` come from the data and may not be set).
+
+Example:
+    >>> cfg = load_config(None, ["model.name=mmoe", "model.num_experts=4", "train.epochs=2"])
+    >>> cfg.model["name"], cfg.model["num_experts"], cfg.train.epochs
+    ('mmoe', 4, 2)
+    >>> load_config(None, ["train.epoch=2"])
+    Traceback (most recent call last):
+    ...
+    adatt.config.ConfigError: train.epoch: unknown key (train has: ...)
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from adatt.data.config import DataConfig
+
+__all__ = ["ConfigError", "OptimizerConfig", "ScheduleConfig", "SelectionConfig", "TrainConfig",
+           "RunConfig", "load_config", "apply_overrides", "validate_model_options", "dump_config"]
+
+FROM_DATA = ("num_tasks", "dense_dim", "cat_cardinalities")
+
+
+class ConfigError(ValueError):
+    """A bad config key or value (one line, naming the key)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimizerConfig(_Strict):
+    """Optimizer from torch.optim: adam, adamw, sgd or adagrad."""
+
+    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0)  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, stepped every optimizer step."""
+
+    name: Literal["constant", "step", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up from 0, then the schedule
+    step_size: int = Field(1000, ge=1)  # step: multiply by gamma every step_size steps
+    gamma: float = Field(0.1, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine: floor as a fraction of lr
+
+
+class SelectionConfig(_Strict):
+    """Checkpoint selection on the validation split (never on test).
+
+    ``metric``: ``auc`` (mean AUC over binary tasks, higher is better),
+    ``ne``/``logloss`` (mean over binary tasks, lower is better), ``mse``
+    (mean over regression tasks, lower is better) or ``loss`` (mean of ne over
+    binary and mse / label variance over regression tasks, lower is better).
+    With ``auc`` and no binary task, ``mse`` is used.
+    """
+
+    metric: Literal["auc", "ne", "logloss", "mse", "loss"] = "auc"
+    patience: int | None = Field(None, ge=1)  # early stopping after this many bad evaluations
+
+
+class TrainConfig(_Strict):
+    """Training loop options."""
+
+    seed: int = 0
+    batch_size: int = Field(512, ge=1)
+    epochs: int = Field(10, ge=1)
+    max_examples: int | None = Field(None, ge=1)  # stop after this many training examples
+    eval_every: int | None = Field(None, ge=1)  # evaluate every N examples (default: each epoch)
+    eval_batch_size: int = Field(8192, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
+    weighting: str = "equal"  # loss weighting method, see `adatt.train.weighting`
+    weighting_options: dict[str, Any] = {}
+    task_weights: list[float] | None = None  # static per-task loss weights
+    selection: SelectionConfig = SelectionConfig()
+    bf16: bool = False  # bfloat16 autocast for the forward pass
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1)  # torch threads (default: all cores)
+    progress: bool = True
+    tensorboard: bool = False
+
+
+class RunConfig(_Strict):
+    """A whole run: data, model options, training options, where to write."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    model: dict[str, Any] = {"name": "adatt_sp"}
+    train: TrainConfig = TrainConfig()
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``dotted.key=value`` pairs in a nested dict (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item}: an override is key=value")
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{key}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(text)
+    return raw
+
+
+def _describe(err: ValidationError, prefix: str = "") -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"])
+    loc = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+    if e["type"] == "extra_forbidden":
+        section = loc.rsplit(".", 1)[0] if "." in loc else "the config"
+        return f"{loc}: unknown key ({section} has: ...)"
+    return f"{loc}: {e['msg']} (got {e.get('input')!r})"
+
+
+def validate_model_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Check model options against the named model's constructor; returns them coerced."""
+    from adatt.models import model_class, model_options
+
+    options = dict(options)
+    name = options.get("name")
+    if not isinstance(name, str):
+        raise ConfigError("model.name: required (a registered model name)")
+    try:
+        cls = model_class(name)
+    except ValueError as e:
+        raise ConfigError(f"model.name: {e}") from None
+    params = model_options(name)
+    hints = typing.get_type_hints(cls.__init__)
+    out: dict[str, Any] = {"name": name}
+    for key, value in options.items():
+        if key == "name":
+            continue
+        if key in FROM_DATA:
+            raise ConfigError(f"model.{key}: set by the data, not the config")
+        if key not in params:
+            known = ", ".join(k for k in params if k not in FROM_DATA)
+            raise ConfigError(f"model.{key}: unknown option of {name} (options: {known})")
+        try:
+            out[key] = TypeAdapter(hints[key]).validate_python(value)
+        except ValidationError as err:
+            raise ConfigError(f"model.{key}: {err.errors()[0]['msg']} (got {value!r})") from None
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+    raw = apply_overrides(raw, list(overrides or []))
+    if isinstance(raw.get("model", {}), dict):
+        raw.setdefault("model", {}).setdefault("name", "adatt_sp")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        msg = _describe(err)
+        if "unknown key" in msg:
+            loc = msg.split(":")[0]
+            msg = _unknown_key_message(loc)
+        raise ConfigError(msg) from None
+    cfg.model = validate_model_options(cfg.model)
+    return cfg
+
+
+def _unknown_key_message(loc: str) -> str:
+    parts = loc.split(".")
+    model: type[BaseModel] = RunConfig
+    for p in parts[:-1]:
+        field = model.model_fields.get(p)
+        ann = field.annotation if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    section = ".".join(parts[:-1]) or "the config"
+    return f"{loc}: unknown key ({section} has: {', '.join(model.model_fields)})"
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what a run saves as ``config.yaml``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,64 @@
+"""Config loading: YAML + typed overrides, unknown keys and bad types are one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adatt.config import ConfigError, dump_config, load_config
+
+CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["train.optimizer.lr=3e-4", "model.name=ple",
+                             "model.experts_per_task=[1,2,1]", "train.bf16=true"])
+    assert cfg.train.optimizer.lr == pytest.approx(3e-4)
+    assert cfg.model == {"name": "ple", "experts_per_task": [1, 2, 1]}
+    assert cfg.train.bf16 is True
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=2", "train.epoch: unknown key"),
+    ("train.optimizer.learning_rate=1", "train.optimizer.learning_rate: unknown key"),
+    ("bogus=1", "bogus: unknown key"),
+    ("train.epochs=abc", "train.epochs"),
+    ("train.epochs=0", "train.epochs"),
+    ("train.optimizer.name=rmsprop", "train.optimizer.name"),
+    ("model.experts=2", "model.experts: unknown option of adatt_sp"),
+    ("model.experts_per_task=two", "model.experts_per_task"),
+    ("model.num_tasks=3", "model.num_tasks: set by the data"),
+    ("model.name=nope", "model.name: unknown model 'nope'"),
+    ("data.source=nowhere", "data.source"),
+    ("train.epochs", "an override is key=value"),
+])
+def test_bad_keys_and_values_are_clear_errors(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as exc:
+        load_config(None, [override])
+    assert "\n" not in str(exc.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_shipped_configs_load_and_name_their_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# adatt ") and str(path.relative_to(path.parents[2])) in first
+    cfg = load_config(path)
+    again = load_config(None, [])
+    assert dump_config(cfg) != dump_config(again)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["model.name=mmoe", "model.num_experts=3"])
+    p = tmp_path / "c.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p) == cfg

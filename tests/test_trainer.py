@@ -1,0 +1,136 @@
+"""The trainer: run directory contents, selection on validation, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from adatt.config import ConfigError, load_config
+from adatt.train.trainer import RunError, train
+
+BASE = ["data.source=mmoe_synthetic", "data.rows=3000", "model.name=mmoe",
+        "model.expert_sizes=[[16]]", "model.num_experts=3", "model.tower_sizes=[8]",
+        "train.batch_size=128", "train.progress=false", "train.optimizer.lr=3e-3"]
+
+
+def cfg_for(tmp_path, *extra):
+    return load_config(None, [*BASE, f"out_dir={tmp_path}", *extra])
+
+
+def test_run_directory_and_results(tmp_path):
+    cfg = cfg_for(tmp_path, "train.epochs=3", "name=r")
+    res = train(cfg)
+    run = tmp_path / "r"
+    for f in ("config.yaml", "metrics.jsonl", "results.json", "best.pt", "checkpoint.pt"):
+        assert (run / f).is_file(), f
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["test"] == res["test"]
+    assert set(res["test"]["task1"]) >= {"mse", "mae", "count"}
+    # selected = the evaluation with the best validation score (regression: lowest mse)
+    best = min(lines, key=lambda x: x["score"])
+    assert res["selected"]["eval"] == best["eval"]
+    assert res["valid"]["task1"]["mse"] == pytest.approx(best["valid"]["task1"]["mse"], rel=1e-6)
+    assert res["num_parameters"] > 0 and res["train_examples_per_s"] > 0
+    assert res["train_examples"] == 3 * len(torch.arange(int(3000 * 0.8)))  # 3 epochs of train
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a = train(cfg_for(tmp_path, "train.epochs=1", "name=a"))
+    b = train(cfg_for(tmp_path, "train.epochs=1", "name=b"))
+    c = train(cfg_for(tmp_path, "train.epochs=1", "name=c", "train.seed=1"))
+    assert a["test"] == b["test"]
+    assert a["test"] != c["test"]
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    cfg = cfg_for(tmp_path, "train.epochs=1", "name=x")
+    train(cfg)
+    with pytest.raises(RunError, match="already exists"):
+        train(cfg)
+    train(cfg, overwrite=True)
+
+
+def test_resume_after_kill_reaches_same_numbers(tmp_path):
+    """Kill a run in a subprocess after its first checkpoint; resume; compare."""
+    full = train(cfg_for(tmp_path, "train.epochs=4", "name=full"))
+    over = [*BASE, f"out_dir={tmp_path}", "train.epochs=4", "name=killed"]
+    code = (
+        "import sys, os\n"
+        "import adatt.train.trainer as t\n"
+        "orig = t._evaluate_and_checkpoint\n"
+        "def kill(*a, **k):\n"
+        "    orig(*a, **k)\n"
+        "    if a[7]['evals'] == 2: os._exit(9)\n"
+        "t._evaluate_and_checkpoint = kill\n"
+        "from adatt.config import load_config\n"
+        f"t.train(load_config(None, {over!r}))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 9, p.stderr
+    assert not (tmp_path / "killed" / "results.json").exists()
+    resumed = train(load_config(None, over), resume=True)
+    for task in full["test"]:
+        for k, v in full["test"][task].items():
+            assert resumed["test"][task][k] == pytest.approx(v, rel=1e-6, abs=1e-9)
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+
+
+def test_max_examples_budget_and_eval_every(tmp_path):
+    res = train(cfg_for(tmp_path, "train.epochs=10", "train.max_examples=1000",
+                        "train.eval_every=500", "name=b"))
+    assert res["train_examples"] == 1000
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+
+
+def test_early_stopping(tmp_path):
+    res = train(cfg_for(tmp_path, "train.epochs=50", "train.optimizer.lr=0.5",
+                        "train.selection.patience=2", "name=es"))
+    lines = (tmp_path / "es" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) < 50
+    assert len(lines) - res["selected"]["eval"] == 2
+
+
+@pytest.mark.parametrize("weighting", ["equal", "uncertainty", "gradnorm", "dwa", "pcgrad"])
+def test_every_weighting_trains(tmp_path, weighting):
+    res = train(cfg_for(tmp_path, "train.epochs=2", f"train.weighting={weighting}", "name=w"))
+    assert all(v["mse"] == v["mse"] for v in res["test"].values())  # not NaN
+
+
+@pytest.mark.parametrize("opt,sched", [("adamw", "cosine"), ("sgd", "step"),
+                                       ("adagrad", "constant")])
+def test_optimizers_and_schedules(tmp_path, opt, sched):
+    res = train(cfg_for(tmp_path, "train.epochs=1", f"train.optimizer.name={opt}",
+                        f"train.schedule.name={sched}", "train.schedule.warmup_steps=3",
+                        "train.grad_clip=1.0", "name=o"))
+    assert res["test"]["task1"]["mse"] > 0
+
+
+def test_bad_task_weights_is_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="task_weights has 3 entries for 2 tasks"):
+        train(cfg_for(tmp_path, "train.task_weights=[1,1,1]", "name=t"))
+
+
+def test_cli_train_eval_and_errors(tmp_path):
+    exe = [sys.executable, "-m", "adatt"]
+    p = subprocess.run([*exe, "train", *BASE, f"out_dir={tmp_path}", "train.epochs=1", "name=c"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "test:" in p.stdout
+    p = subprocess.run([*exe, "eval", "--run", str(tmp_path / "c")], capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and "task1" in p.stdout
+    p = subprocess.run([*exe, "train", "train.epoch=1"], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()]
+    assert "train.epoch: unknown key" in p.stderr
+    p = subprocess.run([*exe, "eval", "--run", str(tmp_path / "nope")], capture_output=True,
+                       text=True)
+    assert p.returncode == 2 and "not a finished run" in p.stderr
