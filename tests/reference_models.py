@@ -99,7 +99,10 @@ def towers(model, f: list[Tensor], act) -> Tensor:
 def adatt_reference(model, dense, cat, shared: bool, native: bool, act=F.relu) -> Tensor:
     """AdaTT-sp (shared=False) or general AdaTT (shared=True), Eq. 2-10 with Eq. 7."""
     T = model.num_tasks
+    # the shared unit exists when it has experts (m_s = 0 is AdaTT-sp)
     m = list(model.experts_per_task) + ([model.shared_experts] if shared else [])
+    if shared and model.shared_experts == 0:
+        m, shared = m[:-1], False
     U = len(m)
     own, off = [], 0
     for c in m:
@@ -145,7 +148,7 @@ def ple_reference(model, dense, cat, act=F.relu) -> Tensor:
     for lvl in range(L):
         lw = LevelWeights(model, lvl)
         experts = {e: lw.expert(e, f[u], act) for u in range(T + 1) for e in own[u]}
-        units = range(T) if lvl == L - 1 else range(T + 1)
+        units = range(T) if lvl == L - 1 or not model.shared_experts else range(T + 1)
         new_f = []
         for g, u in enumerate(units):
             sel = own[u] + own[T] if u < T else list(range(sum(m)))

@@ -183,6 +183,18 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("name", ["adatt", "ple"])
+def test_no_shared_experts_means_no_shared_unit(name):
+    model = build(name, num_tasks=3, expert_sizes=[8, 6], experts_per_task=2, shared_experts=0)
+    dense, cat = make_input()
+    model(dense.double(), cat).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert [lv.num_gates for lv in model.levels] == [3, 3]
+    if name == "adatt":
+        sp = build("adatt_sp", num_tasks=3, expert_sizes=[8, 6], experts_per_task=2)
+        assert sp.num_parameters() == model.num_parameters()
+
+
 def test_every_registered_model_is_covered():
     assert set(CONFIGS) == set(list_models())
 

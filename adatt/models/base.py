@@ -62,8 +62,11 @@ def per_task_counts(counts: int | Sequence[int], num_tasks: int, what: str) -> l
 class MultiTaskModel(nn.Module):
     """Base class: ``forward(dense, cat) -> logits [B, T]``.
 
-    Subclasses implement ``_forward(dense, cat, want_weights)`` returning
-    ``(logits, weights)`` and keep their task towers in ``self.towers``.
+    A model is ``self.input`` (an :class:`~adatt.modules.layers.InputLinear`: the
+    first layer of everything that reads the raw input, one product) followed by
+    ``forward_from_input(z, want_weights) -> (logits, weights)``; the task towers
+    live in ``self.towers``. The split lets an ensemble of copies run the input
+    layer as one gather over all copies and the rest under ``torch.func.vmap``.
     """
 
     name: ClassVar[str] = ""
@@ -78,6 +81,10 @@ class MultiTaskModel(nn.Module):
         return self._forward(dense, cat, True)
 
     def _forward(self, dense: Tensor, cat: Tensor, want_weights: bool) -> tuple[Tensor, list]:
+        return self.forward_from_input(self.input(dense, cat), want_weights)
+
+    def forward_from_input(self, z: Tensor, want_weights: bool = False) -> tuple[Tensor, list]:
+        """Logits ``[B, T]`` (and weights) from the input layer's output ``z [B, N]``."""
         raise NotImplementedError
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -87,8 +87,7 @@ class FusedExpertModel(MultiTaskModel):
         self.input = InputLinear(dense_dim, cat_cardinalities, embedding_dim, sum(self.split))
         self.towers = TowerBank(num_tasks, sizes[-1][-1], tower_sizes, activation)
 
-    def _forward(self, dense: Tensor, cat: Tensor, want_weights: bool) -> tuple[Tensor, list]:
-        z = self.input(dense, cat)  # [B, sum(split)]
+    def forward_from_input(self, z: Tensor, want_weights: bool = False) -> tuple[Tensor, list]:
         parts = z.split(self.split, dim=1) if len(self.split) > 1 else (z,)
         weights = []
         h = z
@@ -173,13 +172,15 @@ class AdaTTSp(FusedExpertModel):
 def _with_shared_unit_plans(
     num_tasks: int, m: list[int], m_s: int, num_levels: int, ple: bool, native_fusion: bool
 ) -> list[LevelPlan]:
-    counts = [*m, m_s]
+    # with no shared experts the shared unit would fuse into nothing: it is left out
+    counts = [*m, m_s] if m_s else list(m)
     own, E, T = _ranges(counts), sum(counts), num_tasks
-    shared = own[T]
+    shared = own[T] if m_s else ()
+    U = len(counts)
     plans = []
     for lvl in range(num_levels):
         first, last = lvl == 0, lvl == num_levels - 1
-        units = range(T) if last else range(T + 1)
+        units = range(T) if last else range(U)
         gates = []
         for u in units:
             src = 0 if first else u
@@ -190,7 +191,7 @@ def _with_shared_unit_plans(
                 native = own[u] if native_fusion else ()
                 gates.append(Gate(src, tuple(range(E)), native, native_learned=counts[u] > 1))
         src = (0,) * E if first else tuple(_owners(counts))
-        plans.append(LevelPlan(1 if first else T + 1, src, tuple(gates)))
+        plans.append(LevelPlan(1 if first else U, src, tuple(gates)))
     return plans
 
 
@@ -198,7 +199,8 @@ def _with_shared_unit_plans(
 class AdaTT(FusedExpertModel):
     """General AdaTT: task units plus a shared fusion unit (Li et al., KDD'23, Sec. 3.3).
 
-    Args: as :class:`AdaTTSp`, plus ``shared_experts`` (``m_s`` >= 0).
+    Args: as :class:`AdaTTSp`, plus ``shared_experts`` (``m_s`` >= 0; with 0 there is
+    no shared unit and the model is AdaTT-sp).
     """
 
     name = "adatt"
@@ -233,7 +235,8 @@ class AdaTT(FusedExpertModel):
 class PLE(FusedExpertModel):
     """PLE (Tang et al., RecSys'20); CGC when it has one level.
 
-    Args: as :class:`AdaTT` without ``native_fusion``.
+    Args: as :class:`AdaTT` without ``native_fusion`` (``shared_experts=0``: task
+    experts only, no shared unit).
     """
 
     name = "ple"

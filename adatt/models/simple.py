@@ -65,8 +65,8 @@ class SharedBottom(MultiTaskModel):
         )
         self.towers = TowerBank(num_tasks, widths[-1], tower_sizes, activation, shared_input=True)
 
-    def _forward(self, dense: Tensor, cat: Tensor, want_weights: bool) -> tuple[Tensor, list]:
-        h = self.act(self.input(dense, cat))  # [B, w0]
+    def forward_from_input(self, z: Tensor, want_weights: bool = False) -> tuple[Tensor, list]:
+        h = self.act(z)  # [B, w0]
         for layer in self.bottom:
             h = self.act(layer(h))  # [B,a] -> [B,b]
         return self.towers(h), []
@@ -116,9 +116,9 @@ class CrossStitch(MultiTaskModel):
         self.stitch = nn.Parameter(init.unsqueeze(0).repeat(len(sizes), 1, 1))  # [L,T,T]
         self.towers = TowerBank(T, sizes[-1][-1], tower_sizes, activation)
 
-    def _forward(self, dense: Tensor, cat: Tensor, want_weights: bool) -> tuple[Tensor, list]:
-        B, T = dense.shape[0] if dense.numel() else cat.shape[0], self.num_tasks
-        h = self.act(self.input(dense, cat)).view(B, T, -1).transpose(0, 1)  # [B,T*H] -> [T,B,H]
+    def forward_from_input(self, z: Tensor, want_weights: bool = False) -> tuple[Tensor, list]:
+        B, T = z.shape[0], self.num_tasks
+        h = self.act(z).view(B, T, -1).transpose(0, 1)  # [B,T*H] -> [T,B,H]
         for lvl, layers in enumerate(self.layers):
             for layer in layers:
                 h = self.act(layer(h))  # [T,B,a] x [T,a,b] -> [T,B,b]
