@@ -77,7 +77,7 @@ def _data_config_from_args(args: argparse.Namespace):
         v = getattr(args, key, None)
         if v is not None:
             opts[key] = v
-    return DataConfig(**opts)
+    return DataConfig.from_dict(opts)
 
 
 def _cmd_data_info(args: argparse.Namespace) -> None:

@@ -31,7 +31,9 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in ("binary", "regression"):
-            raise ValueError(f"task {self.name!r}: kind must be binary or regression, got {self.kind!r}")
+            raise ValueError(
+                f"task {self.name!r}: kind must be binary or regression, got {self.kind!r}"
+            )
 
 
 @dataclass(frozen=True)

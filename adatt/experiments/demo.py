@@ -29,7 +29,7 @@ def run_demo(rows: int = 60_000, epochs: int = 2, out_dir: str = "runs/demo", se
     from adatt.data.config import load_splits
     from adatt.train.trainer import train
 
-    base = [f"data.source=sim", "data.preset=group1", f"data.rows={rows}", f"data.seed={seed}",
+    base = ["data.source=sim", "data.preset=group1", f"data.rows={rows}", f"data.seed={seed}",
             f"out_dir={out_dir}", f"train.epochs={epochs}", "train.batch_size=512",
             "train.optimizer.lr=1e-3", f"train.seed={seed}", f"train.progress={progress}",
             "model.expert_sizes=[64,32]", "model.tower_sizes=[32]", "model.embedding_dim=8"]

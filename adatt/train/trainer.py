@@ -298,13 +298,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             state["batch_in_epoch"] = b_idx
             state["train_time"] += time.perf_counter() - t0
             state["epoch_steps"] += 1
-            epoch_loss = losses.detach() if state["epoch_steps"] == 1 else epoch_loss + losses.detach()
-            if state["step"] % 20 == 1 or not tc.progress:
-                cur = float(losses.detach().sum())
-                running = cur if running is None else 0.9 * running + 0.1 * cur
+            detached = losses.detach()
+            epoch_loss = detached if state["epoch_steps"] == 1 else epoch_loss + detached
             if tc.progress:
                 bar.update(n)
-                if state["step"] % 20 == 1:
+                if state["step"] % 20 == 1:  # one host sync every 20 steps
+                    cur = float(detached.sum())
+                    running = cur if running is None else 0.9 * running + 0.1 * cur
                     rate = state["examples"] / max(state["train_time"], 1e-9)
                     bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{rate:,.0f}")
             epoch_end = b_idx >= steps_per_epoch

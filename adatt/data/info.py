@@ -1,0 +1,106 @@
+"""A plain-text summary of loaded splits: the output of ``adatt data info``.
+
+It shows the row count per split, per task the positive rate (binary) or the
+mean and standard deviation (regression) in each split, the weight column if
+any, the dense features and the categorical features with their cardinalities
+(index 0, unknown, included), and the scalar facts in ``Splits.info``.
+
+Example:
+    >>> from adatt.data.mmoe_synthetic import load_mmoe_synthetic
+    >>> text = describe(load_mmoe_synthetic(rows=1_000, dim=3))
+    >>> print(text.splitlines()[0])
+    data set mmoe_synthetic:p=0.5: train 800 rows, valid 100 rows, test 100 rows
+    >>> print(text.splitlines()[2])
+      name   kind        train                 valid                 test
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adatt.data.splits import Splits
+
+__all__ = ["describe", "task_statistics"]
+
+
+def task_statistics(splits: Splits) -> dict[str, dict[str, dict[str, float]]]:
+    """``{task: {split: stats}}``: ``positive_rate`` (binary) or ``mean`` / ``std`` (regression)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for j, task in enumerate(splits.schema.tasks):
+        out[task.name] = {}
+        for split, ds in splits.items():
+            y = ds.labels[:, j].double()
+            if len(y) == 0:
+                out[task.name][split] = {}
+            elif task.kind == "binary":
+                out[task.name][split] = {"positive_rate": float(y.mean())}
+            else:
+                std = float(y.std(unbiased=False))
+                out[task.name][split] = {"mean": float(y.mean()), "std": std}
+    return out
+
+
+def _fmt_stat(kind: str, s: dict[str, float]) -> str:
+    if not s:
+        return "-"
+    if kind == "binary":
+        r = s["positive_rate"]
+        return f"{100 * r:.3g}% positive" if r >= 1e-3 or r == 0 else f"{100 * r:.2g}% positive"
+    return f"mean {s['mean']:.3g} sd {s['std']:.3g}"
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, str | int | float | bool) or v is None
+
+
+def describe(splits: Splits) -> str:
+    """Text summary of ``splits`` (see the module docstring)."""
+    schema = splits.schema
+    sizes = splits.sizes()
+    lines = [
+        f"data set {splits.name}: " + ", ".join(f"{k} {v:,} rows" for k, v in sizes.items()),
+    ]
+    stats = task_statistics(splits)
+    width = max(len(t.name) for t in schema.tasks) + 2
+    lines.append(f"tasks ({schema.num_tasks}):")
+    header = f"  {'name':<{width}}{'kind':<12}" + "".join(f"{k:<22}" for k in sizes)
+    lines.append(header.rstrip())
+    for t in schema.tasks:
+        row = f"  {t.name:<{width}}{t.kind:<12}" + "".join(
+            f"{_fmt_stat(t.kind, stats[t.name][k]):<22}" for k in sizes
+        )
+        lines.append(row.rstrip())
+    if splits.train.weight is not None:
+        means = ", ".join(
+            f"{k} mean {float(ds.weight.double().mean()):.3g}"  # type: ignore[union-attr]
+            for k, ds in splits.items()
+            if ds.weight is not None and len(ds)
+        )
+        lines.append(f"weight: per-row loss weight ({means})")
+    else:
+        lines.append("weight: none")
+    lines.append(f"dense features ({schema.dense_dim}):")
+    if schema.dense:
+        lines.extend(_wrap(list(schema.dense)))
+    lines.append(f"categorical features ({len(schema.categorical)}; cardinality incl. index 0):")
+    if schema.categorical:
+        cats = [f"{n} {c:,}" for n, c in zip(schema.categorical, schema.cardinalities, strict=True)]
+        lines.extend(_wrap(cats))
+    facts = {k: v for k, v in splits.info.items() if _scalar(v)}
+    if facts:
+        lines.append("info:")
+        lines.extend(_wrap([f"{k}={v}" for k, v in facts.items()]))
+    return "\n".join(lines)
+
+
+def _wrap(items: list[str], width: int = 96) -> list[str]:
+    out, line = [], "  "
+    for it in items:
+        piece = it + ", "
+        if len(line) + len(piece) > width and line.strip():
+            out.append(line.rstrip(", "))
+            line = "  "
+        line += piece
+    if line.strip():
+        out.append(line.rstrip(", "))
+    return out
