@@ -5,6 +5,7 @@
     adatt train --config FILE [k=v ...]   train one run (see configs/)
     adatt eval --run runs/NAME            re-score a saved run
     adatt data info census|sim|files ...  describe a data set
+    adatt experiment NAME [--quick]       run one of the paper's experiments (list: names)
 
 Bad input (a missing file, a bad config key, a malformed data file) is a one
 line ``error: ...`` on stderr and exit status 2.
@@ -93,6 +94,32 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(run_demo(rows=args.rows, epochs=args.epochs, out_dir=args.out_dir, seed=args.seed))
 
 
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from adatt.experiments import EXPERIMENTS, get_experiment
+
+    if args.name == "list":
+        for name, (_, _, desc) in EXPERIMENTS.items():
+            print(f"{name:<15} {desc}")
+        return
+    try:
+        fn = get_experiment(args.name)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    opts = {"quick": args.quick, "progress": not args.no_progress}
+    if args.seeds is not None:
+        opts["seeds"] = args.seeds
+    out_dir = args.out_dir or f"results/{args.name}{'-quick' if args.quick else ''}"
+    if args.data_dir and args.name == "census-table5":
+        opts["data_dir"] = args.data_dir
+    summary = fn(out_dir, **opts)
+    wall = summary.get("wall_time_s")
+    print(f"wrote {out_dir}/report.md" + (f" ({wall:.0f} s)" if wall else ""))
+
+
+class _UsageError(ValueError):
+    """A bad command-line argument."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adatt", description="AdaTT and multi-task baselines")
     sub = p.add_subparsers(dest="command", required=True)
@@ -119,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--splits", default="valid,test")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("experiment", help="run one of the paper's experiments (or: list)")
+    s.add_argument("name", help="census-table5, ablation, expert-weights, experts-study, "
+                   "levels-study, task-groups, or list")
+    s.add_argument("--quick", action="store_true", help="few seeds, small data (minutes)")
+    s.add_argument("--seeds", type=int, help="seeds per configuration")
+    s.add_argument("--out-dir", help="results directory (default results/NAME)")
+    s.add_argument("--data-dir", help="census directory (default: ADATT_DATA_DIR)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=_cmd_experiment)
 
     s = sub.add_parser("data", help="data sets")
     dsub = s.add_subparsers(dest="data_command", required=True)
@@ -148,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.fn(args)
-    except (ConfigError, DataError, RunError) as e:
+    except (ConfigError, DataError, RunError, _UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValidationError as e:

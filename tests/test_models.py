@@ -311,3 +311,26 @@ def test_uses_batched_products_not_expert_loops():
                           if k in ("aten::addmm", "aten::baddbmm", "aten::bmm", "aten::mm")))
     assert len(set(counts)) == 1, counts
     F.relu  # noqa: B018
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_bf16_autocast_stays_close_to_fp32(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_tasks=3, dense_dim=DENSE, cat_cardinalities=CARDS,
+                         **CONFIGS[name])
+    dense, cat = make_input(B=64)
+    with torch.no_grad():
+        ref_out = model(dense, cat)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(dense, cat).float()
+    assert (low - ref_out).abs().max() < 0.05 * ref_out.abs().max() + 0.02
+
+
+def test_cli_lists_models():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "adatt", "models"], capture_output=True, text=True)
+    assert p.returncode == 0
+    names = [line.split()[0] for line in p.stdout.splitlines()]
+    assert names == sorted(list_models())

@@ -306,7 +306,12 @@ class FusionLevel(nn.Module):
             comb = F.pad(probs.flatten(1), (0, 1))[:, self.comb_index].view(B, G, E)  # [B,G,E]
         if self.has_native:
             comb = comb + self.native_matrix()  # [B,G,E] + [G,E]
-        out = torch.bmm(comb, h)  # [B,G,E] x [B,E,d] -> [B,G,d]
+        if h.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # CPU bf16 bmm loops over the B tiny products; this product is cheap in fp32
+            with torch.autocast("cpu", enabled=False):
+                out = torch.bmm(comb.float(), h.float())  # [B,G,E] x [B,E,d] -> [B,G,d]
+        else:
+            out = torch.bmm(comb, h)  # [B,G,E] x [B,E,d] -> [B,G,d]
         return (out, comb) if return_weights else out
 
 
