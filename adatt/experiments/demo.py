@@ -39,6 +39,8 @@ def run_demo(rows: int = 60_000, epochs: int = 2, out_dir: str = "runs/demo", se
     for name in models or list(presets):
         over = base + [f"model.name={name}", f"name={name}"]
         over += [f"model.{k}={v}" for k, v in presets[name].items()]
+        if name == "mmoe":  # one level of two-layer experts
+            over.append("model.expert_sizes=[[64,32]]")
         cfg = load_config(None, over)
         if splits is None:
             splits = load_splits(cfg.data)
@@ -49,13 +51,13 @@ def run_demo(rows: int = 60_000, epochs: int = 2, out_dir: str = "runs/demo", se
     if rel:
         header += [f"{t} NE diff" for t in tasks]
     header += ["params", "train ex/s"]
-    rows = []
+    table = []
     for name, r in results.items():
         row = [name] + [r["test"][t].get("auc", r["test"][t].get("mse")) for t in tasks]
         if rel:
             row += [f"{rel[name][t]:+.2f}%" for t in tasks]
         row += [f"{r['num_parameters']:,}", f"{r['train_examples_per_s']:,.0f}"]
-        rows.append(row)
+        table.append(row)
     note = (f"Simulator group1, {rows:,} rows, {epochs} epochs, Adam lr 1e-3, batch 512, "
             f"seed {seed}. Runs in {Path(out_dir)}/.")
-    return note + "\n\n" + markdown_table(header, rows)
+    return note + "\n\n" + markdown_table(header, table)
