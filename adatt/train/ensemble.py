@@ -1,0 +1,605 @@
+"""Many seeds made cheap: S independently initialised copies of one run, trained as one model.
+
+Notation: S copies (one per seed), B batch, T tasks, N width of the input layer
+(the first layer of everything reading the raw input), Dd dense width, F
+categorical fields, C one-hot columns (sum of the cardinalities), k embedding size.
+
+The paper reports means over 100 trainings from different initialisations.
+:func:`train_ensemble` trains S copies of one configuration together, as one
+vectorised model, and gives each copy exactly what a separate
+:func:`~adatt.train.trainer.train` run with ``train.seed=seeds[k]`` would do:
+
+* **initialisation**: copy k is built by ``_seed_everything(seeds[k])`` then
+  ``build_model`` (the same two calls as ``train()``); its parameters become
+  slice k of stacked parameters ``[S, ...]``;
+* **data order**: copy k draws its own permutation per epoch from
+  ``Generator().manual_seed(seeds[k] * 1_000_003 + epoch)``; a step gathers
+  ``[S, B, ...]`` batches with an ``[S, B]`` index, one gather for all copies;
+* **forward**: the input layer of all copies is one ``embedding_bag`` over
+  ``S*B`` bags (the S tables flattened to ``[S*C, N]``, indices shifted by
+  ``s*C``) plus one ``baddbmm`` for the dense part; the rest of the model runs
+  under ``torch.func.vmap`` over ``functional_call`` of ``forward_from_input``;
+* **loss**: the sum over copies of each copy's static-weighted task-loss sum
+  (``train.weighting=equal``), so copy k's gradient is its own run's gradient;
+* **optimizer and schedule**: one fused Adam/AdamW (or SGD/Adagrad) over the
+  stacked parameters -- every update is elementwise, so it is S separate updates;
+  the learning-rate schedule depends on the step only, shared by all copies;
+* **selection**: the validation set is scored for all copies in one vectorised
+  pass (:class:`~adatt.train.metrics.EnsembleMetricAccumulator`); each copy
+  keeps its own best score, best evaluation and patience counter, and a stacked
+  best-parameter buffer takes the improved copies' slices through a mask.
+
+Results match separate runs up to floating-point summation order (batched
+products add in a different order than single ones). Not supported, with a
+:class:`~adatt.config.ConfigError` saying so: loss weightings other than
+``equal`` (they couple tasks through per-copy state the stacked loss does not
+carry), ``train.grad_clip`` (a global norm over the stacked parameters would
+couple the copies) and ``train.tensorboard``. There is no ``--resume``: an
+ensemble run that is killed is started again.
+
+``train_ensemble(cfg, seeds)`` writes, under ``<out_dir>/<name>/``:
+
+* ``seed_<s>/`` for every seed s: ``config.yaml`` (the resolved config with
+  ``train.seed=s`` and ``name=<name>/seed_<s>``), ``metrics.jsonl``,
+  ``results.json`` and ``best.pt`` (a state dict of the ordinary model), so
+  ``adatt eval --run <out_dir>/<name>/seed_<s>`` and
+  :func:`~adatt.train.trainer.load_run` work as for a single run;
+* ``ensemble.json``: the seeds, wall time, throughput, and per split, task and
+  metric the mean and sample standard deviation over the copies.
+
+Memory: parameters, gradients, Adam moments and the best-parameter buffer cost
+about ``5 * S * P * 4`` bytes (P parameters per copy), activations about S
+times those of one run (census AdaTT-sp, P = 441k, batch 512: about 2 GB of
+peak memory for S = 100). ``chunk`` trains the seeds in groups of at most
+``chunk`` copies, one group after the other; by default (:func:`auto_chunk`)
+all copies go together on CUDA, and on CPU groups are sized so that a step's
+largest tensors stay under 16 MiB (larger ones make glibc fault in fresh pages
+on every step, which costs more than the vectorisation saves). Speed
+(``benchmarks/ensemble.py``): on one CPU core a copy costs about what a
+separate run costs, since the census step is compute-bound there; the gain is
+expected where a single run's step is dominated by per-operation overhead, as
+on a GPU, where one kernel launch serves S copies (not yet measured).
+
+Example:
+    >>> import tempfile
+    >>> from adatt.config import load_config
+    >>> cfg = load_config(None, ["data.source=mmoe_synthetic", "data.rows=1000",
+    ...     "model.name=mmoe", "model.expert_sizes=[[8]]", "model.num_experts=2",
+    ...     "train.epochs=1", "train.progress=false", "out_dir=" + tempfile.mkdtemp()])
+    >>> res = train_ensemble(cfg, seeds=[0, 1])
+    >>> [r["seed"] for r in res], sorted(res[0]["test"])
+    ([0, 1], ['task1', 'task2'])
+    >>> res[0]["test"] != res[1]["test"]
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from adatt.config import ConfigError, RunConfig, dump_config
+from adatt.data.batch import TensorDataset
+from adatt.data.schema import FeatureSchema
+from adatt.models.base import MultiTaskModel
+from adatt.train.losses import _elementwise
+from adatt.train.metrics import EnsembleMetricAccumulator
+from adatt.train.trainer import (
+    RunError,
+    _atomic_save,
+    _atomic_write,
+    _label_variance,
+    _seed_everything,
+    build_model,
+    load_splits_for,
+    make_optimizer,
+    make_schedule,
+    selection_score,
+)
+
+__all__ = ["EnsembleModel", "EnsembleLoss", "train_ensemble", "evaluate_ensemble",
+           "train_step", "check_ensemble_config", "auto_chunk"]
+
+_CPU_ACTIVATION_BYTES = 16 * 2**20  # auto_chunk's budget for one [S,B,N] activation on CPU
+_RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "best.pt", "checkpoint.pt")
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class _FromInput(nn.Module):
+    """``forward(z) = model.forward_from_input(z)[0]``: what ``functional_call`` runs."""
+
+    def __init__(self, model: MultiTaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.model.forward_from_input(z)[0]
+
+
+class EnsembleModel:
+    """S copies of one model architecture as stacked parameters ``[S, ...]``.
+
+    Args:
+        models: S models of the same class and shapes (their parameters are
+            copied; the first one is kept as the skeleton that
+            ``functional_call`` runs, its own parameters unused).
+
+    ``params`` maps every parameter name of the ordinary model to a leaf
+    ``nn.Parameter [S, *shape]``. ``forward(dense, cat)`` takes per-copy inputs
+    ``dense [S,B,Dd]``, ``cat [S,B,F]`` or one batch shared by all copies
+    ``dense [B,Dd]``, ``cat [B,F]``, and returns logits ``[S,B,T]``.
+    """
+
+    def __init__(self, models: Sequence[MultiTaskModel]) -> None:
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        base = models[0]
+        names = [n for n, _ in base.named_parameters()]
+        for m in models[1:]:
+            if type(m) is not type(base) or [
+                (n, p.shape) for n, p in m.named_parameters()
+            ] != [(n, p.shape) for n, p in base.named_parameters()]:
+                raise ValueError("every copy must have the same architecture")
+            for (n, b), (_, b0) in zip(m.named_buffers(), base.named_buffers(), strict=True):
+                if not torch.equal(b, b0):  # buffers are shared by the copies, never stacked
+                    raise ValueError(f"buffer {n} differs between copies")
+        self.base = base
+        self.num_copies = len(models)
+        per_model = [dict(m.named_parameters()) for m in models]
+        self.params: dict[str, nn.Parameter] = {}
+        with torch.no_grad():
+            for n in names:  # construction only, never in a step
+                stacked = torch.stack([pm[n] for pm in per_model])  # S x [*p] -> [S,*p]
+                self.params[n] = nn.Parameter(stacked)
+        self._rest = _FromInput(base)
+        self._rest_names = [n for n in names if not n.startswith("input.")]
+
+        def rest(params: dict[str, Tensor], z: Tensor) -> Tensor:
+            return functional_call(self._rest, params, (z,))  # [B,N] -> [B,T]
+
+        self._vrest = vmap(rest, in_dims=(0, 0))  # [S,B,N] -> [S,B,T]
+
+    @classmethod
+    def build(cls, model_cfg: dict[str, Any], schema: FeatureSchema, seeds: Sequence[int],
+              device: torch.device | str = "cpu") -> EnsembleModel:
+        """Copy k built exactly as ``train()`` builds the model of ``train.seed=seeds[k]``."""
+        models = []
+        for s in seeds:
+            _seed_everything(int(s))
+            models.append(build_model(model_cfg, schema))
+        ens = cls(models)
+        del models
+        return ens.to(device)
+
+    def to(self, device: torch.device | str) -> EnsembleModel:
+        self.base.to(device)
+        with torch.no_grad():
+            self.params = {n: nn.Parameter(p.to(device)) for n, p in self.params.items()}
+        return self
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.params.values())
+
+    def num_parameters(self) -> int:
+        """Parameters of one copy."""
+        return sum(p[0].numel() for p in self.params.values())
+
+    def train(self, mode: bool = True) -> None:
+        self.base.train(mode)
+
+    def __call__(self, dense: Tensor, cat: Tensor,
+                 params: dict[str, Tensor] | None = None) -> Tensor:
+        return self.forward(dense, cat, params)
+
+    def forward(self, dense: Tensor, cat: Tensor,
+                params: dict[str, Tensor] | None = None) -> Tensor:
+        """Logits ``[S,B,T]``; ``params`` (default ``self.params``) are stacked ``[S, ...]``."""
+        p = self.params if params is None else params
+        z = self.input_forward(dense, cat, p)  # [S,B,N]
+        rest = {"model." + n: p[n] for n in self._rest_names}  # names inside _FromInput
+        return self._vrest(rest, z)  # [S,B,N] -> [S,B,T]
+
+    def input_forward(self, dense: Tensor, cat: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """Input layer of all copies: ``[S,B,Dd]|[B,Dd]``, ``[S,B,F]|[B,F]`` -> ``[S,B,N]``.
+
+        One ``embedding_bag`` (one-hot mode) or one embedding gather plus ``baddbmm``
+        (embedding mode) over all copies, plus one batched product for the dense part.
+        """
+        inp = self.base.input
+        S = self.num_copies
+        bias = p["input.bias"]  # [S,N]
+        n_out = bias.shape[-1]
+        B = cat.shape[-2]
+        out = bias.unsqueeze(1)  # [S,N] -> [S,1,N]
+        if inp.cat_weight is not None:
+            C = sum(inp.cardinalities)
+            shift = torch.arange(S, device=cat.device) * C  # table s starts at row s*C
+            idx = (cat + inp.offsets).expand(S, B, cat.shape[-1])  # [B,F] | [S,B,F] -> [S,B,F]
+            idx = idx + shift.view(S, 1, 1)  # [S,B,F] + [S,1,1] -> [S,B,F] rows of the flat table
+            if inp.embedding is None:
+                table = p["input.cat_weight"].reshape(S * C, n_out)  # [S,C,N] -> [S*C,N]
+                flat = idx.reshape(S * B, -1)  # [S,B,F] -> [S*B,F]: one bag per (copy, row)
+                bags = F.embedding_bag(flat, table, mode="sum")  # [S*B,F] -> [S*B,N]
+                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
+            else:
+                k = inp.embedding_dim
+                table = p["input.embedding.weight"].reshape(S * C, k)  # [S,C,k] -> [S*C,k]
+                emb = F.embedding(idx, table).flatten(2)  # [S,B,F,k] -> [S,B,F*k]
+                w = p["input.cat_weight"]  # [S,F*k,N]
+                out = torch.baddbmm(out, emb, w)  # [S,B,F*k] x [S,F*k,N] -> [S,B,N]
+        if inp.dense_weight is not None:
+            w = p["input.dense_weight"]  # [S,Dd,N]
+            if dense.dim() == 2:  # one batch for every copy
+                out = out + torch.matmul(dense, w)  # [B,Dd] x [S,Dd,N] -> [S,B,N]
+            else:
+                out = torch.baddbmm(out, dense, w)  # [S,B,Dd] x [S,Dd,N] -> [S,B,N]
+        if out.shape[1] != B:
+            out = out.expand(S, B, n_out)  # [S,1,N] -> [S,B,N]
+        return out
+
+    def state_dict_of(self, k: int, params: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Copy k as a state dict of the ordinary model (contiguous CPU clones)."""
+        p = self.params if params is None else params
+        sd = {n: t.detach().cpu() for n, t in self.base.state_dict().items()}
+        for n in self.params:
+            sd[n] = p[n][k].detach().to("cpu", copy=True)  # a clone, never a view of [S,...]
+        return sd
+
+
+# ----------------------------------------------------------------------------- loss, evaluation
+
+
+class EnsembleLoss(nn.Module):
+    """Per-copy task losses with per-copy labels: ``[S,B,T]`` -> ``[S,T]``.
+
+    The same losses as :class:`~adatt.train.losses.TaskLoss` (BCE with logits for
+    binary tasks, squared error for regression, a (weighted) mean over the batch),
+    with labels ``[S,B,T]`` and weights ``[S,B]`` gathered per copy.
+    :meth:`total` is the sum over copies and tasks of ``c_t L_st``.
+    """
+
+    is_binary: Tensor
+    task_weights: Tensor
+
+    def __init__(self, kinds: Sequence[str], task_weights: Sequence[float] | None = None):
+        super().__init__()
+        kinds = list(kinds)
+        t = len(kinds)
+        w = torch.ones(t) if task_weights is None else torch.as_tensor(task_weights).float()
+        self.register_buffer("is_binary", torch.tensor([k == "binary" for k in kinds]))
+        self.register_buffer("task_weights", w)
+        self._all_binary = all(k == "binary" for k in kinds)
+        self._all_regression = all(k == "regression" for k in kinds)
+
+    def forward(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+        per = _elementwise(logits, labels, self.is_binary, self._all_binary,
+                           self._all_regression)  # [S,B,T]
+        if weight is None:
+            return per.mean(dim=-2)  # [S,B,T] -> [S,T]
+        w = weight.to(per.dtype)  # [S,B]
+        return (per * w[..., None]).sum(dim=-2) / w.sum(-1, keepdim=True)  # [S,B,T] -> [S,T]
+
+    def total(self, losses: Tensor) -> Tensor:
+        """``sum_s sum_t c_t L_st``: ``[S,T]`` -> scalar (copies stay independent)."""
+        return (losses * self.task_weights.to(losses)).sum()  # [S,T] * [T] -> []
+
+
+@torch.no_grad()
+def evaluate_ensemble(model: EnsembleModel, data: TensorDataset, schema: FeatureSchema,
+                      batch_size: int = 8192,
+                      params: dict[str, Tensor] | None = None) -> list[dict[str, dict[str, float]]]:
+    """Every metric of every task for every copy over the whole of ``data`` (one pass).
+
+    A batch holds ``max(1, batch_size // S)`` rows, so ``S`` times that many rows
+    go through the model at once (the memory of one ordinary evaluation batch).
+    """
+    S = model.num_copies
+    device = model.params["input.bias"].device
+    acc = EnsembleMetricAccumulator(schema.task_names, schema.task_kinds)
+    model.train(False)
+    for b in data.batches(max(1, batch_size // S)):
+        b = b.to(device)
+        acc.update(model(b.dense, b.cat, params).float(), b.labels, b.weight)  # [S,B,T]
+    model.train(True)
+    return acc.compute()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_step(model: EnsembleModel, loss_fn: EnsembleLoss, opt: torch.optim.Optimizer,
+               sched, data: TensorDataset, idx: Tensor, bf16: bool = False) -> Tensor:
+    """One optimizer step of every copy on its own rows ``idx [S,B]``; losses ``[S,T]``."""
+    batch = data.batch(idx)  # dense [S,B,Dd], cat [S,B,F], labels [S,B,T], weight [S,B]
+    device_type = idx.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(batch.dense, batch.cat)  # [S,B,T]
+    losses = loss_fn(logits.float(), batch.labels, batch.weight)  # [S,T]
+    opt.zero_grad(set_to_none=True)
+    loss_fn.total(losses).backward()
+    opt.step()
+    sched.step()
+    return losses
+
+
+def check_ensemble_config(cfg: RunConfig) -> None:
+    """Raise :class:`ConfigError` for the options ``train_ensemble`` cannot honour."""
+    tc = cfg.train
+    if tc.weighting != "equal":
+        raise ConfigError(f"train.weighting={tc.weighting}: train_ensemble supports only "
+                          "train.weighting=equal (other methods keep per-run state and "
+                          "per-task gradients the stacked copies do not carry); train those "
+                          "runs separately with `adatt train`")
+    if tc.grad_clip is not None:
+        raise ConfigError("train.grad_clip: not supported by train_ensemble (a global gradient "
+                          "norm over the stacked copies would couple them); set "
+                          "train.grad_clip=null or train the runs separately")
+    if tc.tensorboard:
+        raise ConfigError("train.tensorboard: not supported by train_ensemble")
+
+
+def _copy_config(cfg: RunConfig, seed: int) -> RunConfig:
+    c = cfg.model_copy(deep=True)
+    c.name = f"{cfg.name}/seed_{seed}"
+    c.train.seed = int(seed)
+    return c
+
+
+def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite: bool = False,
+                   chunk: int | None = None) -> list[dict[str, Any]]:
+    """Train one copy of ``cfg`` per seed, vectorised; one results dict per seed.
+
+    Args:
+        cfg: the run configuration (``train.seed`` is ignored: the seeds are given).
+        seeds: S distinct seeds; copy k equals ``train()`` with ``train.seed=seeds[k]``.
+        splits: the loaded data (default: loaded from ``cfg.data``).
+        overwrite: replace an existing ``<out_dir>/<name>``.
+        chunk: train at most this many copies together, the groups one after the
+            other (default :func:`auto_chunk`: all S on CUDA; on CPU a group size
+            that keeps allocations small, 10 for the census configuration).
+
+    Returns:
+        S dicts with the keys of ``train()``'s results, plus ``ensemble_size`` and
+        ``ensemble_examples_per_s`` (training examples/s summed over the copies
+        trained together); ``train_examples_per_s`` is the per-copy share of it and
+        ``wall_time_s`` runs from the call to the end of the copy's group.
+    """
+    t_start = time.perf_counter()
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("train_ensemble: seeds is empty")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"train_ensemble: seeds must be distinct, got {seeds}")
+    if chunk is not None and chunk < 1:
+        raise ConfigError(f"train_ensemble: chunk must be >= 1, got {chunk}")
+    check_ensemble_config(cfg)
+    tc = cfg.train
+    ens_dir = Path(cfg.out_dir) / cfg.name
+    if ens_dir.exists() and not overwrite and any(ens_dir.iterdir()):
+        raise RunError(f"{ens_dir} already exists: pass overwrite=True to replace it, "
+                       "or name=... for a new run")
+    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
+    device = torch.device(tc.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but CUDA is not available here")
+    if splits is None:
+        splits = load_splits_for(cfg)
+    schema = splits.schema
+    if tc.task_weights is not None and len(tc.task_weights) != schema.num_tasks:
+        raise ConfigError(f"train.task_weights has {len(tc.task_weights)} entries for "
+                          f"{schema.num_tasks} tasks")
+    ens_dir.mkdir(parents=True, exist_ok=True)
+    (ens_dir / "ensemble.json").unlink(missing_ok=True)
+    size = chunk or auto_chunk(cfg, schema, len(seeds), device)
+    results: list[dict[str, Any]] = []
+    examples = train_time = 0.0
+    for lo in range(0, len(seeds), size):
+        part, ex, tt = _train_group(cfg, seeds[lo : lo + size], splits, device, t_start)
+        results += part
+        examples, train_time = examples + ex, train_time + tt
+    summary = {
+        "name": cfg.name,
+        "model": cfg.model["name"],
+        "data": cfg.data.source,
+        "seeds": seeds,
+        "chunk": size,
+        "runs": [f"seed_{s}" for s in seeds],
+        "wall_time_s": time.perf_counter() - t_start,
+        "train_time_s": train_time,
+        "ensemble_examples_per_s": examples / max(train_time, 1e-9),
+        "selection_score": _mean_std([r["selection_score"] for r in results]),
+        "valid": _summarise([r["valid"] for r in results]),
+        "test": _summarise([r["test"] for r in results]),
+    }
+    _atomic_write(json.dumps(summary, indent=2), ens_dir / "ensemble.json")
+    return results
+
+
+def auto_chunk(cfg: RunConfig, schema: FeatureSchema, num_copies: int,
+               device: torch.device | str) -> int:
+    """How many copies ``train_ensemble`` trains together when ``chunk`` is None.
+
+    CUDA: all of them. CPU: as many as keep the input layer's output ``[S,B,N]``
+    (about the widest activation of a step) under 16 MiB: glibc serves larger
+    blocks with fresh pages on every allocation, and the page faults then cost
+    more than the vectorisation saves (census AdaTT-sp, batch 512: 10 copies).
+    """
+    if torch.device(device).type != "cpu":
+        return num_copies
+    width = build_model(cfg.model, schema).input.out_features  # N (RNG reseeded per copy)
+    per_copy = cfg.train.batch_size * width * 4  # bytes of one copy's [B,N] float32
+    return max(1, min(num_copies, _CPU_ACTIVATION_BYTES // per_copy))
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else None,
+            "n": int(a.size)}
+
+
+def _summarise(per_copy: Sequence[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """``{task: {metric: {mean, std, n}}}`` over the copies (std: sample, ddof=1)."""
+    first = per_copy[0]
+    return {task: {m: _mean_std([r[task][m] for r in per_copy]) for m in ms}
+            for task, ms in first.items()}
+
+
+def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
+                 t_start: float) -> tuple[list[dict[str, Any]], float, float]:
+    """Train S = len(seeds) copies together; (results, examples summed over copies, train s)."""
+    tc = cfg.train
+    schema = splits.schema
+    S = len(seeds)
+    model = EnsembleModel.build(cfg.model, schema, seeds, device)
+    loss_fn = EnsembleLoss(schema.task_kinds, tc.task_weights).to(device)
+    opt = make_optimizer([{"params": model.parameters()}], tc)
+    train_data = splits.train
+    if device.type != "cpu":
+        train_data = TensorDataset(*(t.to(device) if t is not None else None for t in
+                                     (train_data.dense, train_data.cat, train_data.labels,
+                                      train_data.weight)))
+    n_train = len(train_data)
+    steps_per_epoch = math.ceil(n_train / tc.batch_size)
+    budget = min(tc.max_examples or n_train * tc.epochs, n_train * tc.epochs)
+    total_steps = math.ceil(budget / tc.batch_size)
+    sched = make_schedule(opt, tc, total_steps)
+    label_var = _label_variance(train_data, schema)
+    eval_every = tc.eval_every or n_train
+    with torch.no_grad():
+        best = {n: p.detach().clone() for n, p in model.params.items()}  # [S,...] selected
+
+    run_dirs = [Path(cfg.out_dir) / cfg.name / f"seed_{s}" for s in seeds]
+    for s, d in zip(seeds, run_dirs, strict=True):
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in _RUN_FILES:
+            (d / stale).unlink(missing_ok=True)
+        _atomic_write(dump_config(_copy_config(cfg, s)), d / "config.yaml")
+        _atomic_write("", d / "metrics.jsonl")
+
+    st = {"step": 0, "examples": 0, "epoch": 0, "evals": 0, "train_time": 0.0,
+          "next_eval": eval_every}
+    best_score: list[float | None] = [None] * S
+    best_eval: list[dict[str, int] | None] = [None] * S
+    bad_evals, done, stop_examples = [0] * S, [False] * S, [0] * S
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=budget, unit="ex", unit_scale=True, disable=not tc.progress,
+               desc=f"{cfg.name} x{S}", dynamic_ncols=True)
+    model.train()
+    while not all(done) and st["examples"] < budget:
+        epoch = st["epoch"]
+        perms = torch.stack([  # once per epoch: each copy's own order, as train() draws it
+            torch.randperm(n_train, generator=torch.Generator().manual_seed(s * 1_000_003 + epoch))
+            for s in seeds
+        ]).to(device)  # S x [n] -> [S,n]
+        for b_idx in range(steps_per_epoch):
+            if st["examples"] >= budget:
+                break
+            t0 = time.perf_counter()
+            idx = perms[:, b_idx * tc.batch_size : (b_idx + 1) * tc.batch_size]  # [S,B]
+            idx = idx[:, : budget - st["examples"]]  # [S,B] -> [S,B'] (budget cut)
+            losses = train_step(model, loss_fn, opt, sched, train_data, idx, tc.bf16)  # [S,T]
+            n = idx.shape[1]
+            st["step"] += 1
+            st["examples"] += n
+            st["train_time"] += time.perf_counter() - t0
+            bar.update(n)
+            epoch_end = b_idx + 1 >= steps_per_epoch
+            if epoch_end:
+                st["epoch"] += 1
+            if st["examples"] >= st["next_eval"] or st["examples"] >= budget:
+                st["next_eval"] += eval_every
+                _evaluate_and_select(cfg, schema, model, splits.valid, sched, st, best,
+                                     best_score, best_eval, bad_evals, done, stop_examples,
+                                     run_dirs, label_var, losses)
+                if all(done):
+                    break
+    bar.close()
+    for k in range(S):
+        if not done[k]:
+            stop_examples[k] = st["examples"]
+
+    # ---------------------------------------------------------------- evaluate selected
+    valid = evaluate_ensemble(model, splits.valid, schema, tc.eval_batch_size, best)
+    test = evaluate_ensemble(model, splits.test, schema, tc.eval_batch_size, best)
+    rate = st["examples"] * S / max(st["train_time"], 1e-9)
+    wall = time.perf_counter() - t_start
+    results = []
+    for k, (s, d) in enumerate(zip(seeds, run_dirs, strict=True)):
+        _atomic_save(model.state_dict_of(k, best), d / "best.pt")
+        res = {
+            "name": f"{cfg.name}/seed_{s}",
+            "model": cfg.model["name"],
+            "data": cfg.data.source,
+            "tasks": {t.name: t.kind for t in schema.tasks},
+            "selected": best_eval[k],
+            "selection_metric": tc.selection.metric,
+            "selection_score": best_score[k],
+            "valid": valid[k],
+            "test": test[k],
+            "num_parameters": model.num_parameters(),
+            "train_examples": stop_examples[k],
+            "train_examples_per_s": rate / S,
+            "wall_time_s": wall,
+            "seed": s,
+            "ensemble_size": S,
+            "ensemble_examples_per_s": rate,
+        }
+        _atomic_write(json.dumps(res, indent=2), d / "results.json")
+        results.append(res)
+    return results, float(st["examples"] * S), float(st["train_time"])
+
+
+def _evaluate_and_select(cfg: RunConfig, schema: FeatureSchema, model: EnsembleModel,
+                         valid: TensorDataset, sched, st: dict[str, Any],
+                         best: dict[str, Tensor], best_score: list, best_eval: list,
+                         bad_evals: list[int], done: list[bool], stop_examples: list[int],
+                         run_dirs: list[Path], label_var: dict[str, float],
+                         losses: Tensor) -> None:
+    """Score all copies on validation; update each live copy's selection (train()'s rule)."""
+    tc = cfg.train
+    S = model.num_copies
+    metrics = evaluate_ensemble(model, valid, schema, tc.eval_batch_size)
+    st["evals"] += 1
+    improved = [False] * S
+    train_loss = losses.detach().tolist()  # [S,T]
+    lr = sched.get_last_lr()[0]
+    for k in range(S):  # bookkeeping per copy at evaluation time only, never in a step
+        if done[k]:
+            continue
+        score, higher = selection_score(metrics[k], schema, tc.selection.metric, label_var)
+        improved[k] = best_score[k] is None or (score > best_score[k] if higher
+                                                else score < best_score[k])
+        if improved[k]:
+            best_score[k], bad_evals[k] = score, 0
+            best_eval[k] = dict(eval=st["evals"], epoch=st["epoch"], step=st["step"],
+                                examples=st["examples"])
+        else:
+            bad_evals[k] += 1
+            if tc.selection.patience is not None and bad_evals[k] >= tc.selection.patience:
+                done[k], stop_examples[k] = True, st["examples"]
+        info = {"eval": st["evals"], "epoch": st["epoch"], "step": st["step"],
+                "examples": st["examples"], "train_loss": train_loss[k], "score": score,
+                "improved": improved[k], "valid": metrics[k], "lr": lr}
+        with open(run_dirs[k] / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(info) + "\n")
+    if any(improved):
+        mask = torch.tensor(improved, device=best["input.bias"].device)  # [S]
+        with torch.no_grad():
+            for n, p in model.params.items():
+                m = mask.view(S, *([1] * (p.dim() - 1)))  # [S] -> [S,1,...]
+                best[n].copy_(torch.where(m, p.detach(), best[n]))  # improved slices only

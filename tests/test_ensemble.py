@@ -1,0 +1,217 @@
+"""Vectorised ensembles: copy k is the separate run with seed k, selection is per copy,
+seed directories are ordinary runs, unsupported options are clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from adatt.config import ConfigError, load_config
+from adatt.models import create_model, list_models
+from adatt.train.ensemble import EnsembleModel, train_ensemble
+from adatt.train.trainer import RunError, evaluate, load_run, train
+
+SEEDS = [0, 1, 2]
+MMOE = ["data.source=mmoe_synthetic", "data.rows=2000", "model.name=mmoe",
+        "model.expert_sizes=[[16]]", "model.num_experts=3", "model.tower_sizes=[8]",
+        "train.batch_size=128", "train.optimizer.lr=3e-3", "train.epochs=2",
+        "train.eval_every=700"]
+# one-hot categorical input (embedding_dim null), binary tasks, weight decay, a schedule,
+# early stopping: copies may stop at different evaluations
+SIM = ["data.source=sim", "data.preset=group1", "data.rows=2000", "model.name=adatt_sp",
+       "model.expert_sizes=[16,8]", "model.experts_per_task=2", "model.tower_sizes=[8]",
+       "train.batch_size=200", "train.optimizer.name=adamw", "train.optimizer.lr=1e-2",
+       "train.optimizer.weight_decay=0.01", "train.schedule.name=cosine",
+       "train.schedule.warmup_steps=3", "train.epochs=3", "train.eval_every=400",
+       "train.selection.patience=2"]
+
+
+@pytest.fixture(scope="module")
+def splits_of():
+    """Loaded data per base config (the simulator takes about a second to generate)."""
+    from adatt.data.config import load_splits
+
+    cache = {}
+
+    def get(base):
+        key = tuple(base)
+        if key not in cache:
+            cache[key] = load_splits(load_config(None, list(base)).data)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def cfg_for(tmp_path, base, *extra):
+    return load_config(None, [*base, f"out_dir={tmp_path}", "train.progress=false",
+                              "train.threads=1", *extra])
+
+
+def assert_metrics_close(a, b, tol=1e-5):
+    assert a.keys() == b.keys()
+    for task in a:
+        assert a[task].keys() == b[task].keys()
+        for k, v in a[task].items():
+            assert b[task][k] == pytest.approx(v, rel=tol, abs=tol), (task, k)
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize("embedding_dim", [None, 3])
+@pytest.mark.parametrize("name", sorted(list_models()))
+def test_forward_equals_each_copy(name, embedding_dim):
+    kw = dict(num_tasks=2, dense_dim=4, cat_cardinalities=[3, 5], embedding_dim=embedding_dim)
+    models = []
+    for s in SEEDS:
+        torch.manual_seed(s)
+        models.append(create_model(name, **kw))
+    ens = EnsembleModel(models)
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(3, 6, 4, generator=g)  # [S,B,Dd] one batch per copy
+    cat = torch.stack([torch.randint(0, c, (3, 6), generator=g) for c in (3, 5)], -1)
+    per_copy = ens(dense, cat)  # [S,B,T]
+    shared = ens(dense[0], cat[0])  # one batch for all copies
+    for k, m in enumerate(models):
+        torch.testing.assert_close(per_copy[k], m(dense[k], cat[k]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(shared[k], m(dense[0], cat[0]), rtol=1e-5, atol=1e-6)
+    # the saved copy is the ordinary model's state dict
+    fresh = create_model(name, **kw)
+    fresh.load_state_dict(ens.state_dict_of(1))
+    torch.testing.assert_close(fresh(dense[1], cat[1]), models[1](dense[1], cat[1]))
+
+
+def test_dense_only_input():
+    models = []
+    for s in SEEDS[:2]:
+        torch.manual_seed(s)
+        models.append(create_model("shared_bottom", num_tasks=2, dense_dim=4,
+                                   cat_cardinalities=[]))
+    dense = torch.randn(2, 5, 4)
+    out = EnsembleModel(models)(dense, torch.zeros(2, 5, 0, dtype=torch.long))
+    for k, m in enumerate(models):
+        torch.testing.assert_close(out[k], m(dense[k], torch.zeros(5, 0, dtype=torch.long)))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("base", [SIM, MMOE], ids=["adatt_sp-sim-onehot", "mmoe-synthetic"])
+def test_copy_k_equals_separate_run_with_seed_k(tmp_path, base, splits_of):
+    splits = splits_of(base)
+    ens = train_ensemble(cfg_for(tmp_path, base, "name=ens"), SEEDS, splits=splits)
+    assert [r["seed"] for r in ens] == SEEDS
+    for k, s in enumerate(SEEDS):
+        sep = train(cfg_for(tmp_path, base, f"name=sep{s}", f"train.seed={s}"), splits=splits)
+        got = ens[k]
+        assert set(sep) <= set(got)
+        assert got["selected"] == sep["selected"]
+        assert got["train_examples"] == sep["train_examples"]
+        assert got["num_parameters"] == sep["num_parameters"]
+        assert got["selection_score"] == pytest.approx(sep["selection_score"], rel=1e-5)
+        assert_metrics_close(sep["valid"], got["valid"])
+        assert_metrics_close(sep["test"], got["test"])
+        # every evaluation of the run, not only the selected one
+        a = [json.loads(x) for x in (tmp_path / f"sep{s}" / "metrics.jsonl").read_text()
+             .splitlines()]
+        b = [json.loads(x) for x in (tmp_path / "ens" / f"seed_{s}" / "metrics.jsonl")
+             .read_text().splitlines()]
+        assert [x["examples"] for x in a] == [x["examples"] for x in b]
+        assert [x["improved"] for x in a] == [x["improved"] for x in b]
+        for x, y in zip(a, b, strict=True):
+            assert y["lr"] == pytest.approx(x["lr"])
+            assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4, abs=1e-6)
+            assert_metrics_close(x["valid"], y["valid"])
+
+
+def test_selection_is_per_copy_and_seed_dirs_are_runs(tmp_path, splits_of):
+    seeds = [3, 4, 5, 6]
+    res = train_ensemble(cfg_for(tmp_path, SIM, "name=e", "train.optimizer.lr=3e-2",
+                                 "train.eval_every=300", "train.selection.patience=null",
+                                 "train.epochs=2"), seeds, splits=splits_of(SIM))
+    selected = [r["selected"]["eval"] for r in res]
+    assert len(set(selected)) > 1, selected  # copies differ, so do their selections
+    for r, s in zip(res, seeds, strict=True):
+        run = tmp_path / "e" / f"seed_{s}"
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert r["selected"]["eval"] == max(lines, key=lambda x: x["score"])["eval"]
+        assert json.loads((run / "results.json").read_text())["test"] == r["test"]
+    for r, s in list(zip(res, seeds, strict=True))[:2]:  # loading re-generates the data: 2 only
+        cfg, model, splits = load_run(tmp_path / "e" / f"seed_{s}")  # the ordinary model
+        assert cfg.train.seed == s and cfg.name == f"e/seed_{s}"
+        assert_metrics_close(r["test"], evaluate(model, splits.test, splits.schema))
+    summary = json.loads((tmp_path / "e" / "ensemble.json").read_text())
+    assert summary["seeds"] == seeds
+    aucs = [r["test"]["view"]["auc"] for r in res]
+    assert summary["test"]["view"]["auc"]["mean"] == pytest.approx(sum(aucs) / len(aucs))
+    assert summary["test"]["view"]["auc"]["n"] == len(seeds)
+    r0 = res[0]
+    assert r0["ensemble_examples_per_s"] == pytest.approx(4 * r0["train_examples_per_s"])
+
+
+def test_chunks_give_the_same_copies(tmp_path):
+    base = [*MMOE, "train.epochs=1"]
+    whole = train_ensemble(cfg_for(tmp_path, base, "name=a"), SEEDS)
+    parts = train_ensemble(cfg_for(tmp_path, base, "name=b"), SEEDS, chunk=2)
+    assert [r["ensemble_size"] for r in parts] == [2, 2, 1]
+    for x, y in zip(whole, parts, strict=True):
+        assert x["seed"] == y["seed"]
+        assert_metrics_close(x["test"], y["test"])
+
+
+def test_bf16_runs(tmp_path):
+    res = train_ensemble(cfg_for(tmp_path, MMOE, "name=bf", "train.bf16=true",
+                                 "train.epochs=1"), SEEDS[:2])
+    assert all(math.isfinite(r["test"]["task1"]["mse"]) for r in res)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.weighting=uncertainty", "train.weighting=uncertainty: train_ensemble supports only"),
+    ("train.grad_clip=1.0", "train.grad_clip: not supported by train_ensemble"),
+    ("train.tensorboard=true", "train.tensorboard: not supported"),
+])
+def test_unsupported_options_are_config_errors(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        train_ensemble(cfg_for(tmp_path, MMOE, "name=x", override), SEEDS)
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_seeds_and_existing_directory(tmp_path):
+    cfg = cfg_for(tmp_path, MMOE, "name=d", "train.max_examples=200")
+    with pytest.raises(ConfigError, match="distinct"):
+        train_ensemble(cfg, [1, 1])
+    with pytest.raises(ConfigError, match="empty"):
+        train_ensemble(cfg, [])
+    train_ensemble(cfg, [0])
+    with pytest.raises(RunError, match="already exists"):
+        train_ensemble(cfg, [0])
+    train_ensemble(cfg, [0], overwrite=True)
+
+
+def test_auto_chunk(tmp_path):
+    from adatt.data.schema import FeatureSchema, TaskSpec
+    from adatt.train.ensemble import auto_chunk
+
+    cards = [10, 53, 48, 8, 4, 25, 4, 8, 7, 7, 4, 4, 4, 8, 7, 52, 39, 9, 10, 10, 4, 6, 4,
+             44, 44, 44, 6, 4]  # census-like: 28 fields, 477 one-hot columns
+    schema = FeatureSchema(tuple(f"d{i}" for i in range(9)), tuple(f"c{i}" for i in range(28)),
+                           tuple(cards), tuple(TaskSpec(f"t{i}") for i in range(3)))
+    config = Path(__file__).resolve().parents[1] / "configs" / "census" / "adatt_sp.yaml"
+    cfg = load_config(config)  # batch 512, AdaTT-sp input width N = 786
+    assert auto_chunk(cfg, schema, 100, "cpu") == 16 * 2**20 // (512 * 786 * 4) == 10
+    assert auto_chunk(cfg, schema, 4, "cpu") == 4
+    assert auto_chunk(cfg, schema, 100, "cuda") == 100
