@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,10 +101,10 @@ from adatt.train.trainer import (
     _label_variance,
     _seed_everything,
     build_model,
-    load_splits_for,
     make_optimizer,
     make_schedule,
     selection_score,
+    setup_runtime,
 )
 
 __all__ = ["EnsembleModel", "EnsembleLoss", "train_ensemble", "evaluate_ensemble",
@@ -386,21 +385,12 @@ def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite:
     if chunk is not None and chunk < 1:
         raise ConfigError(f"train_ensemble: chunk must be >= 1, got {chunk}")
     check_ensemble_config(cfg)
-    tc = cfg.train
     ens_dir = Path(cfg.out_dir) / cfg.name
     if ens_dir.exists() and not overwrite and any(ens_dir.iterdir()):
         raise RunError(f"{ens_dir} already exists: pass overwrite=True to replace it, "
                        "or name=... for a new run")
-    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
-    device = torch.device(tc.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but CUDA is not available here")
-    if splits is None:
-        splits = load_splits_for(cfg)
+    device, splits = setup_runtime(cfg, splits)
     schema = splits.schema
-    if tc.task_weights is not None and len(tc.task_weights) != schema.num_tasks:
-        raise ConfigError(f"train.task_weights has {len(tc.task_weights)} entries for "
-                          f"{schema.num_tasks} tasks")
     ens_dir.mkdir(parents=True, exist_ok=True)
     (ens_dir / "ensemble.json").unlink(missing_ok=True)
     size = chunk or auto_chunk(cfg, schema, len(seeds), device)

@@ -49,7 +49,8 @@ from adatt.data.schema import FeatureSchema
 from adatt.train.losses import TaskLoss
 from adatt.train.metrics import MetricAccumulator
 
-__all__ = ["train", "evaluate", "build_model", "selection_score", "load_run", "RunError"]
+__all__ = ["train", "evaluate", "build_model", "selection_score", "load_run", "RunError",
+           "setup_runtime"]
 
 
 class RunError(RuntimeError):
@@ -182,6 +183,21 @@ def load_splits_for(cfg: RunConfig):
     return load_splits(cfg.data)
 
 
+def setup_runtime(cfg: RunConfig, splits=None):
+    """Threads, device and data of a run, checked: ``(device, splits)``."""
+    tc = cfg.train
+    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
+    device = torch.device(tc.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but CUDA is not available here")
+    if splits is None:
+        splits = load_splits_for(cfg)
+    n = splits.schema.num_tasks
+    if tc.task_weights is not None and len(tc.task_weights) != n:
+        raise ConfigError(f"train.task_weights has {len(tc.task_weights)} entries for {n} tasks")
+    return device, splits
+
+
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
           splits=None) -> dict[str, Any]:
     """Train, select on validation, score on test; returns the results dict."""
@@ -196,16 +212,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if resume and not ckpt_path.is_file():
         raise RunError(f"{ckpt_path} not found: nothing to resume")
     tc = cfg.train
-    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
-    device = torch.device(tc.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but CUDA is not available here")
-    if splits is None:
-        splits = load_splits_for(cfg)
+    device, splits = setup_runtime(cfg, splits)
     schema = splits.schema
-    if tc.task_weights is not None and len(tc.task_weights) != schema.num_tasks:
-        raise ConfigError(f"train.task_weights has {len(tc.task_weights)} entries for "
-                          f"{schema.num_tasks} tasks")
     _seed_everything(tc.seed)
     model = build_model(cfg.model, schema).to(device)
     loss_fn = TaskLoss(schema.task_kinds).to(device)
