@@ -6,6 +6,10 @@
     adatt eval --run runs/NAME            re-score a saved run
     adatt data info census|sim|files ...  describe a data set
     adatt experiment NAME [--quick]       run one of the paper's experiments (list: names)
+    adatt export --run runs/NAME --format torchscript|export|onnx [--output PATH]
+                                          export the run's model for serving
+    adatt predict --run runs/NAME --input F --output F.parquet [--id-column C]
+                                          score a CSV / Parquet file with the run's model
 
 Bad input (a missing file, a bad config key, a malformed data file) is a one
 line ``error: ...`` on stderr and exit status 2.
@@ -116,6 +120,22 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     print(f"wrote {out_dir}/report.md" + (f" ({wall:.0f} s)" if wall else ""))
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from adatt.serve.export import export_run
+
+    res = export_run(args.run, args.format, args.output)
+    print(f"wrote {res.path} and {res.sidecar.name} ({res.format}; max abs difference to the "
+          f"eager model {res.max_abs_diff:.2e})")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from adatt.serve.predict import predict_file
+
+    res = predict_file(args.run, args.input, args.output, batch_size=args.batch_size,
+                       id_column=args.id_column, progress=not args.no_progress)
+    print(f"wrote {res.output}: {res.rows:,} rows, columns {', '.join(res.columns)}")
+
+
 class _UsageError(ValueError):
     """A bad command-line argument."""
 
@@ -156,6 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="census directory (default: ADATT_DATA_DIR)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_experiment)
+
+    s = sub.add_parser("export", help="export a run's model for serving (see docs/serving.md)")
+    s.add_argument("--run", required=True, help="run directory (runs/NAME)")
+    s.add_argument("--format", required=True, choices=["torchscript", "export", "onnx"])
+    s.add_argument("--output", help="file to write (default runs/NAME/serving/model.<ext>)")
+    s.set_defaults(fn=_cmd_export)
+
+    s = sub.add_parser("predict", help="score a CSV / Parquet file with a run's model")
+    s.add_argument("--run", required=True, help="run directory (runs/NAME)")
+    s.add_argument("--input", required=True, help="CSV or Parquet file of feature columns")
+    s.add_argument("--output", required=True, help=".parquet or .csv file to write")
+    s.add_argument("--batch-size", type=int, help="rows per forward pass (default: the run's "
+                   "eval batch size)")
+    s.add_argument("--id-column", help="input column copied to the output")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=_cmd_predict)
 
     s = sub.add_parser("data", help="data sets")
     dsub = s.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,428 @@
+"""Export a trained run for serving: TorchScript, ``torch.export`` (.pt2) or ONNX.
+
+Notation: B batch (dynamic in every exported form), Dd dense width, F
+categorical fields, T tasks.
+
+Every exported form is :class:`ServingModel`: the run's model followed by the
+output transform, so it maps the raw feature tensors ``dense [B, Dd] float32``
+and ``cat [B, F] int64`` (per-field indices in ``[0, cardinality)``, 0 the
+unknown value) to ``predictions [B, T] float32``: ``sigmoid(logit)`` for a
+binary task, the model's raw output for a regression task.
+
+* ``torchscript``: ``torch.jit.trace`` (deprecated upstream, still working);
+  load with ``torch.jit.load(path)``.
+* ``export``: ``torch.export.export`` + ``torch.export.save`` (.pt2); load with
+  ``torch.export.load(path).module()``.
+* ``onnx``: ``torch.onnx.export(dynamo=True)``; run with
+  ``onnxruntime.InferenceSession(path)``.
+
+Each artefact is written to a temporary file next to ``output``, loaded back
+and checked against the eager model on random inputs of batch sizes other
+than the one used to export (1 and 5; 4 at export time), then renamed into
+place; a JSON sidecar ``<output>.json`` describes the inputs (names, dtypes,
+shapes, dense column names, categorical fields and cardinalities), the
+outputs (task names, kinds, transform) and the check. For a run trained on
+the user's files, the fitted encoding (vocabularies, dense scaling; see
+:mod:`adatt.serve.predict`) is written to ``<output>.preprocess.json``.
+
+ONNX needs ``onnx``, ``onnxscript`` and ``onnxruntime``: ``pip install adatt[serve]``.
+
+Example:
+    >>> import torch
+    >>> from adatt.models import create_model
+    >>> m = create_model("mmoe", num_tasks=2, dense_dim=3, cat_cardinalities=[4],
+    ...                  expert_sizes=[[8]], num_experts=2)
+    >>> serving = ServingModel(m, ["binary", "regression"]).eval()
+    >>> dense, cat = torch.randn(5, 3), torch.zeros(5, 1, dtype=torch.long)
+    >>> out = serving(dense, cat)  # [5, 2]
+    >>> logits = m(dense, cat)
+    >>> bool(torch.equal(out[:, 0], torch.sigmoid(logits[:, 0])))
+    True
+    >>> bool(torch.equal(out[:, 1], logits[:, 1]))
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adatt.data.schema import FeatureSchema
+from adatt.serve import FORMATS
+from adatt.train.trainer import RunError
+
+__all__ = [
+    "FORMATS",
+    "SUFFIXES",
+    "ServeError",
+    "ServingModel",
+    "ExportResult",
+    "output_columns",
+    "example_inputs",
+    "export_model",
+    "export_run",
+    "load_exported",
+    "default_output",
+]
+
+SUFFIXES = {"torchscript": ".pt", "export": ".pt2", "onnx": ".onnx"}
+INPUT_NAMES = ("dense", "cat")
+OUTPUT_NAME = "predictions"
+EXAMPLE_BATCH = 4  # export-time batch; >= 2 so that torch.export keeps the dimension symbolic
+CHECK_BATCHES = (1, 5)  # batch sizes the saved artefact is checked on
+TOLERANCE = 1e-5
+INSTALL_HINT = "pip install adatt[serve]  (onnx, onnxscript, onnxruntime)"
+
+
+class ServeError(RunError):
+    """A run that cannot be exported or served (one line)."""
+
+
+class ServingModel(nn.Module):
+    """A multi-task model plus its output transform: raw features -> ``[B, T]``.
+
+    Args:
+        model: maps ``dense [B, Dd]``, ``cat [B, F]`` to logits ``[B, T]``.
+        task_kinds: per task, ``binary`` (sigmoid) or ``regression`` (identity).
+    """
+
+    def __init__(self, model: nn.Module, task_kinds: Sequence[str]) -> None:
+        super().__init__()
+        kinds = list(task_kinds)
+        if any(k not in ("binary", "regression") for k in kinds):
+            raise ValueError(f"task kinds must be binary or regression, got {kinds}")
+        self.model = model
+        self.all_binary = all(k == "binary" for k in kinds)
+        self.any_binary = any(k == "binary" for k in kinds)
+        self.register_buffer(
+            "binary", torch.tensor([k == "binary" for k in kinds]), persistent=False
+        )
+
+    def forward(self, dense: Tensor, cat: Tensor) -> Tensor:
+        z = self.model(dense, cat)  # [B, T] logits / regression outputs
+        if self.all_binary:
+            return torch.sigmoid(z)
+        if not self.any_binary:
+            return z
+        return torch.where(self.binary, torch.sigmoid(z), z)  # [T] mask broadcast over [B, T]
+
+
+def output_columns(schema: FeatureSchema) -> list[str]:
+    """Per task, the output column name: ``<task>_prob`` (binary) or ``<task>_pred``.
+
+    >>> from adatt.data.schema import TaskSpec
+    >>> s = FeatureSchema(("x",), (), (), (TaskSpec("click"), TaskSpec("time", "regression")))
+    >>> output_columns(s)
+    ['click_prob', 'time_pred']
+    """
+    return [f"{t.name}_{'prob' if t.kind == 'binary' else 'pred'}" for t in schema.tasks]
+
+
+def example_inputs(schema: FeatureSchema, batch: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Random valid inputs: ``dense [batch, Dd]`` ~ N(0, 1), ``cat [batch, F]`` in range.
+
+    >>> from adatt.data.schema import TaskSpec
+    >>> s = FeatureSchema(("x", "y"), ("c",), (3,), (TaskSpec("t"),))
+    >>> d, c = example_inputs(s, 6)
+    >>> tuple(d.shape), d.dtype, tuple(c.shape), c.dtype, bool(((c >= 0) & (c < 3)).all())
+    ((6, 2), torch.float32, (6, 1), torch.int64, True)
+    """
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(batch, schema.dense_dim, generator=g)
+    card = torch.tensor(schema.cardinalities, dtype=torch.float64)  # [F]
+    u = torch.rand(batch, len(schema.cardinalities), generator=g, dtype=torch.float64)
+    cat = (u * card).long().clamp_max((card - 1).long())  # [B, F], each in [0, card_f)
+    return dense, cat
+
+
+def default_output(run_dir: str | Path, fmt: str) -> Path:
+    """``<run_dir>/serving/model<suffix>`` (``.pt``, ``.pt2``, ``.onnx``)."""
+    _check_format(fmt)
+    return Path(run_dir) / "serving" / f"model{SUFFIXES[fmt]}"
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ServeError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def require_onnx(runtime_only: bool = False) -> Any:
+    """Import the ONNX stack (``onnxruntime`` and, to export, ``onnx`` and ``onnxscript``).
+
+    Returns the ``onnxruntime`` module; a missing package is a :class:`ServeError`
+    saying how to install it.
+    """
+    names = ("onnxruntime",) if runtime_only else ("onnx", "onnxscript", "onnxruntime")
+    mod = None
+    for name in names:
+        try:
+            mod = __import__(name)
+        except ImportError as e:
+            raise ServeError(f"ONNX needs the package {name!r}, which is not installed ({e}); "
+                             f"install it with: {INSTALL_HINT}") from None
+    return mod
+
+
+@contextlib.contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """Silence the exporters' warnings and log lines (deprecations, torchvision notes)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export",
+                                              "onnxscript", "onnx_ir", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels, strict=True):
+                lg.setLevel(lv)
+
+
+@contextlib.contextmanager
+def _atomic_target(output: Path) -> Iterator[Path]:
+    """A temporary path next to ``output`` (same suffix); renamed to ``output`` on success.
+
+    A file system problem (no permission, ``output`` a directory) is a :class:`ServeError`.
+    """
+    if output.is_dir():
+        raise ServeError(f"{output}: is a directory; give a file name")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.",
+                                        suffix=".tmp" + output.suffix)
+    except OSError as e:
+        raise ServeError(f"{output}: cannot write ({e.strerror or e})") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+            os.replace(tmp, output)
+        except OSError as e:
+            raise ServeError(f"{output}: cannot write ({e.strerror or e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    with _atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _save_torchscript(serving: ServingModel, args: tuple[Tensor, Tensor], path: Path) -> None:
+    with _quiet_exporters(), torch.no_grad():
+        traced = torch.jit.trace(serving, args)
+        torch.jit.save(traced, str(path))
+
+
+def _dynamic_shapes() -> dict[str, dict[int, Any]]:
+    batch = torch.export.Dim("batch", min=1)
+    return {"dense": {0: batch}, "cat": {0: batch}}
+
+
+def _save_export(serving: ServingModel, args: tuple[Tensor, Tensor], path: Path) -> None:
+    with _quiet_exporters():
+        ep = torch.export.export(serving, args, dynamic_shapes=_dynamic_shapes())
+        torch.export.save(ep, str(path))
+
+
+def _save_onnx(serving: ServingModel, args: tuple[Tensor, Tensor], path: Path) -> None:
+    require_onnx()
+    nbytes = sum(p.numel() * p.element_size() for p in serving.parameters())
+    if nbytes >= 2**31 - 2**24:
+        raise ServeError(f"the model has {nbytes / 2**30:.2f} GiB of weights; an ONNX file "
+                         "holds under 2 GiB inline: use --format export")
+    with _quiet_exporters():
+        program = torch.onnx.export(
+            serving, args, None, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            dynamic_shapes=_dynamic_shapes(), dynamo=True, verbose=False,
+        )
+        program.save(str(path), external_data=False)
+
+
+_SAVERS: dict[str, Callable[[ServingModel, tuple[Tensor, Tensor], Path], None]] = {
+    "torchscript": _save_torchscript,
+    "export": _save_export,
+    "onnx": _save_onnx,
+}
+
+
+def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """A function ``(dense [B, Dd], cat [B, F]) -> [B, T]`` running an exported file.
+
+    ``fmt`` defaults to the one its suffix names (``.pt``, ``.pt2``, ``.onnx``).
+    """
+    path = Path(path)
+    if fmt is None:
+        by_suffix = {v: k for k, v in SUFFIXES.items()}
+        fmt = by_suffix.get(path.suffix.lower())
+        if fmt is None:
+            raise ServeError(f"{path}: cannot tell the format from the suffix; "
+                             f"give one of {', '.join(FORMATS)}")
+    _check_format(fmt)
+    if fmt == "torchscript":
+        module = torch.jit.load(str(path), map_location="cpu")
+        return lambda dense, cat: module(dense, cat)
+    if fmt == "export":
+        module = torch.export.load(str(path)).module()
+        return lambda dense, cat: module(dense, cat)
+    ort = require_onnx(runtime_only=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(dense: Tensor, cat: Tensor) -> Tensor:
+        feeds = {"dense": dense.detach().cpu().numpy(), "cat": cat.detach().cpu().numpy()}
+        return torch.from_numpy(session.run([OUTPUT_NAME], feeds)[0])
+
+    return run
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where an export went and how closely it matched the eager model."""
+
+    path: Path
+    sidecar: Path
+    format: str
+    max_abs_diff: float  # over the check batches, vs the eager model
+
+
+def describe(schema: FeatureSchema, fmt: str, path: Path) -> dict[str, Any]:
+    """The sidecar's description of the inputs and outputs of an exported model."""
+    import adatt
+
+    return {
+        "format": fmt,
+        "file": path.name,
+        "adatt_version": adatt.__version__,
+        "torch_version": torch.__version__,
+        "inputs": [
+            {"name": "dense", "dtype": "float32", "shape": ["batch", schema.dense_dim],
+             "columns": list(schema.dense)},
+            {"name": "cat", "dtype": "int64", "shape": ["batch", len(schema.categorical)],
+             "fields": list(schema.categorical), "cardinalities": list(schema.cardinalities),
+             "values": "per field an index in [0, cardinality); 0 is the unknown value"},
+        ],
+        "outputs": [
+            {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", schema.num_tasks],
+             "tasks": [
+                 {"name": t.name, "kind": t.kind, "column": col,
+                  "transform": "sigmoid" if t.kind == "binary" else "identity"}
+                 for t, col in zip(schema.tasks, output_columns(schema), strict=True)
+             ]},
+        ],
+    }
+
+
+def export_model(
+    model: nn.Module,
+    schema: FeatureSchema,
+    fmt: str,
+    output: str | Path,
+    extra: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Export ``model`` (raw logits) as a :class:`ServingModel` in format ``fmt``.
+
+    The file is written to a temporary path, loaded back and compared with the
+    eager model on random inputs of batch sizes :data:`CHECK_BATCHES`; it replaces
+    ``output`` only when every output is within :data:`TOLERANCE`. ``extra`` is
+    merged into the sidecar ``<output>.json``.
+    """
+    _check_format(fmt)
+    output = Path(output)
+    was_training = model.training
+    model.eval()
+    try:
+        serving = ServingModel(model, schema.task_kinds).eval()
+        args = example_inputs(schema, EXAMPLE_BATCH, seed=0)
+        with _atomic_target(output) as tmp:
+            try:
+                _SAVERS[fmt](serving, args, tmp)
+            except ServeError:
+                raise
+            except Exception as e:  # an exporter failure: name the format and the cause
+                msg = " ".join(str(e).split())[:300]
+                raise ServeError(f"{fmt} export failed: {type(e).__name__}: {msg}") from e
+            run = load_exported(tmp, fmt)
+            diff = 0.0
+            with torch.no_grad():
+                for i, b in enumerate(CHECK_BATCHES):
+                    dense, cat = example_inputs(schema, b, seed=1 + i)
+                    want = serving(dense, cat)  # [b, T]
+                    got = run(dense, cat)
+                    if tuple(got.shape) != tuple(want.shape):
+                        raise ServeError(f"{fmt} export: output shape {tuple(got.shape)} for "
+                                         f"batch {b}, expected {tuple(want.shape)}")
+                    diff = max(diff, float((got.float() - want).abs().max()))
+            if not diff <= TOLERANCE:
+                raise ServeError(f"{fmt} export disagrees with the eager model: max abs "
+                                 f"difference {diff:.3g} > {TOLERANCE:g}")
+        info = describe(schema, fmt, output)
+        info["check"] = {"batch_sizes": list(CHECK_BATCHES), "max_abs_diff": diff,
+                         "tolerance": TOLERANCE}
+        info.update(extra or {})
+        sidecar = output.with_name(output.name + ".json")
+        _write_json(info, sidecar)
+    finally:
+        model.train(was_training)
+    return ExportResult(output, sidecar, fmt, diff)
+
+
+def export_run(
+    run_dir: str | Path, fmt: str, output: str | Path | None = None
+) -> ExportResult:
+    """Export the selected model of a finished run (``runs/<name>``).
+
+    ``output`` defaults to :func:`default_output`. For a run on the user's files
+    the fitted encoding is also written to ``<output>.preprocess.json``.
+    """
+    from adatt.serve.predict import encoding_for_run
+    from adatt.train.trainer import load_run
+
+    _check_format(fmt)
+    if fmt == "onnx":
+        require_onnx()  # before the (possibly slow) data loading
+    cfg, model, splits = load_run(run_dir)
+    output = Path(output) if output is not None else default_output(run_dir, fmt)
+    encoding = encoding_for_run(cfg, splits)
+    extra: dict[str, Any] = {
+        "run": str(run_dir),
+        "model": cfg.model["name"],
+        "data": splits.name,
+    }
+    pre = output.with_name(output.name + ".preprocess.json")
+    if encoding.raw:
+        extra["encoding"] = {
+            "kind": "files",
+            "file": pre.name,
+            "note": "raw columns -> inputs: dense (x - mean) / std, categorical 1 + position "
+                    "in the training vocabulary (0 unseen); see adatt.serve.predict",
+        }
+    else:
+        extra["encoding"] = {
+            "kind": "encoded",
+            "note": f"inputs are the {splits.name} loader's encoded columns",
+        }
+    result = export_model(model, splits.schema, fmt, output, extra)
+    if encoding.raw:  # written once the model is in place, so a failed export leaves nothing
+        _write_json(encoding.to_dict(), pre)
+    return result
