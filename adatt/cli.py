@@ -113,7 +113,11 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     if args.seeds is not None:
         opts["seeds"] = args.seeds
     out_dir = args.out_dir or f"results/{args.name}{'-quick' if args.quick else ''}"
-    if args.data_dir and args.name == "census-table5":
+    if args.data_dir:
+        import inspect
+
+        if "data_dir" not in inspect.signature(fn).parameters:
+            raise _UsageError(f"experiment {args.name} does not read census (--data-dir)")
         opts["data_dir"] = args.data_dir
     summary = fn(out_dir, **opts)
     wall = summary.get("wall_time_s")

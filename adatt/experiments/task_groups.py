@@ -25,17 +25,23 @@ training window (progressive NE); we measure held-out NE at those points,
 which is the same quantity up to the generalisation gap, without the noise of
 a moving window. The test column scores the checkpoint with the best
 validation loss (mean over tasks of NE, and of MSE / label variance for the
-regression task), which after one pass is almost always the last. Numbers are
+regression task), which after one pass is almost always the last (when a
+small validation split holds no positive of a rare task, its NE is undefined
+and the mean validation log loss selects instead, see
+:func:`selection_override`). Numbers are
 the relative difference of the mean over S seeds from Shared-bottom's mean,
 with a 95% confidence half-width from the per-seed (paired) differences.
 
 Full mode: 2,000,000 rows per group (1.6M training rows), 3 seeds, 21
-configurations. Expected runtime: about 2-4 hours on a 16-core CPU (measured
-throughput of the industrial-size models here: roughly 2,000-8,000
-examples/s per seed on 2 busy cores), well under an hour on one GPU
-(``device="cuda"``). ``quick=True``: 16,000 rows per group, 2 seeds, sizes
-shrunk to experts (32, 16), towers 16, embeddings 8, batch 512: under 2
-minutes on 2 cores.
+configurations, about 100M training examples over all copies. Expected
+runtime: roughly 3 hours on 2 CPU cores (an estimate from throughput measured
+on 2 shared cores, summed over 3 seeds: about 10,000 examples/s for AdaTT on
+group3, 65,000 for Shared-bottom on group1; not measured end to end); more
+cores or a GPU (``device="cuda"``) proportionally less.
+
+``quick=True``: 40,000 rows per group, 2 seeds, sizes shrunk to experts
+(32, 16), towers 16, embeddings 8, batch 128, one torch thread (faster than
+two for models this small): 40-90 s on 2 shared cores.
 
 This module also holds the helpers shared by the other simulator experiments
 (:mod:`adatt.experiments.ablation`, :mod:`~adatt.experiments.expert_weights`,
@@ -66,9 +72,9 @@ from typing import Any
 from adatt.experiments.common import markdown_table, mean_ci, preset_models, write_csv
 
 __all__ = ["run_task_groups", "task_group_models", "run_seeds", "sim_overrides",
-           "model_overrides", "relative_summary", "seed_means", "primary_metric",
-           "read_curves", "curve_table", "SIM_SIZES", "QUICK_SIZES", "MODEL_LABELS",
-           "PAPER_GROUP1"]
+           "model_overrides", "selection_override", "relative_summary", "seed_means",
+           "primary_metric", "read_curves", "curve_table", "SIM_SIZES", "QUICK_SIZES",
+           "MODEL_LABELS", "PAPER_GROUP1"]
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -76,8 +82,8 @@ __all__ = ["run_task_groups", "task_group_models", "run_seeds", "sim_overrides",
 SIM_SIZES: dict[str, Any] = {"embedding_dim": 16, "expert_sizes": [256, 128], "tower_sizes": [64]}
 #: quick-mode sizes: the same shape, 8x narrower
 QUICK_SIZES: dict[str, Any] = {"embedding_dim": 8, "expert_sizes": [32, 16], "tower_sizes": [16]}
-QUICK_ROWS = 16_000
-QUICK_BATCH = 512
+QUICK_ROWS = 40_000
+QUICK_BATCH = 128
 
 MODEL_LABELS = {
     "shared_bottom": "Shared-bottom", "mmoe": "MMoE", "ml_mmoe": "ML-MMoE", "ple": "PLE",
@@ -92,8 +98,10 @@ def primary_metric(kind: str) -> str:
 
 def sim_overrides(preset: str, rows: int, out_dir: str | Path, progress: bool,
                   quick: bool, batch_size: int | None = None, data_seed: int = 0,
-                  device: str = "cpu") -> list[str]:
+                  device: str = "cpu", threads: int | None = None) -> list[str]:
     """Config overrides of the simulator protocol (data, optimizer, batch, one pass).
+
+    Quick mode: batch 128 and one torch thread (unless ``threads`` is given).
 
     >>> sim_overrides("group3", 1000, "runs", False, quick=True)[:3]
     ['data.source=sim', 'data.preset=group3', 'data.rows=1000']
@@ -102,7 +110,27 @@ def sim_overrides(preset: str, rows: int, out_dir: str | Path, progress: bool,
     return ["data.source=sim", f"data.preset={preset}", f"data.rows={rows}",
             f"data.seed={data_seed}", "train.optimizer.name=adam", "train.optimizer.lr=1e-3",
             f"train.batch_size={batch}", "train.epochs=1", "train.selection.metric=loss",
-            f"train.progress={progress}", f"train.device={device}", f"out_dir={out_dir}"]
+            f"train.progress={progress}", f"train.device={device}", f"out_dir={out_dir}",
+            f"train.threads={json.dumps(threads or (1 if quick else None))}"]
+
+
+def selection_override(splits) -> tuple[str, str | None]:
+    """The checkpoint-selection override for ``splits``, and a note when it is not the default.
+
+    Default ``train.selection.metric=loss`` (mean validation NE, and MSE / label
+    variance for regression). When a binary task has no positive (or no negative)
+    in the validation split, its NE is undefined (NaN) and a NaN score would stop
+    the trainer's selection at the first evaluation, so ``logloss`` (mean log loss
+    over the binary tasks, always defined) is used instead.
+    """
+    labels = splits.valid.labels  # [N,T]
+    empty = [t.name for i, t in enumerate(splits.schema.tasks) if t.kind == "binary" and
+             float(labels[:, i].sum()) in (0.0, float(labels.shape[0]))]
+    if not empty:
+        return "train.selection.metric=loss", None
+    return "train.selection.metric=logloss", (
+        f"the validation split has no positive of {', '.join(empty)} (NE undefined), so "
+        "checkpoints were selected on the mean validation log loss of the binary tasks")
 
 
 def model_overrides(model: dict[str, Any]) -> list[str]:
@@ -234,7 +262,9 @@ def curve_table(curves: dict[str, list[list[dict[str, Any]]]], kinds: dict[str, 
 
 
 def fmt_pct(d: float, ci: float | None = None) -> str:
-    """``+0.123%`` or ``+0.123% ± 0.045``."""
+    """``+0.123%``, ``+0.123% ± 0.045``, or ``n/a`` when undefined (NaN)."""
+    if d != d:
+        return "n/a"
     if ci is None or ci != ci:
         return f"{d:+.3f}%"
     return f"{d:+.3f}% ± {ci:.3f}"
@@ -290,21 +320,22 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
                     seeds: int = 3, progress: bool = True, *,
                     groups: Sequence[str] = GROUPS, rows: int | None = None,
                     models: Sequence[str] | None = None, experts_per_level: int | None = None,
-                    evaluations: int = 7, device: str = "cpu",
+                    evaluations: int = 7, device: str = "cpu", threads: int | None = None,
                     chunk: int | None = None) -> dict[str, Any]:
     """Train every model on each task group; write report.md, results.csv, curves.csv, PNGs.
 
     Args:
         out_dir: where the report, tables, plots and runs (``runs/``) go.
-        quick: 16,000 rows, at most 2 seeds, narrow models (see the module docstring).
+        quick: 40,000 rows, at most 2 seeds, narrow models (see the module docstring).
         seeds: S seeds per configuration (0..S-1).
         progress: progress bars.
         groups: simulator presets to run.
-        rows: simulator rows per group (default 2,000,000; quick 16,000).
+        rows: simulator rows per group (default 2,000,000; quick 40,000).
         models: subset of the models (Shared-bottom is always trained: the reference).
         experts_per_level: E (default 2T).
         evaluations: held-out evaluations during the pass (the paper's points need 7).
         device: ``cpu`` or ``cuda``.
+        threads: torch threads (default: all cores; quick mode 1).
         chunk: seeds trained together at most (memory).
 
     Returns:
@@ -325,8 +356,13 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
     summary: dict[str, Any] = {"quick": quick, "seeds": seeds, "rows": rows, "groups": {},
                                "sizes": sizes}
     for group in groups:
-        base = sim_overrides(group, rows, out / "runs", progress, quick, device=device)
+        base = sim_overrides(group, rows, out / "runs", progress, quick, device=device,
+                             threads=threads)
         splits = load_splits(load_config(None, base).data)
+        sel, note = selection_override(splits)
+        base.append(sel)
+        if note:
+            summary.setdefault("notes", []).append(f"{group}: {note}")
         n_train = len(splits.train)
         eval_every = math.ceil(n_train / evaluations)
         kinds = {t.name: t.kind for t in splits.schema.tasks}
@@ -411,9 +447,10 @@ def _write_report(out: Path, summary: dict[str, Any]) -> None:
         params.append(f"- {group} ({', '.join(g['tasks'])}): " + ", ".join(
             f"{MODEL_LABELS[n]} {m['num_parameters']:,} params / {m['seconds']:.0f} s"
             for n, m in g["models"].items()))
-    mode = ("QUICK MODE (16,000 rows, narrow models): these numbers show the pipeline, "
+    mode = ("QUICK MODE (40,000 rows, narrow models): these numbers show the pipeline, "
             "not the paper's effects.\n\n" if summary["quick"] else "")
     sz = summary["sizes"]
+    notes = "".join(f"\n\nNote, {n}." for n in summary.get("notes", []))
     text = f"""# Tables 1-4 in shape: every model on the simulator's task groups
 
 {mode}{summary['seeds']} seeds per configuration, {summary['rows']:,} simulator rows per group
@@ -430,9 +467,10 @@ training examples (the paper measured the training window after 10B, 30B,
 70B examples). Test: the checkpoint with the best validation loss, mean over
 seeds, ± the 95% half-width of the paired per-seed differences. Negative is
 better. The paper's group 1 numbers are printed beside ours (its consumption
-task = view, engagement task = like).
+task = view, engagement task = like). n/a: undefined (no positive in the
+validation split).{notes}
 
-{chr(10).join(sections)}
+{(chr(10) * 2).join(sections)}
 
 ## Models
 

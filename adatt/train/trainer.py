@@ -124,7 +124,17 @@ def evaluate(
 
 def selection_score(metrics: dict[str, dict[str, float]], schema: FeatureSchema,
                     metric: str, label_var: dict[str, float] | None = None) -> tuple[float, bool]:
-    """(score, higher_is_better) of validation ``metrics`` for checkpoint selection."""
+    """(score, higher_is_better) of validation ``metrics`` for checkpoint selection.
+
+    Tasks whose metric is undefined on the validation split (NaN: e.g. a rare task
+    with no positive there) are left out of the mean; when every task is undefined
+    the score is the worst possible, so it never wins.
+
+    >>> from adatt.data.schema import FeatureSchema, TaskSpec
+    >>> s = FeatureSchema((), (), (), (TaskSpec("a"), TaskSpec("b")))
+    >>> selection_score({"a": {"auc": 0.8}, "b": {"auc": float("nan")}}, s, "auc")
+    (0.8, True)
+    """
     binary = [t.name for t in schema.tasks if t.kind == "binary"]
     regression = [t.name for t in schema.tasks if t.kind == "regression"]
     if metric == "auc" and not binary:
@@ -132,15 +142,20 @@ def selection_score(metrics: dict[str, dict[str, float]], schema: FeatureSchema,
     if metric in ("auc", "ne", "logloss"):
         if not binary:
             raise ConfigError(f"train.selection.metric={metric} needs a binary task")
-        return float(np.mean([metrics[t][metric] for t in binary])), metric == "auc"
-    if metric == "mse":
+        values, higher = [metrics[t][metric] for t in binary], metric == "auc"
+    elif metric == "mse":
         if not regression:
             raise ConfigError("train.selection.metric=mse needs a regression task")
-        return float(np.mean([metrics[t]["mse"] for t in regression])), False
-    var = label_var or {}
-    parts = [metrics[t]["ne"] for t in binary]
-    parts += [metrics[t]["mse"] / max(var.get(t, 1.0), 1e-12) for t in regression]
-    return float(np.mean(parts)), False
+        values, higher = [metrics[t]["mse"] for t in regression], False
+    else:
+        var = label_var or {}
+        values = [metrics[t]["ne"] for t in binary]
+        values += [metrics[t]["mse"] / max(var.get(t, 1.0), 1e-12) for t in regression]
+        higher = False
+    finite = [v for v in values if v == v]
+    if not finite:
+        return (float("-inf") if higher else float("inf")), higher
+    return float(np.mean(finite)), higher
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

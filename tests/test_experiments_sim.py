@@ -1,0 +1,358 @@
+"""The simulator experiments (Tables 1-4, 6, 7, 8, Figure 3): helpers fast, quick modes slow."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adatt.config import load_config
+from adatt.experiments.ablation import ablation_configs, run_ablation
+from adatt.experiments.expert_weights import (
+    _verdict,
+    family_sharing,
+    fig3_model,
+    mean_expert_weights,
+    run_expert_weights,
+)
+from adatt.experiments.studies import (
+    LEVEL_SIZES,
+    experts_configs,
+    levels_configs,
+    run_experts_study,
+    run_levels_study,
+)
+from adatt.experiments.task_groups import (
+    MODEL_LABELS,
+    _point_index,
+    curve_table,
+    model_overrides,
+    relative_summary,
+    run_seeds,
+    run_task_groups,
+    seed_means,
+    selection_override,
+    task_group_models,
+)
+from adatt.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+CENSUS_DIR = Path(os.environ.get("ADATT_DATA_DIR") or REPO.parent / "shared" / "data" /
+                  "census-income")
+
+
+def res(kind: str, value: float, auc: float | None = None, split: str = "test") -> dict:
+    metric = "mse" if kind == "regression" else "ne"
+    m = {metric: value} | ({"auc": auc} if auc is not None else {})
+    return {"tasks": {"a": kind}, split: {"a": m}}
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def test_relative_summary_compares_means_and_pairs_seeds():
+    runs = [res("binary", 0.90), res("binary", 0.96)]
+    ref = [res("binary", 1.00), res("binary", 1.00)]
+    r = relative_summary(runs, ref)["a"]
+    assert r["diff"] == pytest.approx(-7.0)  # mean 0.93 vs 1.0
+    assert r["per_seed"] == pytest.approx([-10.0, -4.0])
+    # t(0.975, 1) * std([-10, -4]) / sqrt(2) = 12.706 * 4.243 / 1.414
+    assert r["ci"] == pytest.approx(12.7062 * math.sqrt(18) / math.sqrt(2), rel=1e-4)
+    one = relative_summary(runs[:1], ref[:1])["a"]
+    assert one["diff"] == pytest.approx(-10.0) and math.isnan(one["ci"])
+
+
+def test_relative_summary_uses_mse_for_regression_and_mean_of_ratios_is_not_used():
+    runs = [res("regression", 1.0), res("regression", 3.0)]
+    ref = [res("regression", 2.0), res("regression", 1.0)]
+    r = relative_summary(runs, ref)["a"]
+    assert r["diff"] == pytest.approx((2.0 - 1.5) / 1.5 * 100)  # of the means
+    assert r["per_seed"] == pytest.approx([-50.0, 200.0])
+
+
+def test_seed_means_leaves_out_tasks_without_the_metric():
+    runs = [{"tasks": {"a": "binary", "w": "regression"},
+             "test": {"a": {"ne": 0.5, "auc": 0.7}, "w": {"mse": 2.0}}},
+            {"tasks": {"a": "binary", "w": "regression"},
+             "test": {"a": {"ne": 0.7, "auc": 0.9}, "w": {"mse": 4.0}}}]
+    assert seed_means(runs) == pytest.approx({"a": 0.6, "w": 3.0})
+    assert seed_means(runs, metric="auc") == pytest.approx({"a": 0.8})
+
+
+def test_curve_table_relative_to_baseline_at_each_evaluation():
+    def ev(n, ne):
+        return {"examples": n, "valid": {"a": {"ne": ne}}}
+
+    curves = {"shared_bottom": [[ev(10, 1.0), ev(20, 0.8), ev(30, 0.5)],
+                                [ev(10, 1.0), ev(20, 0.8), ev(30, 0.7)]],
+              "m": [[ev(10, 0.9), ev(20, 0.88)], [ev(10, 0.9), ev(20, 0.72)]]}
+    t = curve_table(curves, {"a": "binary"})
+    assert t["examples"] == [10, 20]  # the third evaluation is not reached by every run
+    assert t["diff"]["shared_bottom"]["a"] == pytest.approx([0.0, 0.0])
+    assert t["diff"]["m"]["a"] == pytest.approx([-10.0, 0.0])
+
+
+def test_point_index_picks_the_evaluation_nearest_each_fraction():
+    examples = [1024 * k for k in range(1, 8)]  # 7 evaluations of 7168 examples
+    assert [_point_index(examples, 7168, k) for k in (1, 3, 7)] == [0, 2, 6]
+    assert _point_index([], 7168, 1) is None
+
+
+def test_selection_falls_back_to_logloss_when_a_validation_task_has_no_positive():
+    from adatt.data.batch import TensorDataset
+    from adatt.data.schema import FeatureSchema, TaskSpec
+    from adatt.data.splits import Splits
+
+    schema = FeatureSchema(("x",), (), (), (TaskSpec("w", "regression"), TaskSpec("a"),
+                                            TaskSpec("rare")))
+
+    def ds(rare: float) -> TensorDataset:
+        y = torch.tensor([[0.5, 1.0, rare], [1.5, 0.0, 0.0]])
+        return TensorDataset(torch.zeros(2, 1), torch.zeros(2, 0, dtype=torch.long), y)
+
+    ok = Splits("t", schema, ds(1.0), ds(1.0), ds(1.0))
+    assert selection_override(ok) == ("train.selection.metric=loss", None)
+    bad = Splits("t", schema, ds(1.0), ds(0.0), ds(1.0))
+    sel, note = selection_override(bad)
+    assert sel == "train.selection.metric=logloss" and "rare" in note and "a," not in note
+
+
+# ----------------------------------------------------------------------------- expert weights
+
+
+def tiny_adatt_sp(native: bool = True, experts: int = 1) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("adatt_sp", num_tasks=3, dense_dim=4, cat_cardinalities=[5, 3],
+                        embedding_dim=2, expert_sizes=[8, 4], experts_per_task=experts,
+                        tower_sizes=[4], native_fusion=native)
+
+
+def tiny_data(n: int = 50):
+    from adatt.data.batch import TensorDataset
+
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(n, 4, generator=g),
+                         torch.randint(0, 5, (n, 2), generator=g) % torch.tensor([5, 3]),
+                         torch.zeros(n, 3))
+
+
+def test_mean_expert_weights_is_the_row_average_whatever_the_batch():
+    model, data = tiny_adatt_sp(), tiny_data()
+    w = mean_expert_weights(model, data, batch_size=7)  # 50 rows in uneven batches
+    _, full = model.forward_with_weights(data.dense, data.cat)  # L x [B,G,E]
+    assert len(w) == 2 and all(x.shape == (3, 3) for x in w)
+    for got, ref in zip(w, full, strict=True):
+        np.testing.assert_allclose(got, ref.double().mean(0).detach().numpy(), rtol=1e-6)
+    # one expert per task: v_t = 1 on the own expert plus a softmax gate -> rows sum to 2
+    for x in w:
+        np.testing.assert_allclose(x.sum(1), 2.0, rtol=1e-6)
+        assert (np.diag(x) >= 1.0).all()
+    assert model.training  # the train/eval mode is restored
+
+
+def test_mean_expert_weights_without_native_fusion_is_the_gate_alone():
+    w = mean_expert_weights(tiny_adatt_sp(native=False), tiny_data())
+    for x in w:
+        np.testing.assert_allclose(x.sum(1), 1.0, rtol=1e-6)
+
+
+def test_family_sharing_hand_computed():
+    w = np.array([[1.5, 0.3, 0.2, 0.0],
+                  [0.4, 1.4, 0.1, 0.1],
+                  [0.1, 0.1, 1.6, 0.2],
+                  [0.0, 0.2, 0.4, 1.4]])
+    s = family_sharing(w, ["c", "c", "e", "e"], owners=[0, 1, 2, 3])
+    assert s["same"] == pytest.approx(np.mean([0.3, 0.4, 0.2, 0.4]))
+    assert s["other"] == pytest.approx(np.mean([0.2, 0.0, 0.1, 0.1, 0.1, 0.1, 0.0, 0.2]))
+    assert s["same_over_other"] == pytest.approx(s["same"] / s["other"])
+    assert s["foreign"] == pytest.approx(np.mean([0.5, 0.6, 0.4, 0.6]))
+    assert s["native"] == pytest.approx(np.mean([1.5, 1.4, 1.6, 1.4]))
+    # two experts per task: an own expert is never "foreign"
+    s2 = family_sharing(np.ones((2, 4)), ["c", "e"], owners=[0, 0, 1, 1])
+    assert s2["native"] == 2.0 and s2["foreign"] == 2.0 and math.isnan(s2["same"])
+    with pytest.raises(ValueError, match="owners"):
+        family_sharing(w, ["c"] * 4, owners=[0, 1])
+
+
+def test_verdict_reports_failures_honestly():
+    stats = [{"same_over_other": 1.0, "foreign": 0.5}, {"same_over_other": 1.5, "foreign": 0.4}]
+    v = _verdict(stats, [stats, stats])
+    assert v.count(": no") == 3 and "0 of the paper's three readings hold" in v
+    assert "(in 0/2 seeds)" in v
+
+
+# ----------------------------------------------------------------------------- configurations
+
+
+def test_task_group_models_same_sizes_and_valid_configs():
+    for T in (2, 5):
+        models = task_group_models(T)
+        assert list(models) == list(MODEL_LABELS)
+        assert models["mmoe"]["expert_sizes"] == [[256, 128]]
+        assert models["mmoe"]["num_experts"] == models["ml_mmoe"]["num_experts"] == 2 * T
+        for name in ("ple", "adatt"):
+            m = models[name]
+            assert m["experts_per_task"] * T + m["shared_experts"] == 2 * T
+        assert models["adatt_sp"]["experts_per_task"] == 1
+        assert "shared_experts" not in models["adatt_sp"]
+        for name, opts in models.items():
+            assert opts["tower_sizes"] == [64] and opts["embedding_dim"] == 16
+            assert opts["name"] == name
+            load_config(None, ["data.source=sim", *model_overrides(opts)])  # validates
+
+
+def test_ablation_configs_are_adatt_with_and_without_native_fusion():
+    cs = ablation_configs(census_ms=(0, 3))
+    census = [c for c in cs if c["source"] == "census"]
+    assert [c["model"]["shared_experts"] for c in census] == [0, 3]
+    assert [c["model"]["experts_per_task"] for c in census] == [2, 1]
+    assert all(c["model"]["expert_sizes"] == [128, 64] for c in census)
+    sim = [c for c in cs if c["source"] == "sim"]
+    assert sim[0]["model"]["name"] == "adatt_sp" and sim[0]["model"]["experts_per_task"] == 3
+    for c in cs:
+        for native in (True, False):
+            cfg = load_config(None, [f"data.source={c['source']}",
+                                     *model_overrides({**c["model"], "native_fusion": native})])
+            assert cfg.model["native_fusion"] is native
+
+
+def test_study_configs_follow_the_paper():
+    assert [c["model"]["expert_sizes"] for c in levels_configs()] == [list(s) for s in
+                                                                      LEVEL_SIZES]
+    quick = levels_configs(quick=True)
+    assert quick[-1]["model"]["expert_sizes"] == [128, 64, 32, 16, 8]
+    assert all(c["model"]["experts_per_task"] == 1 for c in quick)
+    assert [c["x"] for c in quick] == [2, 3, 4, 5]
+    ex = experts_configs()
+    assert [c["model"]["experts_per_task"] for c in ex] == [1, 2, 3, 4]
+    assert all(c["model"]["expert_sizes"] == [256, 128] for c in ex)
+    assert fig3_model()["experts_per_task"] == 1 and "shared_experts" not in fig3_model()
+    for c in levels_configs() + ex:
+        load_config(None, ["data.source=sim", *model_overrides(c["model"])])
+
+
+# ----------------------------------------------------------------------------- run_seeds
+
+
+def tiny_cfg(tmp_path, name):
+    return load_config(None, ["data.source=mmoe_synthetic", "data.rows=1200", "data.dim=6",
+                              "model.name=mmoe", "model.expert_sizes=[[8]]",
+                              "model.num_experts=2", "model.tower_sizes=[4]", "train.epochs=1",
+                              "train.batch_size=128", "train.progress=false",
+                              "train.threads=1", f"out_dir={tmp_path}", f"name={name}"])
+
+
+def test_run_seeds_falls_back_to_one_train_per_seed(tmp_path, monkeypatch):
+    from adatt.data.config import load_splits
+
+    cfg = tiny_cfg(tmp_path, "loop")
+    splits = load_splits(cfg.data)
+    monkeypatch.setitem(sys.modules, "adatt.train.ensemble", None)  # import fails
+    looped = run_seeds(cfg, [0, 1], splits)
+    for s in (0, 1):
+        assert (tmp_path / "loop" / f"seed_{s}" / "metrics.jsonl").is_file()
+    assert [r["seed"] for r in looped] == [0, 1]
+    assert looped[0]["test"] != looped[1]["test"]
+    monkeypatch.undo()
+    try:
+        import adatt.train.ensemble  # noqa: F401
+    except ImportError:
+        return
+    ens = run_seeds(tiny_cfg(tmp_path, "ens"), [0, 1], splits)  # vectorised: same numbers
+    for a, b in zip(looped, ens, strict=True):
+        for task in a["test"]:
+            assert a["test"][task]["mse"] == pytest.approx(b["test"][task]["mse"], rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- quick modes (slow)
+
+
+def finite_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    return rows
+
+
+def assert_finite(values) -> None:
+    vals = [float(v) for v in values]
+    assert vals and all(math.isfinite(v) for v in vals), vals
+
+
+@pytest.mark.slow
+def test_task_groups_quick(tmp_path):
+    s = run_task_groups(tmp_path, quick=True, progress=False)
+    for f in ("report.md", "results.csv", "curves.csv", "summary.json",
+              "convergence_group1.png", "convergence_group2.png", "convergence_group3.png"):
+        assert (tmp_path / f).is_file(), f
+    assert set(s["groups"]) == {"group1", "group2", "group3"}
+    rows = finite_csv(tmp_path / "results.csv")
+    for group, g in s["groups"].items():
+        assert set(g["models"]) == set(MODEL_LABELS)
+        assert len(g["examples"]) == 7
+        for m in g["models"].values():
+            assert set(m["test"]) == set(g["tasks"])
+            assert_finite(v["diff"] for v in m["test"].values())
+            # follow (0.05% positives) may have no positive among 4,000 validation rows
+            assert_finite(x for t, c in m["curve"].items() if t != "follow" for x in c)
+        got = {(r["model"], r["task"]) for r in rows if r["group"] == group}
+        assert got == {(n, t) for n in MODEL_LABELS if n != "shared_bottom" for t in g["tasks"]}
+    assert_finite(r["test_diff"] for r in rows)
+    report = (tmp_path / "report.md").read_text()
+    assert "paper 70B" in report and "-0.863%" in report  # group 1 paper numbers beside ours
+
+
+@pytest.mark.slow
+def test_ablation_quick(tmp_path):
+    have_census = (CENSUS_DIR / "census-income.data.gz").is_file() or \
+        (CENSUS_DIR / "census-income.data").is_file()
+    s = run_ablation(tmp_path, quick=True, progress=False, census=have_census,
+                     data_dir=str(CENSUS_DIR) if have_census else None)
+    for f in ("report.md", "results.csv", "ablation.png", "summary.json"):
+        assert (tmp_path / f).is_file(), f
+    expect = {"sim group3": {"watch_time", "view", "finish", "dislike", "follow"}}
+    if have_census:
+        expect["census m_s=0"] = {"income", "never_married", "education"}
+    assert {k: set(v["tasks"]) for k, v in s["settings"].items()} == expect
+    for setting in s["settings"].values():
+        assert setting["num_parameters"]["off"] < setting["num_parameters"]["on"]  # no v_t
+        assert_finite(t["diff"] for t in setting["tasks"].values())
+    assert_finite(r["diff_pct"] for r in finite_csv(tmp_path / "results.csv"))
+
+
+@pytest.mark.slow
+def test_expert_weights_quick(tmp_path):
+    s = run_expert_weights(tmp_path, quick=True, progress=False)
+    for f in ("report.md", "weights.csv", "expert_weights.png", "summary.json"):
+        assert (tmp_path / f).is_file(), f
+    T = len(s["tasks"])
+    assert T == 9 and len(s["weights"]) == 2
+    for w in s["weights"]:
+        w = np.asarray(w)
+        assert w.shape == (T, T)
+        np.testing.assert_allclose(w.sum(1), 2.0, rtol=1e-5)
+    assert_finite(x["foreign"] for x in s["sharing"]["mean"])
+    assert len(finite_csv(tmp_path / "weights.csv")) == 2 * T * T
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["experts", "levels"])
+def test_studies_quick(tmp_path, which):
+    fn = run_experts_study if which == "experts" else run_levels_study
+    s = fn(tmp_path, quick=True, progress=False)
+    for f in ("report.md", "results.csv", f"{which}_study.png", "summary.json"):
+        assert (tmp_path / f).is_file(), f
+    assert [c["x"] for c in s["configs"]] == ([1, 2, 3, 4] if which == "experts" else
+                                              [2, 3, 4, 5])
+    assert s["reference"] == s["configs"][0]["label"]
+    for c in s["configs"]:
+        assert set(c["diff"]) == set(s["tasks"])
+        assert_finite(v["diff"] for v in c["diff"].values())
+    assert all(v["diff"] == 0.0 for v in s["configs"][0]["diff"].values())
+    assert len(finite_csv(tmp_path / "results.csv")) == 4 * len(s["tasks"])
