@@ -96,6 +96,7 @@ def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bo
     torch.manual_seed(0)
     size = SIZES[size_name]
     B, Dd, cards = size["batch"], size["dense"], size["cards"]
+    _reset_peak_rss()
     rss0 = _current_rss_kb()
     g = torch.Generator().manual_seed(0)
     n_batches = 8
@@ -146,18 +147,35 @@ def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bo
             step(i % n_batches)
         windows.append((time.perf_counter() - t0) / steps)
     dt = statistics.median(windows)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = _peak_rss_kb()
     return dict(impl=impl, model=name, size=size_name, ex_per_s=B / dt,
                 gflops=flops / dt / 1e9, flops_per_ex=flops / B,
                 peak_mb=(rss - rss0) / 1024, params=sum(p.numel() for p in model.parameters()))
 
 
-def _current_rss_kb() -> int:
+def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def _current_rss_kb() -> int:
+    return _status_kb("VmRSS")
+
+
+def _peak_rss_kb() -> int:
+    return _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def matmul_peak() -> float:
