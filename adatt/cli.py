@@ -112,6 +112,12 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     opts = {"quick": args.quick, "progress": not args.no_progress}
     if args.seeds is not None:
         opts["seeds"] = args.seeds
+    if args.workers is not None:
+        import inspect
+
+        if "workers" not in inspect.signature(fn).parameters:
+            raise _UsageError(f"experiment {args.name} has no --workers option")
+        opts["workers"] = args.workers
     out_dir = args.out_dir or f"results/{args.name}{'-quick' if args.quick else ''}"
     if args.data_dir:
         import inspect
@@ -178,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, help="seeds per configuration")
     s.add_argument("--out-dir", help="results directory (default results/NAME)")
     s.add_argument("--data-dir", help="census directory (default: ADATT_DATA_DIR)")
+    s.add_argument("--workers", type=int, help="parallel training processes (census-table5)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_experiment)
 

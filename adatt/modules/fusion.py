@@ -167,6 +167,17 @@ class FusionLevel(nn.Module):
                 [g.src or 0 for g in plan.gates]), persistent=False)
         elif not first_external:
             self.first = SlotLinear(S, in_dim, widths)
+        # every slot = [its m experts | its one gate], slot s holding experts s*m.. and gate s:
+        # experts and gate logits are then views of the product, no column gathers
+        m = E // S if S else 0
+        self.unit_blocks = (
+            self.first is not None and not plan.external_gates and G == S and m * S == E
+            and all(g.src == i for i, g in enumerate(plan.gates))
+            and list(plan.expert_src) == [e // m for e in range(E)]
+            and all(blocks[s] == [("e", s * m + j, H) for j in range(m)] + [("g", s, g1[s])]
+                    for s in range(S))
+        )
+        self._m, self._h = m, H
         self._expert_slice = _as_slice(expert_cols)
         self._gate_slice = _as_slice(gate_cols)
         self.register_buffer("expert_cols", torch.tensor(expert_cols), persistent=False)
@@ -250,6 +261,12 @@ class FusionLevel(nn.Module):
             if self.gate_first is not None:
                 xg = x.index_select(1, self.gate_src).transpose(0, 1)  # [B,S,D] -> [G,B,D]
                 z_slots = self.gate_first(xg)  # [G,B,D] x [G,D,g1] -> [G,B,g1]
+        elif self.unit_blocks:
+            y = self.first(x.transpose(0, 1))  # [B,S,D] -> [S,B,D] -> [S,B,W]
+            S, B, mH = y.shape[0], y.shape[1], self._m * self._h
+            h = y[:, :, :mH].reshape(S, B, self._m, self._h)  # [S,B,m*H] -> [S,B,m,H]
+            h = h.transpose(0, 1).reshape(B, E, self._h)  # [B,S,m,H] -> [B,E,H]
+            z_slots = y[:, :, mH:]  # [S,B,K]: slot s holds gate s's logits
         else:
             if self.first_external:
                 flat = x  # [B, W] pre-activations of experts and gates

@@ -117,19 +117,21 @@ class InputLinear(nn.Module):
                 uniform_init_(p, fan_in)
 
     def forward(self, dense: Tensor, cat: Tensor) -> Tensor:
-        out = self.bias
+        out = None
         if self.cat_weight is not None:
             idx = cat + self.offsets  # [B, F] global row indices
             if self.embedding is None:
                 # one bag of F rows per example: sum_f W[idx_f]  [B,F] -> [B,N]
-                out = F.embedding_bag(idx, self.cat_weight, mode="sum") + out
+                out = F.embedding_bag(idx, self.cat_weight, mode="sum")
+                out = out.add_(self.bias)  # in place: the bag's backward does not need it
             else:
                 emb = self.embedding(idx).flatten(1)  # [B,F,k] -> [B,F*k]
-                out = torch.addmm(out, emb, self.cat_weight)  # [B,F*k] x [F*k,N] -> [B,N]
+                out = torch.addmm(self.bias, emb, self.cat_weight)  # [B,F*k] x [F*k,N] -> [B,N]
         if self.dense_weight is not None:
-            out = torch.addmm(out, dense, self.dense_weight)  # [B,Dd] x [Dd,N] -> [B,N]
-        elif out.dim() == 1:
-            out = out.expand(cat.shape[0], -1)  # [N] -> [B,N]
+            if out is None:
+                out = torch.addmm(self.bias, dense, self.dense_weight)  # [B,Dd] x [Dd,N] -> [B,N]
+            else:
+                out = out.addmm_(dense, self.dense_weight)  # += [B,Dd] x [Dd,N], in place
         return out
 
 
