@@ -50,10 +50,34 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     for split in args.splits.split(","):
         res[split] = evaluate(model, getattr(splits, split), splits.schema,
                               cfg.train.eval_batch_size)
+    if args.baseline:
+        res["relative_to_baseline"] = _relative(res, args.baseline, args.splits.split(","))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         print(format_results(res, splits=args.splits.split(",")))
+        for split, rel in res.get("relative_to_baseline", {}).items():
+            cells = "  ".join(f"{t}={v:+.3f}%" for t, v in rel.items())
+            print(f"{split} NE/MSE difference vs {args.baseline}: {cells}")
+
+
+def _relative(res: dict, baseline_dir: str, splits: list[str]) -> dict[str, dict[str, float]]:
+    """Relative NE (binary) / MSE (regression) difference in percent vs a baseline run."""
+    from pathlib import Path
+
+    from adatt.train.metrics import relative_to_baseline
+    from adatt.train.trainer import RunError
+
+    path = Path(baseline_dir) / "results.json"
+    if not path.is_file():
+        raise RunError(f"{path} not found: --baseline needs a finished run directory")
+    base = json.loads(path.read_text())
+    out = {}
+    for split in splits:
+        if set(base.get(split, {})) != set(res[split]):
+            raise RunError(f"--baseline {baseline_dir}: its tasks differ from this run's")
+        out[split] = relative_to_baseline(res[split], base[split])
+    return out
 
 
 def format_results(res: dict, splits: tuple[str, ...] | list[str] = ("valid", "test")) -> str:
@@ -175,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="run directory (runs/NAME)")
     s.add_argument("--splits", default="valid,test")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--baseline", help="a baseline run (e.g. Shared-bottom on the same data): "
+                   "also print the relative NE / MSE difference in percent")
     s.set_defaults(fn=_cmd_eval)
 
     s = sub.add_parser("experiment", help="run one of the paper's experiments (or: list)")

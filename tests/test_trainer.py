@@ -127,6 +127,9 @@ def test_cli_train_eval_and_errors(tmp_path):
     p = subprocess.run([*exe, "eval", "--run", str(tmp_path / "c")], capture_output=True,
                        text=True)
     assert p.returncode == 0 and "task1" in p.stdout
+    p = subprocess.run([*exe, "eval", "--run", str(tmp_path / "c"), "--baseline",
+                        str(tmp_path / "c")], capture_output=True, text=True)
+    assert p.returncode == 0 and "task1=+0.000%" in p.stdout, p.stderr
     p = subprocess.run([*exe, "train", "train.epoch=1"], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()]
