@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_models)
 
     s = sub.add_parser("demo", help="train every model on simulated data and compare")
-    s.add_argument("--rows", type=int, default=60_000)
+    s.add_argument("--rows", type=int, default=200_000)
     s.add_argument("--epochs", type=int, default=2)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out-dir", default="runs/demo")

@@ -22,7 +22,7 @@ from adatt.experiments.common import markdown_table, preset_models, relative_tab
 __all__ = ["run_demo"]
 
 
-def run_demo(rows: int = 60_000, epochs: int = 2, out_dir: str = "runs/demo", seed: int = 0,
+def run_demo(rows: int = 200_000, epochs: int = 2, out_dir: str = "runs/demo", seed: int = 0,
              models: list[str] | None = None, progress: bool = True) -> str:
     """Train each model on simulated data; the comparison table as markdown."""
     from adatt.config import load_config
