@@ -72,6 +72,13 @@ class TensorDataset:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    def to(self, device: torch.device | str) -> TensorDataset:
+        """The same columns on ``device`` (self when already there)."""
+        if self.labels.device == torch.device(device):
+            return self
+        w = None if self.weight is None else self.weight.to(device)
+        return TensorDataset(self.dense.to(device), self.cat.to(device), self.labels.to(device), w)
+
     def subset(self, index: Tensor) -> TensorDataset:
         """Rows ``index`` as a new data set."""
         w = None if self.weight is None else self.weight[index]

@@ -76,7 +76,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +104,7 @@ from adatt.train.trainer import (
     make_schedule,
     selection_score,
     setup_runtime,
+    training_plan,
 )
 
 __all__ = ["EnsembleModel", "EnsembleLoss", "train_ensemble", "evaluate_ensemble",
@@ -456,15 +456,8 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
     model = EnsembleModel.build(cfg.model, schema, seeds, device)
     loss_fn = EnsembleLoss(schema.task_kinds, tc.task_weights).to(device)
     opt = make_optimizer([{"params": model.parameters()}], tc)
-    train_data = splits.train
-    if device.type != "cpu":
-        train_data = TensorDataset(*(t.to(device) if t is not None else None for t in
-                                     (train_data.dense, train_data.cat, train_data.labels,
-                                      train_data.weight)))
-    n_train = len(train_data)
-    steps_per_epoch = math.ceil(n_train / tc.batch_size)
-    budget = min(tc.max_examples or n_train * tc.epochs, n_train * tc.epochs)
-    total_steps = math.ceil(budget / tc.batch_size)
+    train_data = splits.train.to(device)
+    n_train, steps_per_epoch, budget, total_steps = training_plan(len(train_data), tc)
     sched = make_schedule(opt, tc, total_steps)
     label_var = _label_variance(train_data, schema)
     eval_every = tc.eval_every or n_train

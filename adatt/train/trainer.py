@@ -50,7 +50,7 @@ from adatt.train.losses import TaskLoss
 from adatt.train.metrics import MetricAccumulator
 
 __all__ = ["train", "evaluate", "build_model", "selection_score", "load_run", "RunError",
-           "setup_runtime"]
+           "setup_runtime", "training_plan"]
 
 
 class RunError(RuntimeError):
@@ -198,6 +198,19 @@ def load_splits_for(cfg: RunConfig):
     return load_splits(cfg.data)
 
 
+def training_plan(n_train: int, tc) -> tuple[int, int, int, int]:
+    """``(n_train, steps_per_epoch, budget, total_steps)``: the budget is
+    ``epochs`` passes over the training rows, capped by ``max_examples``.
+
+    >>> from adatt.config import TrainConfig
+    >>> training_plan(1000, TrainConfig(batch_size=300, epochs=2, max_examples=1500))
+    (1000, 4, 1500, 5)
+    """
+    steps_per_epoch = math.ceil(n_train / tc.batch_size)
+    budget = min(tc.max_examples or n_train * tc.epochs, n_train * tc.epochs)
+    return n_train, steps_per_epoch, budget, math.ceil(budget / tc.batch_size)
+
+
 def setup_runtime(cfg: RunConfig, splits=None):
     """Threads, device and data of a run, checked: ``(device, splits)``."""
     tc = cfg.train
@@ -244,15 +257,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if list(weighting.parameters()):  # e.g. uncertainty log-variances: no weight decay
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
     opt = make_optimizer(groups, tc)
-    train_data = splits.train
-    if device.type != "cpu":
-        train_data = TensorDataset(*(t.to(device) if t is not None else None for t in
-                                     (train_data.dense, train_data.cat, train_data.labels,
-                                      train_data.weight)))
-    n_train = len(train_data)
-    steps_per_epoch = math.ceil(n_train / tc.batch_size)
-    budget = min(tc.max_examples or n_train * tc.epochs, n_train * tc.epochs)
-    total_steps = math.ceil(budget / tc.batch_size)
+    train_data = splits.train.to(device)
+    n_train, steps_per_epoch, budget, total_steps = training_plan(len(train_data), tc)
     sched = make_schedule(opt, tc, total_steps)
     shared = model.shared_parameters()
     label_var = _label_variance(train_data, schema)
