@@ -142,6 +142,12 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         if "workers" not in inspect.signature(fn).parameters:
             raise _UsageError(f"experiment {args.name} has no --workers option")
         opts["workers"] = args.workers
+    if args.resume:
+        import inspect
+
+        if "resume" not in inspect.signature(fn).parameters:
+            raise _UsageError(f"experiment {args.name} has no --resume option")
+        opts["resume"] = True
     out_dir = args.out_dir or f"results/{args.name}{'-quick' if args.quick else ''}"
     if args.data_dir:
         import inspect
@@ -211,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", help="results directory (default results/NAME)")
     s.add_argument("--data-dir", help="census directory (default: ADATT_DATA_DIR)")
     s.add_argument("--workers", type=int, help="parallel training processes (census-table5)")
+    s.add_argument("--resume", action="store_true", help="keep finished seed runs in the "
+                   "results directory and train only the missing ones (census-table5)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_experiment)
 

@@ -215,3 +215,32 @@ def test_auto_chunk(tmp_path):
     assert auto_chunk(cfg, schema, 100, "cpu") == 16 * 2**20 // (512 * 786 * 4) == 10
     assert auto_chunk(cfg, schema, 4, "cpu") == 4
     assert auto_chunk(cfg, schema, 100, "cuda") == 100
+
+
+def test_resume_keeps_finished_seeds_and_trains_the_rest(tmp_path, splits_of):
+    cfg = cfg_for(tmp_path, MMOE, "name=ens")
+    first = train_ensemble(cfg, [0, 1], splits=splits_of(MMOE))
+    ens_dir = tmp_path / "ens"
+    mtime = (ens_dir / "seed_0" / "best.pt").stat().st_mtime_ns
+    more = train_ensemble(cfg, [0, 1, 2], splits=splits_of(MMOE), resume=True)
+    assert [r["seed"] for r in more] == [0, 1, 2]
+    assert more[:2] == first  # loaded from the seed directories, not retrained
+    assert (ens_dir / "seed_0" / "best.pt").stat().st_mtime_ns == mtime
+    assert json.loads((ens_dir / "ensemble.json").read_text())["reused"] == [0, 1]
+    alone = train_ensemble(cfg_for(tmp_path, MMOE, "name=alone"), [2], splits=splits_of(MMOE))
+    assert more[2]["test"] == alone[0]["test"]  # the new seed is an ordinary copy
+
+
+def test_resume_retrains_seeds_made_with_other_settings(tmp_path, splits_of):
+    train_ensemble(cfg_for(tmp_path, MMOE, "name=ens"), [0], splits=splits_of(MMOE))
+    changed = cfg_for(tmp_path, MMOE, "name=ens", "train.optimizer.lr=1e-3")
+    res = train_ensemble(changed, [0], splits=splits_of(MMOE), resume=True)
+    info = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert info["reused"] == []
+    assert res[0]["seed"] == 0
+
+
+def test_existing_directory_without_resume_or_overwrite_is_an_error(tmp_path, splits_of):
+    train_ensemble(cfg_for(tmp_path, MMOE, "name=ens"), [0], splits=splits_of(MMOE))
+    with pytest.raises(RunError, match="resume=True"):
+        train_ensemble(cfg_for(tmp_path, MMOE, "name=ens"), [0], splits=splits_of(MMOE))

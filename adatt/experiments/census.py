@@ -87,14 +87,18 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
                       quick: bool = False, groups: tuple[str, ...] = ("A", "B"),
                       context: bool = True, protocol: str = "paper",
                       data_dir: str | None = None, chunk: int | None = None,
-                      progress: bool = True, workers: int = 1) -> dict[str, Any]:
+                      progress: bool = True, workers: int = 1,
+                      resume: bool = False) -> dict[str, Any]:
     """Run the Table 5 protocol; writes report.md, results.csv, table5.png; returns the summary.
 
     ``workers > 1`` trains the (configuration, seed) runs as separate processes,
     each with ``cores // workers`` torch threads (on a small CPU, independent
     single-thread runs use the cores better than one vectorised ensemble);
     ``workers = 1`` trains each configuration's seeds together with
-    :func:`~adatt.train.ensemble.train_ensemble`.
+    :func:`~adatt.train.ensemble.train_ensemble`. ``resume`` keeps every
+    (configuration, seed) run already finished under ``out_dir/runs`` with the
+    same settings and trains only the missing ones, so an interrupted run goes
+    on, and ``seeds`` can be raised later (20 after 5 trains 15 more per row).
     """
     from adatt.config import load_config
     from adatt.data.config import load_splits
@@ -124,7 +128,7 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
             rows[(group, c["label"])] = {**c, "group": group, "results": [], "seconds": 0.0}
             jobs.append(((group, c["label"]), cfg))
     if workers > 1:
-        _run_parallel(jobs, rows, seed_list, workers)
+        _run_parallel(jobs, rows, seed_list, workers, resume)
     else:
         for key, cfg in jobs:
             if splits is None:
@@ -137,7 +141,7 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
                     splits.train = splits.train.subset(idx)
             ts = time.perf_counter()
             rows[key]["results"] = train_ensemble(cfg, seed_list, splits=splits, overwrite=True,
-                                                  chunk=chunk)
+                                                  chunk=chunk, resume=resume)
             rows[key]["seconds"] = time.perf_counter() - ts
     summary = _summarise(rows, groups, seed_list)
     summary["wall_time_s"] = time.perf_counter() - t0
@@ -160,17 +164,33 @@ def _train_one(cfg_dict: dict[str, Any], seed: int, threads: int) -> tuple[dict,
     return train(cfg, overwrite=True), time.perf_counter() - ts
 
 
-def _run_parallel(jobs, rows, seeds: list[int], workers: int) -> None:
+def _seed_config(cfg, seed: int):
+    c = cfg.model_copy(deep=True)
+    c.name, c.train.seed = f"{cfg.name}/seed_{seed}", seed
+    return c
+
+
+def _run_parallel(jobs, rows, seeds: list[int], workers: int, resume: bool = False) -> None:
     import multiprocessing as mp
     import os
     from concurrent.futures import ProcessPoolExecutor
 
+    from adatt.train.trainer import finished_results
+
     threads = max((os.cpu_count() or 1) // workers, 1)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [(key, pool.submit(_train_one, cfg.model_dump(mode="json"), seed, threads))
-                   for key, cfg in jobs for seed in seeds]
+        futures = []
+        for key, cfg in jobs:
+            for seed in seeds:
+                done = None
+                if resume:
+                    sc = _seed_config(cfg, seed)
+                    done = finished_results(Path(sc.out_dir) / sc.name, sc)
+                futures.append((key, done if done is not None else
+                                pool.submit(_train_one, cfg.model_dump(mode="json"), seed,
+                                            threads)))
         for key, fut in futures:  # submitted in (configuration, seed) order
-            res, seconds = fut.result()
+            res, seconds = (fut, 0.0) if isinstance(fut, dict) else fut.result()
             rows[key]["results"].append(res)
             rows[key]["seconds"] += seconds
 

@@ -100,6 +100,7 @@ from adatt.train.trainer import (
     _label_variance,
     _seed_everything,
     build_model,
+    finished_results,
     make_optimizer,
     make_schedule,
     selection_score,
@@ -358,7 +359,7 @@ def _copy_config(cfg: RunConfig, seed: int) -> RunConfig:
 
 
 def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite: bool = False,
-                   chunk: int | None = None) -> list[dict[str, Any]]:
+                   chunk: int | None = None, resume: bool = False) -> list[dict[str, Any]]:
     """Train one copy of ``cfg`` per seed, vectorised; one results dict per seed.
 
     Args:
@@ -369,6 +370,10 @@ def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite:
         chunk: train at most this many copies together, the groups one after the
             other (default :func:`auto_chunk`: all S on CUDA; on CPU a group size
             that keeps allocations small, 10 for the census configuration).
+        resume: keep the seeds whose ``seed_<s>`` run already finished with this
+            configuration (:func:`~adatt.train.trainer.finished_results`) and
+            train only the others; an interrupted or extended ensemble goes on
+            where it stopped, at seed granularity.
 
     Returns:
         S dicts with the keys of ``train()``'s results, plus ``ensemble_size`` and
@@ -386,20 +391,29 @@ def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite:
         raise ConfigError(f"train_ensemble: chunk must be >= 1, got {chunk}")
     check_ensemble_config(cfg)
     ens_dir = Path(cfg.out_dir) / cfg.name
-    if ens_dir.exists() and not overwrite and any(ens_dir.iterdir()):
-        raise RunError(f"{ens_dir} already exists: pass overwrite=True to replace it, "
-                       "or name=... for a new run")
-    device, splits = setup_runtime(cfg, splits)
-    schema = splits.schema
+    if ens_dir.exists() and not overwrite and not resume and any(ens_dir.iterdir()):
+        raise RunError(f"{ens_dir} already exists: pass resume=True to keep its finished "
+                       "seeds, overwrite=True to replace it, or name=... for a new run")
+    done: dict[int, dict[str, Any]] = {}
+    if resume:
+        for s in seeds:
+            r = finished_results(ens_dir / f"seed_{s}", _copy_config(cfg, s))
+            if r is not None:
+                done[s] = r
+    todo = [s for s in seeds if s not in done]
     ens_dir.mkdir(parents=True, exist_ok=True)
     (ens_dir / "ensemble.json").unlink(missing_ok=True)
-    size = chunk or auto_chunk(cfg, schema, len(seeds), device)
-    results: list[dict[str, Any]] = []
+    trained: dict[int, dict[str, Any]] = {}
     examples = train_time = 0.0
-    for lo in range(0, len(seeds), size):
-        part, ex, tt = _train_group(cfg, seeds[lo : lo + size], splits, device, t_start)
-        results += part
-        examples, train_time = examples + ex, train_time + tt
+    size = chunk or 1
+    if todo:
+        device, splits = setup_runtime(cfg, splits)
+        size = chunk or auto_chunk(cfg, splits.schema, len(todo), device)
+        for lo in range(0, len(todo), size):
+            part, ex, tt = _train_group(cfg, todo[lo : lo + size], splits, device, t_start)
+            trained.update(zip(todo[lo : lo + size], part, strict=True))
+            examples, train_time = examples + ex, train_time + tt
+    results = [done[s] if s in done else trained[s] for s in seeds]
     summary = {
         "name": cfg.name,
         "model": cfg.model["name"],
@@ -407,6 +421,7 @@ def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite:
         "seeds": seeds,
         "chunk": size,
         "runs": [f"seed_{s}" for s in seeds],
+        "reused": sorted(done),
         "wall_time_s": time.perf_counter() - t_start,
         "train_time_s": train_time,
         "ensemble_examples_per_s": examples / max(train_time, 1e-9),

@@ -430,3 +430,35 @@ def load_run(run_dir: str | Path):
     model = build_model(cfg.model, splits.schema)
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True))
     return cfg, model, splits
+
+
+# Settings that change how a run is executed, not what it computes.
+_EXECUTION_KEYS = {"train": ("threads", "progress", "tensorboard")}
+
+
+def finished_results(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The results of a finished run at ``run_dir`` made with ``cfg``, else None.
+
+    A run counts as finished when it has ``results.json``; it is the same run
+    when its saved ``config.yaml`` equals ``cfg`` apart from the output location
+    and execution settings (threads, progress bar, TensorBoard). Used to skip
+    seeds that are already done when an experiment is resumed or extended.
+    """
+    from adatt.config import load_config
+
+    run_dir = Path(run_dir)
+    res_path, cfg_path = run_dir / "results.json", run_dir / "config.yaml"
+    if not (res_path.is_file() and cfg_path.is_file()):
+        return None
+    try:
+        saved = load_config(cfg_path).model_dump(mode="json")
+        results = json.loads(res_path.read_text())
+    except Exception:  # an unreadable leftover is simply trained again
+        return None
+    want = cfg.model_dump(mode="json")
+    for d in (saved, want):
+        d.pop("out_dir", None)
+        for section, keys in _EXECUTION_KEYS.items():
+            for k in keys:
+                d.get(section, {}).pop(k, None)
+    return results if saved == want else None
