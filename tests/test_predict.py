@@ -177,6 +177,42 @@ def test_files_run_export_writes_encoding(files_runs, tmp_path, capsys):
     assert side["encoding"] == {**side["encoding"], "kind": "files", "file": "m.pt.preprocess.json"}
 
 
+def test_files_run_saves_its_encoding_equal_to_the_refitted_one(files_runs):
+    from adatt.serve.predict import encoding_from_meta
+    from adatt.train.trainer import load_run_model
+
+    for run in files_runs[1:]:
+        cfg, _, splits = load_run(run)
+        _, _, schema, meta = load_run_model(run)
+        assert schema == splits.schema and meta["name"] == splits.name
+        assert encoding_from_meta(cfg, schema, meta) == encoding_for_run(cfg, splits)
+
+
+def test_files_run_serves_without_its_training_data(files_runs, tmp_path):
+    """Predict and export read the run's data.json: the training files may be gone."""
+    import shutil
+
+    tmp, run, _ = files_runs
+    _, model, splits = load_run(run)
+    want = eager(model, splits.schema.task_kinds, splits.test.dense, splits.test.cat).numpy()
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp, moved, ignore=shutil.ignore_patterns("runs"))
+    shutil.copytree(run, tmp_path / "run")
+    for f in ("train.csv", "valid.csv", "test.parquet"):
+        (tmp / f).rename(tmp_path / f)  # the run's configured data files disappear
+    try:
+        predict_file(tmp_path / "run", moved / "test.parquet", tmp_path / "p.parquet",
+                     progress=False)
+        assert main(["export", "--run", str(tmp_path / "run"), "--format", "torchscript",
+                     "--output", str(tmp_path / "m.pt")]) == 0
+    finally:
+        for f in ("train.csv", "valid.csv", "test.parquet"):
+            (tmp_path / f).rename(tmp / f)
+    assert np.abs(read_preds(tmp_path / "p.parquet", ["click_prob", "watch_pred"])
+                  - want).max() <= TOL
+    assert (tmp_path / "m.pt.preprocess.json").is_file()
+
+
 def test_files_run_raw_text_in_dense_column(files_runs, tmp_path):
     tmp, run, _ = files_runs
     lines = (tmp / "train.csv").read_text().splitlines()

@@ -489,6 +489,17 @@ def load_files(
             else None
         ),  # fmt: skip
         "unseen_categories": unseen,
+        # the fitted encoding, in the form adatt.serve.predict.FeatureEncoding reads
+        "encoding": {
+            "kind": "files",
+            "dense": list(fs.dense),
+            "categorical": list(fs.categorical),
+            "cardinalities": [len(v) + 1 for v in vocabs],
+            "standardize": ({"mean": [float(x) for x in mean], "std": [float(x) for x in std]}
+                            if fs.standardize else None),
+            "vocabularies": {c: list(v) for c, v in zip(fs.categorical, vocabs, strict=True)},
+            "delimiter": fs.delimiter,
+        },
     }
     name = Path(train).name
     for suffix in Path(name).suffixes:

@@ -395,19 +395,17 @@ def export_run(
     ``output`` defaults to :func:`default_output`. For a run on the user's files
     the fitted encoding is also written to ``<output>.preprocess.json``.
     """
-    from adatt.serve.predict import encoding_for_run
-    from adatt.train.trainer import load_run
+    from adatt.serve.predict import load_for_serving
 
     _check_format(fmt)
     if fmt == "onnx":
         require_onnx()  # before the (possibly slow) data loading
-    cfg, model, splits = load_run(run_dir)
+    cfg, model, schema, data_name, encoding = load_for_serving(run_dir)
     output = Path(output) if output is not None else default_output(run_dir, fmt)
-    encoding = encoding_for_run(cfg, splits)
     extra: dict[str, Any] = {
         "run": str(run_dir),
         "model": cfg.model["name"],
-        "data": splits.name,
+        "data": data_name,
     }
     pre = output.with_name(output.name + ".preprocess.json")
     if encoding.raw:
@@ -420,9 +418,9 @@ def export_run(
     else:
         extra["encoding"] = {
             "kind": "encoded",
-            "note": f"inputs are the {splits.name} loader's encoded columns",
+            "note": f"inputs are the {data_name} loader's encoded columns",
         }
-    result = export_model(model, splits.schema, fmt, output, extra)
+    result = export_model(model, schema, fmt, output, extra)
     if encoding.raw:  # written once the model is in place, so a failed export leaves nothing
         _write_json(encoding.to_dict(), pre)
     return result

@@ -65,6 +65,8 @@ __all__ = [
     "FeatureEncoding",
     "fit_file_encoding",
     "encoding_for_run",
+    "encoding_from_meta",
+    "load_for_serving",
     "Predictor",
     "PredictResult",
     "predict_file",
@@ -262,6 +264,43 @@ def fit_file_encoding(data_cfg: Any) -> tuple[FeatureEncoding, Any]:
     return enc, raw
 
 
+def encoding_from_meta(cfg: Any, schema: FeatureSchema,
+                       meta: dict[str, Any] | None) -> FeatureEncoding | None:
+    """The input encoding saved with a run (its ``data.json``), or None when the
+    run predates it and the encoding has to be fitted again."""
+    if cfg.data.source != "files":
+        return FeatureEncoding(schema.dense, schema.categorical, schema.cardinalities)
+    saved = (meta or {}).get("info", {}).get("encoding")
+    if saved is None:
+        return None
+    try:
+        enc = FeatureEncoding.from_dict(saved)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ServeError(f"the run's data.json has an unreadable encoding ({e})") from None
+    if (enc.dense, enc.categorical, enc.cardinalities) != (
+        schema.dense, schema.categorical, schema.cardinalities
+    ):
+        raise ServeError("the encoding saved in the run's data.json does not match its schema")
+    return enc
+
+
+def load_for_serving(run_dir: PathLike) -> tuple[Any, nn.Module, FeatureSchema, str,
+                                                 FeatureEncoding]:
+    """``(config, model, schema, data name, encoding)`` of a finished run.
+
+    Runs with ``data.json`` need neither their data nor their training file;
+    older ``files`` runs fit the encoding again (:func:`encoding_for_run`).
+    """
+    from adatt.train.trainer import load_run, load_run_model
+
+    cfg, model, schema, meta = load_run_model(run_dir)
+    enc = encoding_from_meta(cfg, schema, meta)
+    if enc is not None:
+        return cfg, model, schema, (meta or {}).get("name", cfg.data.source), enc
+    cfg, model, splits = load_run(run_dir)
+    return cfg, model, splits.schema, splits.name, encoding_for_run(cfg, splits)
+
+
 def encoding_for_run(cfg: Any, splits: Any) -> FeatureEncoding:
     """The input encoding of a run (its config and loaded splits).
 
@@ -322,11 +361,9 @@ class Predictor:
     @classmethod
     def from_run(cls, run_dir: PathLike, batch_size: int | None = None) -> Predictor:
         """Load ``runs/<name>`` (its selected weights) and its input encoding."""
-        from adatt.train.trainer import load_run
-
-        cfg, model, splits = load_run(run_dir)
+        cfg, model, schema, _, encoding = load_for_serving(run_dir)
         bs = batch_size or cfg.train.eval_batch_size
-        return cls(model, splits.schema, encoding_for_run(cfg, splits), bs)
+        return cls(model, schema, encoding, bs)
 
     def predict_arrays(
         self, dense: np.ndarray, cat: np.ndarray, progress: bool = False

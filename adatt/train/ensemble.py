@@ -106,13 +106,15 @@ from adatt.train.trainer import (
     selection_score,
     setup_runtime,
     training_plan,
+    write_data_json,
 )
 
 __all__ = ["EnsembleModel", "EnsembleLoss", "train_ensemble", "evaluate_ensemble",
            "train_step", "check_ensemble_config", "auto_chunk"]
 
 _CPU_ACTIVATION_BYTES = 16 * 2**20  # auto_chunk's budget for one [S,B,N] activation on CPU
-_RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "best.pt", "checkpoint.pt")
+_RUN_FILES = ("config.yaml", "data.json", "metrics.jsonl", "results.json", "best.pt",
+              "checkpoint.pt")
 
 
 # ----------------------------------------------------------------------------- the model
@@ -485,6 +487,7 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
         for stale in _RUN_FILES:
             (d / stale).unlink(missing_ok=True)
         _atomic_write(dump_config(_copy_config(cfg, s)), d / "config.yaml")
+        write_data_json(splits, d)
         _atomic_write("", d / "metrics.jsonl")
 
     st = {"step": 0, "examples": 0, "epoch": 0, "evals": 0, "train_time": 0.0,

@@ -5,6 +5,8 @@ Notation: B batch, T tasks.
 ``train(cfg)`` writes ``<out_dir>/<name>/``:
 
 * ``config.yaml``   the resolved config;
+* ``data.json``     the data set's name, feature schema and loader facts (for
+  user files the fitted vocabularies and scaling: serving needs no data);
 * ``metrics.jsonl`` one JSON line per evaluation (validation metrics, loss,
   examples seen, the selection score);
 * ``best.pt``       the selected model weights (best validation score);
@@ -282,6 +284,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         _atomic_write("".join(line + "\n" for line in lines), run_dir / "metrics.jsonl")
     else:
         _atomic_write(dump_config(cfg), run_dir / "config.yaml")
+        write_data_json(splits, run_dir)
         _atomic_write("", run_dir / "metrics.jsonl")
         for stale in ("best.pt", "checkpoint.pt", "results.json"):
             (run_dir / stale).unlink(missing_ok=True)
@@ -415,6 +418,40 @@ def _evaluate_and_checkpoint(cfg, schema, model, valid, opt, sched, weighting, s
     _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                   "schedule": sched.state_dict(), "weighting": weighting.state_dict(),
                   "state": saved, "rng": _rng_state()}, run_dir / "checkpoint.pt")
+
+
+def write_data_json(splits, run_dir: Path) -> None:
+    """``data.json``: the data set's name, feature schema and loader facts (for a
+    run on the user's files the fitted encoding: vocabularies, dense scaling), so
+    that the run can be served and exported without its training data."""
+    meta = {"name": splits.name, "schema": splits.schema.to_dict(), "info": splits.info}
+    _atomic_write(json.dumps(meta), run_dir / "data.json")
+
+
+def load_run_model(run_dir: str | Path):
+    """``(config, model with the selected weights, schema, data meta)`` of a
+    finished run, without loading its data when the run has ``data.json``
+    (runs made before it existed load their data for the schema; meta None)."""
+    from adatt.config import load_config
+    from adatt.data.schema import FeatureSchema
+
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "data.json"
+    if not meta_path.is_file():
+        cfg, model, splits = load_run(run_dir)
+        return cfg, model, splits.schema, None
+    for f in ("config.yaml", "best.pt"):
+        if not (run_dir / f).is_file():
+            raise RunError(f"{run_dir / f} not found: not a finished run directory")
+    cfg = load_config(run_dir / "config.yaml")
+    try:
+        meta = json.loads(meta_path.read_text())
+        schema = FeatureSchema.from_dict(meta["schema"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{meta_path}: unreadable ({e})") from None
+    model = build_model(cfg.model, schema)
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True))
+    return cfg, model, schema, meta
 
 
 def load_run(run_dir: str | Path):
