@@ -39,7 +39,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     res = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(format_results(res))
+    from adatt.train import distributed
+
+    if distributed.is_main():  # under torchrun: rank 0 prints
+        print(format_results(res))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -148,6 +151,14 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         if "resume" not in inspect.signature(fn).parameters:
             raise _UsageError(f"experiment {args.name} has no --resume option")
         opts["resume"] = True
+    if args.context_seeds is not None:
+        import inspect
+
+        if "context_seeds" not in inspect.signature(fn).parameters:
+            raise _UsageError(f"experiment {args.name} has no --context-seeds option")
+        if args.context_seeds < 1:
+            raise _UsageError(f"--context-seeds must be >= 1, got {args.context_seeds}")
+        opts["context_seeds"] = args.context_seeds
     out_dir = args.out_dir or f"results/{args.name}{'-quick' if args.quick else ''}"
     if args.data_dir:
         import inspect
@@ -219,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="parallel training processes (census-table5)")
     s.add_argument("--resume", action="store_true", help="keep finished seed runs in the "
                    "results directory and train only the missing ones (census-table5)")
+    s.add_argument("--context-seeds", type=int, help="seeds for the context rows "
+                   "(Shared-bottom, MMoE, Cross-stitch; census-table5; default --seeds)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_experiment)
 

@@ -37,3 +37,26 @@ def test_quick_mode_writes_report(tmp_path):
     assert summary["seeds"] == 2 and len(summary["rows"]) == 8
     text = (tmp_path / "report.md").read_text()
     assert "Paired comparison" in text and "AdaTT − PLE" in text
+
+
+def test_context_rows_with_fewer_seeds_are_paired_on_common_seeds():
+    rows = {}
+    for c in table5_configs("A"):
+        n = 2 if c.get("context") else 4
+        res = [_fake(0.8, 0.9 + 0.01 * k) for k in range(n)]
+        rows[("A", c["label"])] = {**c, "group": "A", "results": res, "seconds": 1.0}
+    summary = _summarise(rows, ("A",), [0, 1, 2, 3])
+    n_of = {e["label"]: e["n"] for e in summary["rows"]}
+    assert n_of["ML-MMoE"] == 4 and n_of["MMoE"] == 2 and n_of["Shared-bottom"] == 2
+    by_vs = {p["vs"]: p for p in summary["paired"] if p["task"] == "income"}
+    assert by_vs["ML-MMoE"]["n"] == 4 and by_vs["MMoE"]["n"] == 2
+    assert by_vs["MMoE"]["diff"] == pytest.approx(0.0)  # seeds 0, 1 of both
+
+
+def test_cli_rejects_options_an_experiment_does_not_have(capsys):
+    from adatt.cli import main
+
+    assert main(["experiment", "ablation", "--context-seeds", "2", "--quick"]) != 0
+    assert "no --context-seeds option" in capsys.readouterr().err
+    assert main(["experiment", "ablation", "--resume", "--quick"]) != 0
+    assert "no --resume option" in capsys.readouterr().err

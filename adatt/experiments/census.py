@@ -62,11 +62,11 @@ def table5_configs(group: str, context: bool = True) -> list[dict[str, Any]]:
                                   "experts_per_task": (E - ms) // 3, **common}})
     if context:
         out += [
-            {"label": "Shared-bottom", "family": "Shared-bottom",
+            {"label": "Shared-bottom", "family": "Shared-bottom", "context": True,
              "model": {"name": "shared_bottom", "expert_sizes": sizes, **common}},
-            {"label": "MMoE", "family": "MMoE",
+            {"label": "MMoE", "family": "MMoE", "context": True,
              "model": {"name": "mmoe", "expert_sizes": [sizes], "num_experts": E, **common}},
-            {"label": "Cross-stitch", "family": "Cross-stitch",
+            {"label": "Cross-stitch", "family": "Cross-stitch", "context": True,
              "model": {"name": "cross_stitch", "expert_sizes": sizes, **common}},
         ]
     return out
@@ -88,7 +88,8 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
                       context: bool = True, protocol: str = "paper",
                       data_dir: str | None = None, chunk: int | None = None,
                       progress: bool = True, workers: int = 1,
-                      resume: bool = False) -> dict[str, Any]:
+                      resume: bool = False,
+                      context_seeds: int | None = None) -> dict[str, Any]:
     """Run the Table 5 protocol; writes report.md, results.csv, table5.png; returns the summary.
 
     ``workers > 1`` trains the (configuration, seed) runs as separate processes,
@@ -99,6 +100,8 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
     (configuration, seed) run already finished under ``out_dir/runs`` with the
     same settings and trains only the missing ones, so an interrupted run goes
     on, and ``seeds`` can be raised later (20 after 5 trains 15 more per row).
+    ``context_seeds`` trains the context rows (Shared-bottom, MMoE,
+    Cross-stitch) with only the first that many seeds (default: ``seeds``).
     """
     from adatt.config import load_config
     from adatt.data.config import load_splits
@@ -110,6 +113,9 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
     if quick:
         seeds, groups = min(seeds, 2), ("A",)
     seed_list = list(range(seeds))
+    context_list = seed_list[: context_seeds] if context_seeds is not None else seed_list
+    if context_seeds is not None and context_seeds < 1:
+        raise ValueError(f"context_seeds must be >= 1, got {context_seeds}")
     base = ["data.source=census", *PROTOCOLS[protocol], f"train.progress={progress}",
             f"out_dir={out / 'runs'}"]
     if data_dir:
@@ -126,11 +132,12 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
             name = f"{group}_{c['label'].replace(' ', '_').replace('=', '')}"
             cfg = load_config(None, [*base, f"name={name}", *_overrides(c["model"])])
             rows[(group, c["label"])] = {**c, "group": group, "results": [], "seconds": 0.0}
-            jobs.append(((group, c["label"]), cfg))
+            jobs.append(((group, c["label"]), cfg,
+                         context_list if c.get("context") else seed_list))
     if workers > 1:
-        _run_parallel(jobs, rows, seed_list, workers, resume)
+        _run_parallel(jobs, rows, workers, resume)
     else:
-        for key, cfg in jobs:
+        for key, cfg, row_seeds in jobs:
             if splits is None:
                 splits = load_splits(cfg.data)
                 if quick:
@@ -140,10 +147,11 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
                     idx = torch.randperm(len(splits.train), generator=g)[:20_000]
                     splits.train = splits.train.subset(idx)
             ts = time.perf_counter()
-            rows[key]["results"] = train_ensemble(cfg, seed_list, splits=splits, overwrite=True,
+            rows[key]["results"] = train_ensemble(cfg, row_seeds, splits=splits, overwrite=True,
                                                   chunk=chunk, resume=resume)
             rows[key]["seconds"] = time.perf_counter() - ts
     summary = _summarise(rows, groups, seed_list)
+    summary["context_seeds"] = len(context_list)
     summary["wall_time_s"] = time.perf_counter() - t0
     summary["protocol"] = protocol
     summary["quick"] = quick
@@ -170,7 +178,7 @@ def _seed_config(cfg, seed: int):
     return c
 
 
-def _run_parallel(jobs, rows, seeds: list[int], workers: int, resume: bool = False) -> None:
+def _run_parallel(jobs, rows, workers: int, resume: bool = False) -> None:
     import multiprocessing as mp
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -180,7 +188,7 @@ def _run_parallel(jobs, rows, seeds: list[int], workers: int, resume: bool = Fal
     threads = max((os.cpu_count() or 1) // workers, 1)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         futures = []
-        for key, cfg in jobs:
+        for key, cfg, seeds in jobs:
             for seed in seeds:
                 done = None
                 if resume:
@@ -223,7 +231,7 @@ def _summarise(rows, groups, seeds) -> dict[str, Any]:
                 continue
             entry = {"group": group, "label": label, "family": row["family"],
                      "selected": chosen.get((group, row["family"])) is row,
-                     "seconds": row["seconds"]}
+                     "seconds": row["seconds"], "n": len(row["results"])}
             for t in TASKS:
                 m, h = mean_ci(r["test"][t]["auc"] for r in row["results"])
                 entry[t] = {"mean": m, "ci": h}
@@ -233,25 +241,26 @@ def _summarise(rows, groups, seeds) -> dict[str, Any]:
             other = chosen.get((group, base))
             if ada is None or other is None:
                 continue
+            n = min(len(ada["results"]), len(other["results"]))  # seeds 0..n-1 of both
             for t in TASKS:
-                cmp = paired_comparison([r["test"][t]["auc"] for r in ada["results"]],
-                                        [r["test"][t]["auc"] for r in other["results"]])
+                cmp = paired_comparison([r["test"][t]["auc"] for r in ada["results"][:n]],
+                                        [r["test"][t]["auc"] for r in other["results"][:n]])
                 summary["paired"].append({"group": group, "vs": base, "task": t, **cmp})
     return summary
 
 
 def _write_report(out: Path, summary, rows, groups, protocol, quick) -> None:
-    header = ["group", "model", "selected"] + [f"{t} AUC" for t in TASKS] + \
+    header = ["group", "model", "selected", "seeds"] + [f"{t} AUC" for t in TASKS] + \
              [f"paper col {i + 1}" for i in range(3)]
     md_rows, csv_rows = [], []
     for e in summary["rows"]:
         paper = PAPER_TABLE5.get((e["family"], e["group"]), ("", "", ""))
         cells = [f"{e[t]['mean']:.4f} ± {e[t]['ci']:.4f}" for t in TASKS]
-        md_rows.append([e["group"], e["label"], "yes" if e["selected"] else ""] + cells +
+        md_rows.append([e["group"], e["label"], "yes" if e["selected"] else "", e["n"]] + cells +
                        [p if e["selected"] else "" for p in paper])
-        csv_rows.append([e["group"], e["label"], e["selected"]] +
+        csv_rows.append([e["group"], e["label"], e["selected"], e["n"]] +
                         [e[t]["mean"] for t in TASKS] + [e[t]["ci"] for t in TASKS])
-    write_csv(out / "results.csv", ["group", "model", "selected"] +
+    write_csv(out / "results.csv", ["group", "model", "selected", "seeds"] +
               [f"{t}_auc" for t in TASKS] + [f"{t}_ci95" for t in TASKS], csv_rows)
     paired_rows = [[p["group"], f"AdaTT − {p['vs']}", p["task"], f"{p['diff']:+.4f}",
                     f"± {p['ci']:.4f}", f"{p['p']:.3g}", f"{p['wins']}/{p['n']}"]
@@ -260,11 +269,14 @@ def _write_report(out: Path, summary, rows, groups, protocol, quick) -> None:
                    + ", ".join(f"{a}: {b:.4f}" for a, b in v["valid_auc_sum"].items()) + ")"
                    for k, v in summary["selected_ms"].items())
     quick_note = " (quick mode: 20,000 training rows, 2 epochs)" if quick else ""
+    context_note = (f" ({summary['context_seeds']} for the context rows Shared-bottom, MMoE "
+                    "and Cross-stitch)" if summary.get("context_seeds", summary["seeds"])
+                    != summary["seeds"] else "")
     paired_header = ["group", "comparison", "task", "mean diff", "95% CI", "p (paired t)",
                      "AdaTT wins"]
     text = f"""# Census-Income, the paper's Table 5 protocol
 
-{summary['seeds']} seeds per configuration{quick_note};
+{summary['seeds']} seeds per configuration{context_note}{quick_note};
 wall time {summary.get('wall_time_s', 0):.0f} s on this machine.
 
 Protocol ({protocol}): one-hot categorical inputs (gathered), min-max scaled
