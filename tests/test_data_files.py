@@ -119,6 +119,20 @@ def test_missing_column(files: Path):
         load(files, "bad.csv")
 
 
+def test_list_typed_categorical_column(files: Path):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    t = pacsv.read_csv(files / "train.csv")
+    t = t.set_column(t.column_names.index("item"), "item",
+                     pa.array([[1, 2]] * t.num_rows, type=pa.list_(pa.int64())))
+    pq.write_table(t, files / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad\.parquet: column 'item' has type list<.*"
+                                        r"cannot be read as categories"):
+        load(files, "bad.parquet")
+
+
 def test_non_numeric_dense_value(files: Path):
     write(files, "bad.csv", TRAIN.replace("40,3.5", "forty,3.5"))
     with pytest.raises(DataError, match=r"bad\.csv: column 'age', row 3: 'forty' is not a number"):

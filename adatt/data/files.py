@@ -359,6 +359,8 @@ class _Raw:
 
 
 def _load_raw(path: Path, schema: FileSchema) -> _Raw:
+    import pyarrow as pa
+
     table = _read_table(path, schema)
     n = table.num_rows
     dense = np.zeros((n, len(schema.dense)), dtype=np.float64)
@@ -384,7 +386,13 @@ def _load_raw(path: Path, schema: FileSchema) -> _Raw:
                 "finite number >= 0"
             )
         weight = w.astype(np.float32)
-    cat = [_text(table[c]) for c in schema.categorical]
+    cat = []
+    for c in schema.categorical:
+        try:
+            cat.append(_text(table[c]))
+        except pa.ArrowException:  # e.g. a list or struct column
+            raise DataError(f"{path}: column {c!r} has type {table[c].type}, which cannot be "
+                            "read as categories (one string or number per row)") from None
     return _Raw(path, dense, cat, labels, weight)
 
 
