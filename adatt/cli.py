@@ -5,6 +5,8 @@
     adatt train --config FILE [k=v ...]   train one run (see configs/)
     adatt eval --run runs/NAME            re-score a saved run
     adatt data info census|sim|files ...  describe a data set
+    adatt data write-shards sim --rows N --shard-rows M --out DIR
+                                          write simulator rows as Parquet shards (streaming)
     adatt experiment NAME [--quick]       run one of the paper's experiments (list: names)
     adatt export --run runs/NAME --format torchscript|export|onnx [--output PATH]
                                           export the run's model for serving
@@ -117,6 +119,20 @@ def _cmd_data_info(args: argparse.Namespace) -> None:
     from adatt.data.info import describe
 
     print(describe(load_splits(_data_config_from_args(args))))
+
+
+def _cmd_data_write_shards(args: argparse.Namespace) -> None:
+    from adatt.data.stream import write_sim_shards
+
+    out = write_sim_shards(args.out, args.preset, args.rows, seed=args.seed,
+                           shard_rows=args.shard_rows, valid_rows=args.valid_rows,
+                           test_rows=args.test_rows, row_group_rows=args.row_group_rows,
+                           overwrite=args.overwrite, progress=not args.no_progress)
+    n = len(list((out / "train").glob("part-*.parquet")))
+    print(f"wrote {n} shards to {out / 'train'}, {out / 'valid.parquet'}, {out / 'test.parquet'} "
+          f"and {out / 'schema.yaml'}; train on them with:\n  data.source=stream "
+          f"data.schema={out / 'schema.yaml'} data.train={out / 'train'} "
+          f"data.valid={out / 'valid.parquet'} data.test={out / 'test.parquet'}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -266,6 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--valid")
     d.add_argument("--test")
     d.set_defaults(fn=_cmd_data_info)
+    d = dsub.add_parser("write-shards", help="write simulator rows as Parquet shards for "
+                        "data.source=stream (docs/data.md)")
+    d.add_argument("source", choices=["sim"])
+    d.add_argument("--out", required=True, help="directory: train/part-*.parquet, valid.parquet, "
+                   "test.parquet, schema.yaml")
+    d.add_argument("--preset", default="group1")
+    d.add_argument("--rows", type=int, required=True, help="training rows")
+    d.add_argument("--shard-rows", type=int, default=500_000)
+    d.add_argument("--row-group-rows", type=int, default=65_536)
+    d.add_argument("--valid-rows", type=int, help="default min(rows / 10, 100000)")
+    d.add_argument("--test-rows", type=int, help="default min(rows / 10, 100000)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(fn=_cmd_data_write_shards)
     return p
 
 

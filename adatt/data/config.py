@@ -13,7 +13,11 @@ options of every source; :func:`load_splits` dispatches on ``source``:
   ``rows``, ``dim``, ``seed``, fractions);
 * ``files``: the user's CSV / Parquet files, :func:`adatt.data.files.load_files`
   (``schema``, ``train``, ``valid``, ``test``; a missing ``valid`` / ``test``
-  is cut from ``train`` with the fractions and ``split_seed``).
+  is cut from ``train`` with the fractions and ``split_seed``);
+* ``stream``: Parquet shards streamed from disk for training, in-memory
+  validation and test files, :func:`adatt.data.stream.load_stream` (``schema``,
+  ``train``: a directory, glob or file of shards, ``valid``, ``test``: both
+  required, ``shuffle_buffer``, ``cat_encoding``, ``fit_rows``, ``hash_buckets``).
 
 Options of other sources are ignored. :meth:`DataConfig.from_dict` turns a
 validation failure into a one-line :class:`~adatt.data.errors.DataError`.
@@ -54,7 +58,7 @@ with warnings.catch_warnings():
 
         model_config = ConfigDict(extra="forbid")
 
-        source: Literal["census", "sim", "mmoe_synthetic", "files"] = "census"
+        source: Literal["census", "sim", "mmoe_synthetic", "files", "stream"] = "census"
         # census
         data_dir: str | None = None
         instance_weight: Literal["drop", "feature", "sample_weight"] = "drop"
@@ -76,6 +80,11 @@ with warnings.catch_warnings():
         train: str | None = None
         valid: str | None = None
         test: str | None = None
+        # stream (also schema, train, valid, test)
+        shuffle_buffer: int = Field(131_072, ge=0)  # rows; at least one batch is used
+        cat_encoding: Literal["vocab", "hash"] = "vocab"
+        fit_rows: int = Field(1_000_000, ge=1)  # sample rows for vocabulary and scaling
+        hash_buckets: int = Field(1_000_000, ge=1)  # per field, cat_encoding=hash
 
         @model_validator(mode="after")
         def _check(self) -> DataConfig:
@@ -92,6 +101,11 @@ with warnings.catch_warnings():
                 missing = [k for k in ("schema", "train") if getattr(self, k) is None]
                 if missing:
                     raise ValueError(f"source 'files' needs {' and '.join(missing)}")
+            if self.source == "stream":
+                missing = [k for k in ("schema", "train", "valid", "test")
+                           if getattr(self, k) is None]
+                if missing:
+                    raise ValueError(f"source 'stream' needs {', '.join(missing)}")
             return self
 
         @classmethod
@@ -140,6 +154,20 @@ def load_splits(cfg: DataConfig | Mapping[str, Any]) -> Splits:
 
         return load_mmoe_synthetic(
             cfg.correlation, cfg.rows, cfg.dim, cfg.seed, cfg.valid_fraction, cfg.test_fraction
+        )
+    if cfg.source == "stream":
+        from adatt.data.stream import load_stream
+
+        assert None not in (cfg.schema, cfg.train, cfg.valid, cfg.test)  # checked above
+        return load_stream(
+            cfg.schema,  # type: ignore[arg-type]
+            cfg.train,  # type: ignore[arg-type]
+            cfg.valid,  # type: ignore[arg-type]
+            cfg.test,  # type: ignore[arg-type]
+            shuffle_buffer=cfg.shuffle_buffer,
+            cat_encoding=cfg.cat_encoding,
+            fit_rows=cfg.fit_rows,
+            hash_buckets=cfg.hash_buckets,
         )
     from adatt.data.files import load_files
 

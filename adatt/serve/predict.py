@@ -268,9 +268,12 @@ def encoding_from_meta(cfg: Any, schema: FeatureSchema,
                        meta: dict[str, Any] | None) -> FeatureEncoding | None:
     """The input encoding saved with a run (its ``data.json``), or None when the
     run predates it and the encoding has to be fitted again."""
-    if cfg.data.source != "files":
+    if cfg.data.source not in ("files", "stream"):  # stream: raw values, as for files
         return FeatureEncoding(schema.dense, schema.categorical, schema.cardinalities)
     saved = (meta or {}).get("info", {}).get("encoding")
+    if saved is None and cfg.data.source == "stream":
+        raise ServeError("a run on streamed shards is served with its saved vocabularies; "
+                         "data.cat_encoding=hash runs have none (not supported yet)")
     if saved is None:
         return None
     try:
