@@ -102,7 +102,10 @@ class TrainConfig(_Strict):
     selection: SelectionConfig = SelectionConfig()
     bf16: bool = False  # bfloat16 autocast for the forward pass
     device: str = "cpu"
-    threads: int | None = Field(None, ge=1)  # torch threads (default: all cores)
+    threads: int | None = Field(None, ge=1)  # torch threads (default: cores / local processes)
+    # data-parallel training (docs/distributed.md): None = when launched by torchrun with
+    # several processes, true = always join torchrun's group, false = never
+    distributed: bool | None = None
     progress: bool = True
     tensorboard: bool = False
 

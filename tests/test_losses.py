@@ -99,3 +99,12 @@ def test_rejects_bad_input():
         task_losses(torch.zeros(4, 2), torch.zeros(4, 2), ["binary"] * 3)
     with pytest.raises(ValueError, match="weight"):
         task_losses(torch.zeros(4, 1), torch.zeros(4, 1), ["binary"], torch.ones(5))
+
+
+def test_all_zero_weights_give_zero_loss_and_gradient():
+    logits = torch.randn(3, 2, requires_grad=True)
+    labels = torch.tensor([[1.0, 0.5], [0.0, 2.0], [1.0, -1.0]])
+    loss = TaskLoss(["binary", "regression"])(logits, labels, torch.zeros(3))
+    assert torch.equal(loss, torch.zeros(2))
+    loss.sum().backward()
+    assert torch.equal(logits.grad, torch.zeros(3, 2))

@@ -12,6 +12,8 @@ weighted mean over the batch
 
     L_t = sum_b w_b l(x_bt, y_bt) / sum_b w_b,
 
+(0 for a batch whose weights are all 0),
+
 with ``l`` the binary cross-entropy with logits for a binary task and the squared
 error ``(x - y)^2`` for a regression task (the paper: cross-entropy for binary
 tasks, MSE for regression). Both forms are computed on the whole ``[B, T]`` block
@@ -91,7 +93,9 @@ def _batch_mean(per_example: Tensor, weight: Tensor | None) -> Tensor:
             f"weight must be [B] with B={per_example.shape[-2]}, got {tuple(weight.shape)}"
         )
     w = weight.to(per_example.dtype)
-    return (per_example * w[:, None]).sum(dim=-2) / w.sum()  # [...,B,T] * [B,1] -> [...,T]
+    # a batch whose weights are all 0 has loss 0 (no gradient), not 0/0
+    total = w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+    return (per_example * w[:, None]).sum(dim=-2) / total  # [...,B,T] * [B,1] -> [...,T]
 
 
 def _check_shapes(logits: Tensor, labels: Tensor, num_tasks: int) -> None:

@@ -18,7 +18,11 @@ Model selection uses the validation split only; the selected checkpoint is
 then scored on test. Checkpoints are written to a temporary file and renamed,
 so a kill at any moment leaves the last good one. The shuffling order of each
 epoch is drawn from a generator seeded by ``(seed, epoch)``, so a resumed run
-reaches the same final numbers as an uninterrupted one.
+reaches the same final numbers as an uninterrupted one. Batches come from a
+batch source (:func:`adatt.data.stream.batch_source`): slices of that
+permutation in memory, or Parquet shards streamed from disk
+(``data.source=stream``), whose exact read position (buffer included) the
+checkpoint carries.
 
 Example:
     >>> from adatt.config import load_config
@@ -48,6 +52,7 @@ from torch import Tensor, nn
 from adatt.config import ConfigError, RunConfig, dump_config
 from adatt.data.batch import TensorDataset
 from adatt.data.schema import FeatureSchema
+from adatt.train import distributed as ddp
 from adatt.train.losses import TaskLoss
 from adatt.train.metrics import MetricAccumulator
 
@@ -110,7 +115,10 @@ def evaluate(
     model: nn.Module, data: TensorDataset, schema: FeatureSchema, batch_size: int = 8192,
     bf16: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Every metric of every task over the whole of ``data``."""
+    """Every metric of every task over the whole of ``data``; under distributed
+    training a collective call, sharded over the ranks (``distributed.evaluate``)."""
+    if ddp.is_active():
+        return ddp.evaluate(model, data, schema, batch_size, bf16)
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(schema.task_names, schema.task_kinds)
@@ -161,12 +169,16 @@ def selection_score(metrics: dict[str, dict[str, float]], schema: FeatureSchema,
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    if not ddp.is_main():  # under distributed training only rank 0 writes the run directory
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def _atomic_write(text: str, path: Path) -> None:
+    if not ddp.is_main():
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -216,8 +228,8 @@ def training_plan(n_train: int, tc) -> tuple[int, int, int, int]:
 def setup_runtime(cfg: RunConfig, splits=None):
     """Threads, device and data of a run, checked: ``(device, splits)``."""
     tc = cfg.train
-    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
-    device = torch.device(tc.device)
+    torch.set_num_threads(tc.threads or ddp.default_threads())
+    device = ddp.local_device(tc.device)  # cuda: this process's GPU under torchrun
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but CUDA is not available here")
     if splits is None:
@@ -242,6 +254,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if resume and not ckpt_path.is_file():
         raise RunError(f"{ckpt_path} not found: nothing to resume")
     tc = cfg.train
+    ddp.init(tc)  # join torchrun's process group when launched by it (docs/distributed.md)
     device, splits = setup_runtime(cfg, splits)
     schema = splits.schema
     _seed_everything(tc.seed)
@@ -259,11 +272,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if list(weighting.parameters()):  # e.g. uncertainty log-variances: no weight decay
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
     opt = make_optimizer(groups, tc)
-    train_data = splits.train.to(device)
-    n_train, steps_per_epoch, budget, total_steps = training_plan(len(train_data), tc)
+    from adatt.data.stream import batch_source
+
+    source = batch_source(splits.train, tc.batch_size, tc.seed, device)  # in memory or streamed
+    n_train, steps_per_epoch, budget, total_steps = training_plan(source.rows, tc)
     sched = make_schedule(opt, tc, total_steps)
     shared = model.shared_parameters()
-    label_var = _label_variance(train_data, schema)
+    label_var = source.label_variance(schema)
     eval_every = tc.eval_every or n_train
 
     state = {"step": 0, "examples": 0, "epoch": 0, "batch_in_epoch": 0, "evals": 0,
@@ -278,6 +293,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         sched.load_state_dict(ck["schedule"])
         weighting.load_state_dict(ck["weighting"])
         state = ck["state"]
+        source.load_state_dict(state.get("source"))  # a stream's exact position
         epoch_loss = torch.as_tensor(state["epoch_loss"], device=device)
         _set_rng_state(ck["rng"])
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()[: state["evals"]]
@@ -289,7 +305,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         for stale in ("best.pt", "checkpoint.pt", "results.json"):
             (run_dir / stale).unlink(missing_ok=True)
     writer = None
-    if tc.tensorboard:
+    if tc.tensorboard and ddp.is_main():
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -299,24 +315,25 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     from tqdm import tqdm
 
     bar = tqdm(total=budget, initial=state["examples"], unit="ex", unit_scale=True,
-               disable=not tc.progress, desc=cfg.name, dynamic_ncols=True)
+               disable=not tc.progress or not ddp.is_main(), desc=cfg.name, dynamic_ncols=True)
     running = None
 
     # ---------------------------------------------------------------- train
+    net = ddp.wrap(model)  # DistributedDataParallel summing gradients, or model itself
     model.train()
     while not state["done"] and state["examples"] < budget:
         epoch = state["epoch"]
-        gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n_train, generator=gen).to(device)
         b_idx = state["batch_in_epoch"]
+        # in memory: slices of the (seed, epoch) permutation; streamed: the stream's batches
+        batches = source.indexed_batches(epoch, b_idx, budget - state["examples"])
         while b_idx < steps_per_epoch and state["examples"] < budget:
             t0 = time.perf_counter()
-            idx = perm[b_idx * tc.batch_size : (b_idx + 1) * tc.batch_size]
-            idx = idx[: budget - state["examples"]]
-            batch = train_data.batch(idx)
+            idx, rows = next(batches)  # the global batch is rows.batch(idx)
+            shard = ddp.shard(idx)  # this process's rows of the global batch (all in one)
+            batch = rows.batch(shard.index)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                logits = model(batch.dense, batch.cat)  # [B, T]
-            losses = loss_fn(logits.float(), batch.labels, batch.weight)  # [T]
+                logits = net(batch.dense, batch.cat)  # [B, T]
+            losses = shard.losses(loss_fn, logits.float(), batch)  # [T] of the global batch
             opt.zero_grad(set_to_none=True)
             weighting.backward(losses, shared)
             if tc.grad_clip is not None:
@@ -349,6 +366,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                 state["epoch_loss"] = epoch_loss  # carried in checkpoints for resumption
             if state["examples"] >= state["next_eval"] or state["examples"] >= budget:
                 state["next_eval"] += eval_every
+                state["source"] = source.state_dict()  # a stream's exact position (None in memory)
                 _evaluate_and_checkpoint(cfg, schema, model, splits.valid, opt, sched, weighting,
                                          state, run_dir, label_var, writer, losses,
                                          time.perf_counter() - t_start)
@@ -359,6 +377,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     bar.close()
 
     # ---------------------------------------------------------------- evaluate selected
+    ddp.barrier()  # rank 0 has written best.pt
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(best)
     results = {
@@ -381,6 +400,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     _atomic_write(json.dumps(results, indent=2), run_dir / "results.json")
     if writer is not None:
         writer.close()
+    ddp.shutdown()
     return results
 
 
@@ -405,8 +425,9 @@ def _evaluate_and_checkpoint(cfg, schema, model, valid, opt, sched, weighting, s
         state["bad_evals"] += 1
         if tc.selection.patience is not None and state["bad_evals"] >= tc.selection.patience:
             state["done"] = True
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(info) + "\n")
+    if ddp.is_main():
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(info) + "\n")
     if writer is not None:
         writer.add_scalar("valid/score", score, state["examples"])
         for task, ms in metrics.items():
@@ -470,7 +491,7 @@ def load_run(run_dir: str | Path):
 
 
 # Settings that change how a run is executed, not what it computes.
-_EXECUTION_KEYS = {"train": ("threads", "progress", "tensorboard")}
+_EXECUTION_KEYS = {"train": ("threads", "progress", "tensorboard", "distributed")}
 
 
 def finished_results(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any] | None:
@@ -478,7 +499,7 @@ def finished_results(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any] | No
 
     A run counts as finished when it has ``results.json``; it is the same run
     when its saved ``config.yaml`` equals ``cfg`` apart from the output location
-    and execution settings (threads, progress bar, TensorBoard). Used to skip
+    and execution settings (threads, progress bar, TensorBoard, distributed). Used to skip
     seeds that are already done when an experiment is resumed or extended.
     """
     from adatt.config import load_config
