@@ -1,0 +1,696 @@
+"""TorchRec integration: categorical features in sharded embedding tables, any model on top.
+
+Notation: B batch (of one process), Dd dense width, F categorical features,
+k_f feature f's embedding size, P = sum_f k_f pooled width, T tasks, W processes.
+
+When the embedding tables of the categorical features outgrow one machine's
+memory, they can live in a TorchRec ``EmbeddingBagCollection`` (EBC) that
+``DistributedModelParallel`` (DMP) shards over processes, while the model on
+top (any registered model: AdaTT, MMoE, PLE, ...) is replicated and trained
+data-parallel.
+
+:class:`TorchRecMultiTask` pools every feature of a ``KeyedJaggedTensor``
+(KJT: per feature, a variable number of indices per example) in its table,
+puts the pooled embeddings after the dense features,
+``x = [dense, e_1, ..., e_F]`` ``[B, Dd + P]``, and hands ``x`` to the
+registered model built with ``dense_dim = Dd + P`` and no categorical field:
+the model's input layer is one dense layer over ``x``. With one single-valued,
+sum-pooled feature per table this is what the model computes in its own
+``embedding_dim`` mode (:meth:`TorchRecMultiTask.copy_from` copies such a
+model's weights over).
+
+Training (:func:`apply_sparse_optimizer`, :func:`shard`, :func:`train_step`,
+or all of it from a run config: :func:`train_torchrec`): TorchRec's planner
+shards the tables table-wise (or column-wise) over the processes; a fused
+optimizer updates them inside the backward pass (FBGEMM kernels; on CPU
+``sgd``, ``adagrad`` or ``rowwise_adagrad``); the dense parameters are wrapped
+in DistributedDataParallel and updated by the run's ``torch.optim`` optimizer.
+Each process computes its part of every global batch, and a step equals a
+single-process step on the whole global batch.
+
+Launch with torchrun (``gloo`` on CPU)::
+
+    torchrun --standalone --nproc-per-node 2 -m adatt.integrations.torchrec \\
+        --config configs/sim/adatt.yaml model.embedding_dim=16
+
+TorchRec is an optional extra: importing this module does not import it, and
+using it without it raises :class:`TorchRecError` saying how to install it.
+
+Example:
+    >>> import pytest; _ = pytest.importorskip("torchrec")  # the example needs the extra
+    >>> import torch
+    >>> from adatt.data.schema import FeatureSchema, TaskSpec
+    >>> schema = FeatureSchema(("age",), ("city", "genre"), (10, 5),
+    ...                        (TaskSpec("click"), TaskSpec("like")))
+    >>> tables = schema_to_tables(schema, embedding_dim=4)
+    >>> [(t.name, t.num_embeddings, t.embedding_dim, t.feature_names) for t in tables]
+    [('city', 10, 4, ['city']), ('genre', 5, 4, ['genre'])]
+    >>> m = TorchRecMultiTask("adatt_sp", 2, dense_dim=1, tables=tables, expert_sizes=[8])
+    >>> kjt = cat_to_kjt(torch.tensor([[3, 1], [0, 4], [9, 2]]), schema.categorical)
+    >>> m(torch.randn(3, 1), kjt).shape                  # [B, T]
+    torch.Size([3, 2])
+    >>> multi = jagged_to_kjt({"city": [[3], [0], [9, 1]], "genre": [[1, 2], [], [2]]})
+    >>> multi.lengths().tolist()                         # per feature, per example
+    [1, 1, 2, 2, 0, 1]
+    >>> m.pooled(multi).shape                            # [B, P]
+    torch.Size([3, 8])
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from adatt.config import ConfigError, RunConfig
+from adatt.data.errors import DataError
+from adatt.train.trainer import RunError
+
+if TYPE_CHECKING:
+    from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+    from torchrec.distributed.types import ShardingPlan
+
+    from adatt.data.batch import TensorDataset
+    from adatt.data.schema import FeatureSchema
+    from adatt.data.splits import Splits
+
+__all__ = ["INSTALL_HINT", "TorchRecError", "require_torchrec", "schema_to_tables", "cat_to_kjt",
+           "jagged_to_kjt", "TorchRecMultiTask", "apply_sparse_optimizer", "shard",
+           "plan_placement", "load_full_state", "full_state_dict", "train_step",
+           "evaluate_sharded", "train_torchrec", "main", "SHARDINGS", "SPARSE_OPTIMIZERS"]
+
+# torchrec's package metadata asks for `fbgemm-gpu`, a CUDA build that cannot load next to a
+# CPU-only torch; the extra brings FBGEMM's CPU build and torchrec's other needs, and torchrec
+# itself is installed after it without its dependencies.
+INSTALL_HINT = ("torchrec support needs `pip install adatt[torchrec]`, then "
+                "`pip install --no-deps torchrec==1.8.0`")
+
+# What the planner offers for tables on CPU (row-wise sharding is not offered there).
+SHARDINGS = ("table_wise", "column_wise")
+# Fused embedding optimizers of FBGEMM's CPU kernels (+ adam on CUDA).
+SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+
+
+class TorchRecError(RunError):
+    """TorchRec is not installed or cannot be used (one line)."""
+
+
+def require_torchrec() -> Any:
+    """The ``torchrec`` module; missing or broken, a :class:`TorchRecError` saying what to do."""
+    try:
+        import torchrec
+    except ImportError:
+        raise TorchRecError(INSTALL_HINT) from None
+    except OSError as e:  # fbgemm_gpu's libraries do not load
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TorchRecError(
+            f"torchrec is installed but fbgemm_gpu does not load ({first}); with a CPU-only "
+            "torch it must be the CPU build: pip uninstall -y fbgemm-gpu fbgemm-gpu-cpu && "
+            "pip install fbgemm-gpu-cpu==1.8.0") from None
+    return torchrec
+
+
+def _table_names(fields: Sequence[str]) -> list[str]:
+    """Module-safe, unique table names for fields (a table's name is part of parameter names)."""
+    out: list[str] = []
+    for f in fields:
+        name = re.sub(r"\W", "_", f) or "table"
+        base, i = name, 1
+        while name in out:
+            name, i = f"{base}_{i}", i + 1
+        out.append(name)
+    return out
+
+
+def schema_to_tables(schema: FeatureSchema, embedding_dim: int) -> list[EmbeddingBagConfig]:
+    """One sum-pooled table per categorical field of ``schema``.
+
+    Table ``f`` has ``cardinality_f`` rows of size ``embedding_dim`` and reads
+    feature ``f`` (the field's name); it is named after the field (characters
+    that cannot be in a parameter name become ``_``). Weights start uniform in
+    ``[-sqrt(3), sqrt(3)]``: unit variance, as the ``N(0, 1)`` embeddings of a
+    model's own ``embedding_dim`` mode.
+    """
+    tr = require_torchrec()
+    if not isinstance(embedding_dim, int) or embedding_dim < 1:
+        raise ConfigError(f"embedding_dim must be an int >= 1, got {embedding_dim!r}")
+    if not schema.categorical:
+        raise DataError("the schema has no categorical field to put in an embedding table")
+    bound = math.sqrt(3.0)
+    return [
+        tr.EmbeddingBagConfig(name=name, embedding_dim=embedding_dim, num_embeddings=int(card),
+                              feature_names=[field], weight_init_min=-bound,
+                              weight_init_max=bound)
+        for name, field, card in zip(_table_names(schema.categorical), schema.categorical,
+                                     schema.cardinalities, strict=True)
+    ]
+
+
+def cat_to_kjt(cat: Tensor, keys: Sequence[str]) -> KeyedJaggedTensor:
+    """Per-field indices ``cat [B, F]`` as a KJT: feature ``keys[f]`` holds ``cat[:, f]``.
+
+    Every example has one index per feature (all lengths 1).
+    """
+    tr = require_torchrec()
+    if cat.dim() != 2 or cat.shape[1] != len(keys):
+        raise DataError(f"cat must be [B, {len(keys)}] for features {list(keys)}, "
+                        f"got {list(cat.shape)}")
+    B, F = cat.shape
+    values = cat.long().t().reshape(-1)  # [B,F] -> [F,B] -> [F*B], feature-major as in a KJT
+    lengths = torch.ones(F * B, dtype=torch.int32, device=cat.device)  # [F*B]
+    return tr.KeyedJaggedTensor.from_lengths_sync(list(keys), values, lengths)
+
+
+def jagged_to_kjt(features: Mapping[str, Sequence[Sequence[int]]],
+                  device: torch.device | str | None = None) -> KeyedJaggedTensor:
+    """Multi-valued features as a KJT: per feature, one list of indices per example.
+
+    A list may be empty (the example's pooled embedding is then zero); every
+    feature must list the same number of examples B.
+    """
+    tr = require_torchrec()
+    sizes = {k: len(v) for k, v in features.items()}
+    if len(set(sizes.values())) > 1:
+        raise DataError(f"every feature needs the same number of examples, got {sizes}")
+    lengths = [len(ex) for v in features.values() for ex in v]  # [F*B], feature-major
+    values = [int(i) for v in features.values() for ex in v for i in ex]
+    return tr.KeyedJaggedTensor.from_lengths_sync(
+        list(features), torch.tensor(values, dtype=torch.long, device=device),
+        torch.tensor(lengths, dtype=torch.int32, device=device))
+
+
+class TorchRecMultiTask(nn.Module):
+    """A registered model over ``[dense, pooled embeddings of a TorchRec EBC]``.
+
+    Args:
+        model_name: a registered model (``adatt models`` lists them).
+        num_tasks: T.
+        dense_dim: Dd, width of the dense features (may be 0).
+        tables: the EBC's ``EmbeddingBagConfig`` list (e.g. :func:`schema_to_tables`);
+            features are pooled in table order, each table's features in order.
+        device: where the tables are allocated; ``"meta"`` allocates nothing
+            (what :func:`shard` wants for tables too large for one process).
+        **model_options: the model's options (``expert_sizes``, ...), except the
+            input ones (``dense_dim``, ``cat_cardinalities``, ``embedding_dim``),
+            which the tables set.
+
+    Shapes: ``dense [B, Dd]``, ``features`` a KJT of the tables' features ->
+    logits ``[B, T]``.
+    """
+
+    def __init__(self, model_name: str, num_tasks: int, dense_dim: int,
+                 tables: Sequence[EmbeddingBagConfig],
+                 device: torch.device | str | None = None, **model_options: Any) -> None:
+        super().__init__()
+        tr = require_torchrec()
+        from adatt.models import create_model
+
+        taken = sorted({"dense_dim", "cat_cardinalities", "embedding_dim"} & set(model_options))
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: set by the embedding tables, not a model option")
+        if not tables:
+            raise ValueError("at least one embedding table is required")
+        self.ebc = tr.EmbeddingBagCollection(
+            tables=list(tables), device=None if device is None else torch.device(device))
+        self.feature_names = [f for t in tables for f in t.feature_names]
+        self.feature_dims = [t.embedding_dim for t in tables for _ in t.feature_names]
+        self.dense_dim, self.pooled_dim = int(dense_dim), sum(self.feature_dims)
+        self.num_tasks = num_tasks
+        self.model = create_model(model_name, num_tasks=num_tasks,
+                                  dense_dim=self.dense_dim + self.pooled_dim, **model_options)
+
+    def pooled(self, features: KeyedJaggedTensor) -> Tensor:
+        """Pooled embeddings ``[B, P]``, features in :attr:`feature_names` order."""
+        kt = self.ebc(features)
+        if list(kt.keys()) == self.feature_names:
+            return kt.values()  # [B, P]
+        per_key = kt.to_dict()  # a sharded EBC returns its features in shard order
+        return torch.cat([per_key[k] for k in self.feature_names], dim=1)  # F x [B,k_f] -> [B,P]
+
+    def _inputs(self, dense: Tensor, features: KeyedJaggedTensor) -> tuple[Tensor, Tensor]:
+        pooled = self.pooled(features)
+        x = torch.cat([dense, pooled], dim=1) if self.dense_dim else pooled  # [B, Dd+P]
+        return x, x.new_zeros((x.shape[0], 0), dtype=torch.long)  # no categorical field left
+
+    def forward(self, dense: Tensor, features: KeyedJaggedTensor) -> Tensor:
+        return self.model(*self._inputs(dense, features))
+
+    def forward_with_weights(self, dense: Tensor,
+                             features: KeyedJaggedTensor) -> tuple[Tensor, list[Tensor]]:
+        """Logits ``[B, T]`` and the model's per-level expert weights."""
+        return self.model.forward_with_weights(*self._inputs(dense, features))
+
+    @torch.no_grad()
+    def copy_from(self, model: nn.Module) -> None:
+        """Take the weights of ``model``: the same registered model and options, built with
+        ``embedding_dim=k`` over this module's features (one single-valued feature per
+        table, in order, ``k`` wide, cardinality rows). Both then give the same logits."""
+        from adatt.modules.layers import InputLinear
+
+        inp = getattr(model, "input", None)
+        if type(model) is not type(self.model) or not isinstance(inp, InputLinear) \
+                or inp.embedding is None:
+            raise ValueError(f"copy_from needs a {type(self.model).__name__} built with "
+                             "embedding_dim (learned embeddings)")
+        configs = self.ebc.embedding_bag_configs()
+        shapes = [(c.num_embeddings, c.embedding_dim, len(c.feature_names)) for c in configs]
+        want = [(card, inp.embedding_dim, 1) for card in inp.cardinalities]
+        if shapes != want or inp.dense_dim != self.dense_dim:
+            raise ValueError(f"tables (rows, dim, features) {shapes} and dense width "
+                             f"{self.dense_dim} do not match the model's {want}, {inp.dense_dim}")
+        off = 0
+        for cfg, card in zip(configs, inp.cardinalities, strict=True):
+            self.ebc.embedding_bags[cfg.name].weight.copy_(inp.embedding.weight[off:off + card])
+            off += card
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith("input.")}
+        parts = [inp.cat_weight] if inp.dense_weight is None else [inp.dense_weight, inp.cat_weight]
+        state["input.dense_weight"] = torch.cat(parts, dim=0)  # [Dd,N] + [F*k,N] -> [Dd+F*k,N]
+        state["input.bias"] = inp.bias
+        self.model.load_state_dict(state)
+
+
+def _sparse_optimizer_class(name: str, device_type: str) -> type[torch.optim.Optimizer]:
+    require_torchrec()
+    from torchrec.optim import RowWiseAdagrad
+
+    classes = {"rowwise_adagrad": RowWiseAdagrad, "adagrad": torch.optim.Adagrad,
+               "sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+    if name not in classes:
+        raise ConfigError(f"sparse optimizer {name!r}: known: {', '.join(classes)}")
+    if name == "adam" and device_type == "cpu":
+        raise ConfigError("sparse optimizer adam has no CPU kernel in FBGEMM; on CPU use "
+                          "rowwise_adagrad, adagrad or sgd")
+    return classes[name]
+
+
+def apply_sparse_optimizer(module: TorchRecMultiTask, name: str = "rowwise_adagrad",
+                           lr: float = 0.05, device_type: str = "cpu") -> None:
+    """Give the embedding tables a fused optimizer that updates them inside ``backward``.
+
+    Call before :func:`shard`: the sharded tables then use FBGEMM's fused
+    kernels. Unsharded, each table takes a plain optimizer step as soon as its
+    gradient is ready (the same update). Dense parameters are left to a
+    ``torch.optim`` optimizer.
+    """
+    from torch.distributed.optim import _apply_optimizer_in_backward
+
+    if not lr > 0:
+        raise ConfigError(f"sparse learning rate must be > 0, got {lr}")
+    cls = _sparse_optimizer_class(name, device_type)
+    _apply_optimizer_in_backward(cls, module.ebc.parameters(), {"lr": lr})
+
+
+def shard(module: TorchRecMultiTask, sharding: str = "table_wise",
+          device: torch.device | str = "cpu",
+          process_group: dist.ProcessGroup | None = None) -> tuple[nn.Module, ShardingPlan]:
+    """Shard ``module``'s tables over the processes of ``process_group`` (default: all).
+
+    Returns ``(DistributedModelParallel(module), plan)``. Every process must
+    call it (the plan is made collectively). Tables built on ``"meta"`` are
+    initialised in their shards; tables with weights keep them. The dense
+    parameters are replicated (DDP broadcasts rank 0's).
+    """
+    require_torchrec()
+    from torchrec.distributed import DistributedModelParallel
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.planner import EmbeddingShardingPlanner
+    from torchrec.distributed.planner.types import (
+        KernelConfig,
+        ParameterConstraints,
+        TopologyFactory,
+        TrainerConfig,
+    )
+    from torchrec.distributed.types import ShardingEnv
+
+    if sharding not in SHARDINGS:
+        raise ConfigError(f"sharding {sharding!r}: known: {', '.join(SHARDINGS)}")
+    if not dist.is_initialized():
+        raise RunError("sharding needs a process group (torch.distributed.init_process_group; "
+                       "torchrun sets up its environment)")
+    pg = process_group or dist.GroupMember.WORLD
+    device = torch.device(device)
+    world = dist.get_world_size(pg)
+    carried = None
+    if not any(p.is_meta for p in module.ebc.parameters()):
+        carried = {k: v.detach().clone() for k, v in module.state_dict().items()
+                   if k.startswith("ebc.")}
+    local_world = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    topology = TopologyFactory.create_topology(
+        TrainerConfig(world_size=world, local_world_size=local_world),
+        kernel_config=KernelConfig(compute_device=device.type))
+    constraints = {c.name: ParameterConstraints(sharding_types=[sharding])
+                   for c in module.ebc.embedding_bag_configs()}
+    sharder = EmbeddingBagCollectionSharder()
+    planner_log = logging.getLogger("torchrec.distributed.planner")
+    level = planner_log.level
+    planner_log.setLevel(logging.ERROR)  # notes on planning meta-device tables
+    try:
+        with warnings.catch_warnings():  # the planner's deprecation notes
+            warnings.simplefilter("ignore")
+            planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+            plan = planner.collective_plan(module, [sharder], pg)
+            dmp = DistributedModelParallel(module, env=ShardingEnv.from_process_group(pg),
+                                           device=device, plan=plan, sharders=[sharder])
+    finally:
+        planner_log.setLevel(level)
+    if carried is not None:
+        load_full_state(dmp, carried)
+    return dmp, plan
+
+
+def plan_placement(plan: ShardingPlan) -> dict[str, dict[str, Any]]:
+    """Per table: its sharding type and the ranks that hold its shards."""
+    return {table: {"sharding": ps.sharding_type, "ranks": list(ps.ranks or [])}
+            for params in plan.plan.values() for table, ps in params.items()}
+
+
+def _sharded(value: Any) -> bool:
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    return isinstance(value, ShardedTensor)
+
+
+@torch.no_grad()
+def load_full_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Copy an unsharded state dict (a :class:`TorchRecMultiTask`'s) into a sharded model:
+    each process copies its own shards of every table, and the dense parameters."""
+    for key, value in model.state_dict().items():
+        if key not in state:
+            continue
+        src = state[key]
+        if _sharded(value):
+            for sh in value.local_shards():
+                (r, c), (nr, nc) = sh.metadata.shard_offsets, sh.metadata.shard_sizes
+                sh.tensor.copy_(src[r:r + nr, c:c + nc])
+        else:
+            value.copy_(src)
+
+
+@torch.no_grad()
+def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The unsharded state dict of a sharded model, on rank 0 (``{}`` elsewhere).
+
+    Every process must call it (the tables' shards are gathered to rank 0).
+    """
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ShardedTensor's deprecation notes
+        for key, value in model.state_dict().items():
+            if _sharded(value):
+                full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+                value.gather(0, full)
+                if rank == 0:
+                    out[key] = full
+            elif rank == 0:
+                out[key] = value.detach().cpu().clone()
+    return out
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, dense: Tensor,
+               features: KeyedJaggedTensor, labels: Tensor, weight: Tensor | None,
+               task_kinds: Sequence[str], task_weights: Tensor | None = None) -> Tensor:
+    """One step on this process's part of a global batch; the global batch's losses ``[T]``.
+
+    Per task, the global-batch loss is ``L_t = sum_b w_b l_bt / sum_b w_b``
+    over all processes' rows. A process back-propagates ``W * sum_{its b}
+    w_b l_bt / sum_b w_b``; DDP and TorchRec average gradients over the W
+    processes, so every update is the one of ``sum_t task_weights_t L_t`` on
+    the global batch. One all-reduce of ``T + 1`` numbers per step. The
+    tables are updated during ``backward`` (:func:`apply_sparse_optimizer`),
+    the dense parameters by ``optimizer``. ``labels [B, T]``, ``weight [B]`` or None.
+    """
+    from adatt.train.losses import elementwise_losses
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(dense, features)  # [B, T]
+    per_example = elementwise_losses(logits, labels, task_kinds)  # [B, T]
+    if weight is None:
+        num, wsum = per_example.sum(0), logits.new_tensor([labels.shape[0]])  # [T], [1]
+    else:
+        num, wsum = (weight[:, None] * per_example).sum(0), weight.sum().reshape(1)  # [T], [1]
+    stats = torch.cat([num.detach(), wsum.detach()])  # [T+1]
+    if world > 1:
+        dist.all_reduce(stats)
+    total = stats[-1].clamp_min(1e-12)
+    share = num * (world / total)  # [T]
+    loss = share.sum() if task_weights is None else (share * task_weights).sum()
+    loss.backward()
+    optimizer.step()
+    return stats[:-1] / total
+
+
+@torch.no_grad()
+def evaluate_sharded(model: nn.Module, data: TensorDataset, schema: FeatureSchema,
+                     batch_size: int = 8192) -> dict[str, dict[str, float]]:
+    """Every metric of every task over ``data``, on every process.
+
+    Each global batch of ``ceil(batch_size / W) * W`` rows is cut into W
+    contiguous parts, one per process (the last parts padded with stand-in rows
+    that count for nothing, so every process looks up the same number of
+    rows); the logits are gathered and every process computes the metrics in
+    the single-process row order.
+    """
+    from adatt.train.metrics import MetricAccumulator
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    local = max(1, math.ceil(batch_size / world))
+    step = local * world
+    acc = MetricAccumulator(schema.task_names, schema.task_kinds)
+    was_training = model.training
+    model.eval()
+    n = len(data)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        counts = [min(max(stop - start - r * local, 0), local) for r in range(world)]
+        lo = start + rank * local
+        idx = torch.arange(lo, lo + counts[rank])
+        idx = torch.cat([idx, idx.new_zeros(local - counts[rank])])  # stand-ins: row 0
+        b = data.batch(idx)
+        logits = model(b.dense, cat_to_kjt(b.cat, schema.categorical)).float()  # [local, T]
+        parts = [logits]
+        if world > 1:
+            parts = [torch.empty_like(logits) for _ in range(world)]
+            dist.all_gather(parts, logits)
+        logits = torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])  # [rows, T]
+        full = data.batch(slice(start, stop))
+        acc.update(logits, full.labels, full.weight)
+    model.train(was_training)
+    return acc.compute()
+
+
+def _init_process_group(device: torch.device) -> bool:
+    """Join torchrun's process group, or make a one-process group; True when made here."""
+    if dist.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend)
+    else:
+        store_file = os.path.join(tempfile.mkdtemp(prefix="adatt-torchrec-"), "store")
+        dist.init_process_group(backend, store=dist.FileStore(store_file, 1), rank=0,
+                                world_size=1)
+    return True
+
+
+def _check_config(cfg: RunConfig) -> tuple[str, int, dict[str, Any]]:
+    tc = cfg.train
+    if tc.weighting != "equal":
+        raise ConfigError(f"train.weighting={tc.weighting}: the torchrec trainer supports equal "
+                          "weighting (with train.task_weights)")
+    if tc.bf16:
+        raise ConfigError("train.bf16: not supported by the torchrec trainer")
+    if tc.grad_clip is not None:
+        raise ConfigError("train.grad_clip: not supported by the torchrec trainer (the tables "
+                          "are updated inside backward)")
+    opts = dict(cfg.model)
+    name = opts.pop("name")
+    dim = opts.pop("embedding_dim", None)
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ConfigError(f"model.embedding_dim={dim}: the torchrec tables need an int embedding "
+                          "size, e.g. model.embedding_dim=16")
+    opts.pop("cat_cardinalities", None)
+    return name, dim, opts
+
+
+def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
+                   sparse_optimizer: str = "rowwise_adagrad", sparse_lr: float = 0.05,
+                   splits: Splits | None = None, overwrite: bool = False,
+                   log: bool | None = None) -> dict[str, Any]:
+    """Train ``cfg``'s model with TorchRec tables sharded over the processes; the results.
+
+    Run by every process of a torchrun launch (or alone: a one-process group is
+    made). ``model.embedding_dim`` is the tables' embedding size (one table per
+    categorical field, :func:`schema_to_tables`); the other model options go to
+    the model. The run's optimizer, learning-rate schedule, ``batch_size``
+    (the global batch; a multiple of the process count), ``epochs``,
+    ``max_examples``, ``seed`` and ``task_weights`` apply to the dense
+    parameters and the loop; the tables use ``sparse_optimizer`` at
+    ``sparse_lr``. Each epoch takes the trainer's ``(seed, epoch)`` permutation
+    and drops its last partial global batch. The final model is scored on the
+    validation and test splits (no checkpoint selection). Rank 0 writes
+    ``<out_dir>/<name>/``: ``config.yaml``, ``results.json`` and ``model.pt``
+    (the unsharded state dict of :class:`TorchRecMultiTask`).
+    """
+    from adatt.config import dump_config
+    from adatt.data.batch import TensorDataset
+    from adatt.train.trainer import load_splits_for, make_optimizer, make_schedule
+
+    t_start = time.perf_counter()
+    require_torchrec()
+    tc = cfg.train
+    model_name, dim, model_opts = _check_config(cfg)
+    if sharding not in SHARDINGS:
+        raise ConfigError(f"sharding {sharding!r}: known: {', '.join(SHARDINGS)}")
+    device = torch.device(tc.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but CUDA is not available here")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    _sparse_optimizer_class(sparse_optimizer, device.type)
+    owned = _init_process_group(device)
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        log = (tc.progress if log is None else log) and rank == 0
+        local_world = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // local_world))
+        run_dir = Path(cfg.out_dir) / cfg.name
+        taken = torch.tensor([float(rank == 0 and not overwrite and run_dir.exists()
+                                    and any(run_dir.iterdir()))], device=device)
+        dist.all_reduce(taken)
+        if taken.item():
+            raise RunError(f"{run_dir} already exists: pass --overwrite to replace it, or "
+                           "name=... for a new run")
+        if tc.batch_size % world:
+            raise ConfigError(f"train.batch_size={tc.batch_size} must be a multiple of the "
+                              f"{world} processes")
+        splits = splits if splits is not None else load_splits_for(cfg)
+        schema = splits.schema
+        if not isinstance(splits.train, TensorDataset):
+            raise ConfigError(f"data.source={cfg.data.source}: the torchrec trainer needs "
+                              "in-memory training data")
+        torch.manual_seed(tc.seed)
+        tables = schema_to_tables(schema, dim)
+        try:
+            module = TorchRecMultiTask(model_name, schema.num_tasks, schema.dense_dim, tables,
+                                       device="meta", **model_opts)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"model: {e}") from None
+        apply_sparse_optimizer(module, sparse_optimizer, sparse_lr, device.type)
+        model, plan = shard(module, sharding, device)
+        dense_params = [p for n, p in model.named_parameters() if not n.startswith("ebc.")]
+        opt = make_optimizer(dense_params, tc)
+        train, B = splits.train.to(device), tc.batch_size
+        n_train, local = len(train), tc.batch_size // world
+        steps_per_epoch = n_train // B
+        if steps_per_epoch == 0:
+            raise ConfigError(f"train.batch_size={B} is larger than the {n_train} training rows")
+        budget = min(tc.max_examples or n_train * tc.epochs, n_train * tc.epochs)
+        total_steps = min(steps_per_epoch * tc.epochs, math.ceil(budget / B))
+        sched = make_schedule(opt, tc, total_steps)
+        kinds, keys = schema.task_kinds, schema.categorical
+        task_w = None if tc.task_weights is None else torch.tensor(tc.task_weights, device=device)
+
+        model.train()
+        step, train_time, epoch_losses = 0, 0.0, []
+        for epoch in range(tc.epochs):
+            if step >= total_steps:
+                break
+            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
+            perm = torch.randperm(n_train, generator=gen).to(device)
+            loss_sum, steps = torch.zeros(schema.num_tasks, device=device), 0
+            t0 = time.perf_counter()
+            for s in range(steps_per_epoch):
+                if step >= total_steps:
+                    break
+                idx = perm[s * B + rank * local: s * B + (rank + 1) * local]
+                b = train.batch(idx)
+                loss_sum += train_step(model, opt, b.dense, cat_to_kjt(b.cat, keys), b.labels,
+                                       b.weight, kinds, task_w)
+                sched.step()
+                step, steps = step + 1, steps + 1
+            train_time += time.perf_counter() - t0
+            epoch_losses.append((loss_sum / max(steps, 1)).tolist())
+            if log:
+                print(f"epoch {epoch + 1}: loss {[round(v, 5) for v in epoch_losses[-1]]}, "
+                      f"{step * B / max(train_time, 1e-9):,.0f} ex/s", file=sys.stderr)
+
+        valid = evaluate_sharded(model, splits.valid, schema, tc.eval_batch_size)
+        test = evaluate_sharded(model, splits.test, schema, tc.eval_batch_size)
+        state = full_state_dict(model)
+        num_params = sum(p.numel() for p in dense_params) + sum(
+            t.num_embeddings * t.embedding_dim for t in tables)
+        results = {
+            "name": cfg.name, "model": model_name, "data": cfg.data.source,
+            "tasks": {t.name: t.kind for t in schema.tasks},
+            "world_size": world, "sharding": sharding, "plan": plan_placement(plan),
+            "sparse_optimizer": sparse_optimizer, "sparse_lr": sparse_lr,
+            "embedding_dim": dim, "epoch_train_loss": epoch_losses,
+            "valid": valid, "test": test, "num_parameters": num_params,
+            "train_examples": step * B,
+            "train_examples_per_s": step * B / max(train_time, 1e-9),
+            "wall_time_s": time.perf_counter() - t_start, "seed": tc.seed,
+        }
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_config(cfg))
+            torch.save(state, run_dir / "model.pt")
+            (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        results["rank"] = rank
+        return results
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m adatt.integrations.torchrec --config FILE [key=value ...]`` (under torchrun)."""
+    from adatt.config import load_config
+
+    p = argparse.ArgumentParser(
+        prog="python -m adatt.integrations.torchrec",
+        description="Train a model with its embedding tables sharded by TorchRec "
+                    "(launch with torchrun for several processes).")
+    p.add_argument("--config", help="run config YAML (as for `adatt train`)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    p.add_argument("--sharding", default="table_wise", choices=SHARDINGS)
+    p.add_argument("--sparse-optimizer", default="rowwise_adagrad", choices=SPARSE_OPTIMIZERS)
+    p.add_argument("--sparse-lr", type=float, default=0.05)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        res = train_torchrec(cfg, sharding=args.sharding, sparse_optimizer=args.sparse_optimizer,
+                             sparse_lr=args.sparse_lr, overwrite=args.overwrite)
+    except (ConfigError, DataError, RunError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if res["rank"] == 0:
+        plan = ", ".join(f"{t} {p['ranks']}" for t, p in res["plan"].items())
+        print(f"{res['sharding']} over {res['world_size']} processes (table ranks): {plan}")
+        for task, ms in res["test"].items():
+            print(f"  test {task:<16} " + "  ".join(f"{k}={v:.4f}" for k, v in ms.items()))
+        print(f"train: {res['train_examples_per_s']:,.0f} ex/s  wall: {res['wall_time_s']:.1f} s"
+              f"  written: {Path(cfg.out_dir) / cfg.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
