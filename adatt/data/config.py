@@ -17,7 +17,8 @@ options of every source; :func:`load_splits` dispatches on ``source``:
 * ``stream``: Parquet shards streamed from disk for training, in-memory
   validation and test files, :func:`adatt.data.stream.load_stream` (``schema``,
   ``train``: a directory, glob or file of shards, ``valid``, ``test``: both
-  required, ``shuffle_buffer``, ``cat_encoding``, ``fit_rows``, ``hash_buckets``).
+  required, ``shuffle_buffer``, ``cat_encoding``, ``fit_rows``, ``hash_buckets``,
+  ``rank_shards``: read by the trainer, see :func:`adatt.train.distributed.batch_source`).
 
 Options of other sources are ignored. :meth:`DataConfig.from_dict` turns a
 validation failure into a one-line :class:`~adatt.data.errors.DataError`.
@@ -85,6 +86,8 @@ with warnings.catch_warnings():
         cat_encoding: Literal["vocab", "hash"] = "vocab"
         fit_rows: int = Field(1_000_000, ge=1)  # sample rows for vocabulary and scaling
         hash_buckets: int = Field(1_000_000, ge=1)  # per field, cat_encoding=hash
+        # under torchrun: each process streams only its shard files (docs/distributed.md)
+        rank_shards: bool = False
 
         @model_validator(mode="after")
         def _check(self) -> DataConfig:

@@ -50,6 +50,8 @@ Shuffling, per epoch ``e`` (all draws from ``numpy`` PCG64 streams keyed by
 
 Rank sharding: rank ``r`` of ``w`` reads the shards ``i`` with ``i % w == r``
 (sorted order), so ranks see disjoint rows; each rank counts its own rows.
+The trainer uses it with ``data.rank_shards`` (:class:`adatt.train.distributed.RankShards`
+agrees on the steps per epoch and carries every rank's position).
 
 Exact resumption: :meth:`ShardStream.state_dict` holds the epoch, the batch
 count, the read position (shard in the epoch's order, row group in the shard's
@@ -716,6 +718,11 @@ class ShardStream:
         """Continue from ``state`` (None: nothing to load); it must be of the same shards."""
         if state is None:
             return
+        if "ranks" in state:  # adatt.train.distributed.RankShards: one position per process
+            w = state.get("world")
+            raise DataError(f"stream: the checkpoint holds one stream position per process "
+                            f"(saved with data.rank_shards=true by {w} processes); resume "
+                            f"with data.rank_shards=true on {w} processes")
         ident = self._identity()
         for key, want in ident.items():
             got = state.get(key)

@@ -41,9 +41,20 @@ global batch (``train.batch_size`` is the global batch), up to float rounding:
   number of processes.
 
 Processes use ``gloo`` on CPU and ``nccl`` with ``train.device=cuda`` (each
-process takes the GPU of its local rank). Every rank loads the whole data set;
-all ranks read the run directory (``--resume``, the selected ``best.pt``), so
-on several machines ``out_dir`` must be a shared file system.
+process takes the GPU of its local rank). Every rank loads the whole data set
+(a stream: reads every shard); all ranks read the run directory (``--resume``,
+the selected ``best.pt``), so on several machines ``out_dir`` must be a shared
+file system.
+
+Per-rank shards (``data.rank_shards=true`` with ``data.source=stream``,
+:class:`RankShards`): rank r streams only the shard files ``i`` with
+``i % W == r``, in local batches of ``b = B / W`` rows, and trains on its whole
+local batch (no slicing of a global batch; the loss is still the weighted mean
+over the W local batches of the step, computed by :meth:`Shard.losses`). Every
+rank runs ``S = min_r ceil(rows_r / b)`` steps per epoch (from the shard
+footers' row counts, agreed by one all-reduce), so a rank with more rows leaves
+the rest of its epoch's stream unread. Checkpoints carry every rank's stream
+position; such a run resumes only with the same number of processes.
 
 Example (one process: nothing is distributed):
     >>> import torch
@@ -52,14 +63,18 @@ Example (one process: nothing is distributed):
     >>> is_active(), is_main(), world_size()
     (False, True, 1)
     >>> s = shard(torch.arange(5))
-    >>> s.index.tolist()
-    [0, 1, 2, 3, 4]
+    >>> s.index.tolist(), s.rows
+    ([0, 1, 2, 3, 4], 5)
+    >>> rank_plan([380, 330], local_batch=50)    # per-rank shards: (steps, rows) per epoch
+    (7, 680)
 """
 
 from __future__ import annotations
 
 import atexit
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +86,7 @@ from adatt.config import ConfigError
 
 __all__ = ["init", "shutdown", "is_active", "is_main", "rank", "world_size", "default_threads",
            "local_device", "wrap", "row_range", "Shard", "shard", "barrier", "evaluate",
-           "UNSUPPORTED_WEIGHTINGS"]
+           "batch_source", "RankShards", "rank_plan", "UNSUPPORTED_WEIGHTINGS"]
 
 # Weightings that need per-task gradients of the global batch (not a sum over ranks).
 UNSUPPORTED_WEIGHTINGS = ("gradnorm", "pcgrad")
@@ -208,11 +223,18 @@ class Shard:
 
     ``index``: the dataset rows to compute (``[B_r]``); ``live``: False when the
     rank has no row of the batch and ``index`` is one stand-in row whose loss
-    counts for nothing (it keeps every parameter in DDP's backward pass).
+    counts for nothing (it keeps every parameter in DDP's backward pass);
+    ``rows``: the rows of the whole step over all ranks (default ``len(index)``),
+    what the trainer counts as examples seen.
     """
 
     index: Tensor
     live: bool = True
+    rows: int = -1
+
+    def __post_init__(self) -> None:
+        if self.rows < 0:
+            self.rows = self.index.numel()
 
     def losses(self, loss_fn: nn.Module, logits: Tensor, batch: Any) -> Tensor:
         """Per-task losses ``[T]`` of the global batch: in one process
@@ -245,14 +267,17 @@ class Shard:
         return share + (value - share.detach())
 
 
-def shard(index: Tensor) -> Shard:
-    """This process's part of the global batch ``index [B]`` (all of it in one process)."""
+def shard(index: Tensor, source: Any = None) -> Shard:
+    """This process's part of the global batch ``index [B]`` (all of it in one process);
+    with a :class:`RankShards` ``source``, its whole local batch (``index`` as yielded)."""
+    if isinstance(source, RankShards):
+        return source.shard(index)
     if not _active:
         return Shard(index)
     start, stop = row_range(index.numel(), rank(), world_size())
     if start == stop:
-        return Shard(index[:1], live=False)
-    return Shard(index[start:stop])
+        return Shard(index[:1], live=False, rows=index.numel())
+    return Shard(index[start:stop], rows=index.numel())
 
 
 @torch.no_grad()
@@ -295,3 +320,154 @@ def evaluate(model: nn.Module, data: Any, schema: Any, batch_size: int = 8192,
         out[0] = acc.compute()
     dist.broadcast_object_list(out, src=0)
     return out[0]
+
+
+# --------------------------------------------------------------------------- per-rank shards
+
+
+def rank_plan(rank_rows: list[int], local_batch: int) -> tuple[int, int]:
+    """``(steps, rows)`` of an epoch when rank r streams ``rank_rows[r]`` rows in
+    batches of ``local_batch``: every rank takes ``steps = min_r ceil(rows_r / b)``
+    steps, and ``rows = sum_r min(rows_r, steps * b)`` rows are trained on."""
+    steps = min(math.ceil(n / local_batch) for n in rank_rows)
+    return steps, sum(min(n, steps * local_batch) for n in rank_rows)
+
+
+def batch_source(train: Any, batch_size: int, seed: int, device: torch.device | str = "cpu",
+                 rank_shards: bool = False) -> Any:
+    """The trainer's training batches (see :func:`adatt.data.stream.batch_source`).
+
+    With ``rank_shards`` (``data.rank_shards``), Parquet shards and several
+    processes: this rank's :class:`RankShards`. Otherwise every rank gets the
+    same source of global batches (the whole stream, read by every rank) and
+    :func:`shard` keeps its part of each batch; ``rank_shards`` then changes
+    nothing (in one process, or for in-memory data).
+    """
+    from adatt.data.stream import ParquetShards
+    from adatt.data.stream import batch_source as global_source
+
+    if rank_shards and _active and world_size() > 1 and isinstance(train, ParquetShards):
+        return RankShards(train, batch_size, seed, rank(), world_size(), device)
+    return global_source(train, batch_size, seed, device)
+
+
+class RankShards:
+    """Rank ``rank``'s training batches when every process streams only its own
+    shard files (``data.rank_shards``): a :class:`~adatt.data.stream.ShardStream`
+    over the files ``i % world == rank`` in batches of ``b = batch_size / world``.
+
+    Its interface is the batch sources' (``rows``, ``indexed_batches``,
+    ``label_variance``, ``state_dict``, ``load_state_dict``) plus :meth:`shard`.
+    ``rows`` is the global rows trained per epoch (:func:`rank_plan`). At step
+    ``k`` of an epoch rank r has ``n_r = min(b, rows_r - k * b)`` rows; the
+    step's global batch is the ranks' batches together. A row limit (the
+    trainer's budget) keeps the first rows of that global batch in rank order
+    (all of rank 0's, then rank 1's, ...); a rank left with no row runs one
+    stand-in row that counts for nothing.
+
+    Errors (:class:`ConfigError`, one line, the same on every rank): a batch
+    size not divisible by ``world``, fewer shard files than ranks, a rank whose
+    files have no rows, ranks that see different shard row counts.
+    """
+
+    def __init__(self, data: Any, batch_size: int, seed: int, rank: int, world: int,
+                 device: torch.device | str = "cpu"):
+        n = len(data.shards)
+        if batch_size % world:
+            raise ConfigError(f"data.rank_shards=true: train.batch_size={batch_size} is not "
+                              f"divisible by the {world} processes (each trains on its own "
+                              f"batch of batch_size / {world} rows)")
+        if n < world:
+            raise ConfigError(f"data.rank_shards=true: {n} training shard files cannot feed "
+                              f"{world} processes (each reads whole files); write at least "
+                              f"{world} shards or set data.rank_shards=false")
+        self.rank, self.world, self.device = rank, world, torch.device(device)
+        self.local_batch = batch_size // world
+        view = [data.rows_for(r, world) for r in range(world)]  # from every shard's footer
+        self.rank_rows = _agree(view, self.device)
+        empty = [r for r, k in enumerate(self.rank_rows) if k == 0]
+        if empty:
+            raise ConfigError(f"data.rank_shards=true: the shard files of process {empty[0]} "
+                              "have no rows (file i goes to process i % processes)")
+        self.steps, self.rows = rank_plan(self.rank_rows, self.local_batch)
+        self.stream = data.stream(self.local_batch, seed, rank, world, device=device)
+        self._step = Shard(torch.zeros(0, dtype=torch.long))
+
+    def _sizes(self, k: int) -> list[int]:
+        """``[W]`` rows of every rank at step ``k`` of an epoch."""
+        b = self.local_batch
+        return [min(b, n - k * b) for n in self.rank_rows]
+
+    def indexed_batches(self, epoch: int, start_batch: int = 0, limit: int | None = None
+                        ) -> Iterator[tuple[Tensor, Any]]:
+        """``(index [n], rows)`` per step of ``epoch`` from ``start_batch`` on: this
+        rank's local batch is ``rows.batch(index)``; ``limit`` counts global rows."""
+        batches = self.stream.indexed_batches(epoch, start_batch)
+        left = limit
+        for k in range(start_batch, self.steps):
+            if left is not None and left <= 0:
+                return
+            got = next(batches, None)
+            sizes = self._sizes(k)
+            if got is None or got[0].numel() != sizes[self.rank]:
+                from adatt.data.errors import DataError
+
+                raise DataError(f"stream: process {self.rank} expected {sizes[self.rank]} rows "
+                                f"at step {k} of epoch {epoch} (shard files changed?)")
+            index, rows = got
+            if left is not None:  # keep the first `left` rows of the step, in rank order
+                sizes = [min(n, max(0, left - sum(sizes[:r]))) for r, n in enumerate(sizes)]
+                left -= sum(sizes)
+            total = sum(sizes)
+            mine = sizes[self.rank]
+            self._step = Shard(index[: max(mine, 1)], live=mine > 0, rows=total)
+            yield self._step.index, rows
+
+    def shard(self, index: Tensor) -> Shard:
+        """The step just yielded by :meth:`indexed_batches` (``index`` is its index)."""
+        assert index is self._step.index, "shard() belongs to the last yielded batch"
+        return self._step
+
+    def label_variance(self, schema: Any = None) -> dict[str, float]:
+        return self.stream.label_variance(schema)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"world": W, "ranks": [W stream positions]}`` on rank 0 (``ranks`` None
+        elsewhere): a collective call, every rank's position gathered to rank 0."""
+        mine = self.stream.state_dict()
+        if _active:
+            ranks: list[Any] | None = [None] * self.world if self.rank == 0 else None
+            dist.gather_object(mine, ranks, dst=0)
+        else:
+            ranks = [mine if r == self.rank else None for r in range(self.world)]
+        return {"rank_shards": True, "world": self.world, "ranks": ranks}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Continue from this rank's entry of a :meth:`state_dict` (None: nothing to load)."""
+        if state is None:
+            return
+        if "ranks" not in state:
+            raise ConfigError("data.rank_shards=true: the checkpoint was saved without it "
+                              "(one stream of every shard, read by every process); resume "
+                              "with data.rank_shards=false")
+        if state["world"] != self.world:
+            raise ConfigError(
+                f"data.rank_shards=true: the checkpoint was saved by {state['world']} "
+                f"processes, this run has {self.world}; each process saved the position of "
+                "its own shard files (file i goes to process i % processes), which another "
+                f"process count splits differently: resume with {state['world']} processes")
+        self.stream.load_state_dict(state["ranks"][self.rank])
+
+
+def _agree(view: list[int], device: torch.device) -> list[int]:
+    """``view`` (``[W]`` row counts per rank), checked to be the same on every rank."""
+    if not _active:
+        return view
+    t = torch.tensor([*view, *(-k for k in view)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # [2W]: max and -min of every entry
+    hi, lo = t[: len(view)].tolist(), [-k for k in t[len(view) :].tolist()]
+    if hi != lo:
+        raise ConfigError(f"data.rank_shards=true: the processes see different shard row "
+                          f"counts ({lo} to {hi} rows per process); every process needs the "
+                          "same training files")
+    return hi

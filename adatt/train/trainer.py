@@ -19,7 +19,7 @@ then scored on test. Checkpoints are written to a temporary file and renamed,
 so a kill at any moment leaves the last good one. The shuffling order of each
 epoch is drawn from a generator seeded by ``(seed, epoch)``, so a resumed run
 reaches the same final numbers as an uninterrupted one. Batches come from a
-batch source (:func:`adatt.data.stream.batch_source`): slices of that
+batch source (:func:`adatt.train.distributed.batch_source`): slices of that
 permutation in memory, or Parquet shards streamed from disk
 (``data.source=stream``), whose exact read position (buffer included) the
 checkpoint carries.
@@ -272,9 +272,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if list(weighting.parameters()):  # e.g. uncertainty log-variances: no weight decay
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
     opt = make_optimizer(groups, tc)
-    from adatt.data.stream import batch_source
-
-    source = batch_source(splits.train, tc.batch_size, tc.seed, device)  # in memory or streamed
+    # in memory, streamed, or (data.rank_shards under torchrun) this process's own shard files
+    source = ddp.batch_source(splits.train, tc.batch_size, tc.seed, device, cfg.data.rank_shards)
     n_train, steps_per_epoch, budget, total_steps = training_plan(source.rows, tc)
     sched = make_schedule(opt, tc, total_steps)
     shared = model.shared_parameters()
@@ -328,8 +327,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         batches = source.indexed_batches(epoch, b_idx, budget - state["examples"])
         while b_idx < steps_per_epoch and state["examples"] < budget:
             t0 = time.perf_counter()
-            idx, rows = next(batches)  # the global batch is rows.batch(idx)
-            shard = ddp.shard(idx)  # this process's rows of the global batch (all in one)
+            idx, rows = next(batches)  # global batch (rank_shards: local) is rows.batch(idx)
+            shard = ddp.shard(idx, source)  # this process's rows of the step (all in one)
             batch = rows.batch(shard.index)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
                 logits = net(batch.dense, batch.cat)  # [B, T]
@@ -340,7 +339,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip, foreach=True)
             opt.step()
             sched.step()
-            n = idx.numel()
+            n = shard.rows  # the step's rows over all processes
             state["step"] += 1
             state["examples"] += n
             b_idx += 1
@@ -366,7 +365,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                 state["epoch_loss"] = epoch_loss  # carried in checkpoints for resumption
             if state["examples"] >= state["next_eval"] or state["examples"] >= budget:
                 state["next_eval"] += eval_every
-                state["source"] = source.state_dict()  # a stream's exact position (None in memory)
+                # a stream's exact position (None in memory; rank_shards: every rank's, gathered)
+                state["source"] = source.state_dict()
                 _evaluate_and_checkpoint(cfg, schema, model, splits.valid, opt, sched, weighting,
                                          state, run_dir, label_var, writer, losses,
                                          time.perf_counter() - t_start)
