@@ -120,7 +120,15 @@ class InputLinear(nn.Module):
         out = None
         if self.cat_weight is not None:
             idx = cat + self.offsets  # [B, F] global row indices
-            if self.embedding is None:
+            if self.embedding is None and torch.onnx.is_in_onnx_export():
+                # ONNX has no embedding bag (it would materialise [B, F, N]): the same sum as
+                # a product with the one-hot rows, which ONNX Runtime runs as one GEMM
+                w = self.cat_weight
+                onehot = torch.zeros(idx.shape[0], w.shape[0], dtype=w.dtype,
+                                     device=idx.device)  # [B, C]
+                onehot = onehot.scatter(1, idx, 1.0)  # [B, C], F ones per row
+                out = torch.addmm(self.bias, onehot, self.cat_weight)  # [B,C] x [C,N] -> [B,N]
+            elif self.embedding is None:
                 # one bag of F rows per example: sum_f W[idx_f]  [B,F] -> [B,N]
                 out = F.embedding_bag(idx, self.cat_weight, mode="sum")
                 out = out.add_(self.bias)  # in place: the bag's backward does not need it
