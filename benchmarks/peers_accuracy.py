@@ -104,6 +104,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         splits = load_splits({"source": "census", "data_dir": args.data_dir})
     except DataError as e:
         sys.exit(f"error: {e}")
+    if args.standardize_dense:  # z-scores with training statistics instead of min-max
+        mean = splits.train.dense.mean(0)  # [Dd]
+        std = splits.train.dense.std(0).clamp_min(1e-6)  # [Dd]
+        for d in (splits.train, splits.valid, splits.test):
+            d.dense = (d.dense - mean) / std  # [N, Dd]
     schema = splits.schema
     if schema.num_tasks != peers.T:
         sys.exit(f"error: the builders expect {peers.T} tasks, census has {schema.num_tasks}")
@@ -176,6 +181,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--standardize-dense", action="store_true",
+                   help="z-score the continuous columns (training mean and std) instead of the "
+                   "census loader's min-max scaling (see benchmarks/README.md)")
     p.add_argument("--json", help="also write every run's numbers to this file")
     args = p.parse_args()
     bad = [m for m in args.models.split(",") if m not in EXPERTS]
