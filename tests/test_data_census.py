@@ -222,6 +222,19 @@ def test_tiny_instance_weight_modes(tiny):
         load_tiny(tiny, instance_weight="bogus")
 
 
+def test_tiny_dense_scaling_standard(tiny):
+    mm, z = load_tiny(tiny), load_tiny(tiny, dense_scaling="standard")
+    assert mm.info["cache_key"] != z.info["cache_key"]
+    assert z.info["scaler"]["kind"] == "standard"
+    assert torch.allclose(z.train.dense.double().mean(0), torch.zeros(7, dtype=torch.float64),
+                          atol=1e-6)
+    std = z.train.dense.double().std(0, unbiased=False)
+    assert torch.allclose(std[std > 0], torch.ones_like(std[std > 0]), atol=1e-5)
+    assert torch.equal(mm.train.cat, z.train.cat) and torch.equal(mm.test.labels, z.test.labels)
+    with pytest.raises(DataError, match="dense_scaling"):
+        load_tiny(tiny, dense_scaling="zscore")
+
+
 def test_tiny_plain_files_and_cache(tiny, tmp_path: Path):
     data, cache, _ = tiny
     sums = write_census(tmp_path / "plain", TRAIN_ROWS, TEST_ROWS, gz=False)

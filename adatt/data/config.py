@@ -63,6 +63,7 @@ with warnings.catch_warnings():
         # census
         data_dir: str | None = None
         instance_weight: Literal["drop", "feature", "sample_weight"] = "drop"
+        dense_scaling: Literal["minmax", "standard"] = "minmax"
         split_seed: int = 0
         cache_dir: str | None = None
         use_cache: bool = True
@@ -144,6 +145,7 @@ def load_splits(cfg: DataConfig | Mapping[str, Any]) -> Splits:
             cfg.data_dir,
             instance_weight=cfg.instance_weight,
             split_seed=cfg.split_seed,
+            dense_scaling=cfg.dense_scaling,
             cache_dir=cfg.cache_dir,
             use_cache=cfg.use_cache,
             download=cfg.download,
