@@ -152,36 +152,27 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         fn = get_experiment(args.name)
     except ValueError as e:
         raise _UsageError(str(e)) from None
+    import inspect
+
+    accepts = inspect.signature(fn).parameters
     opts = {"quick": args.quick, "progress": not args.no_progress}
     if args.seeds is not None:
         opts["seeds"] = args.seeds
-    if args.workers is not None:
-        import inspect
-
-        if "workers" not in inspect.signature(fn).parameters:
-            raise _UsageError(f"experiment {args.name} has no --workers option")
-        opts["workers"] = args.workers
-    if args.resume:
-        import inspect
-
-        if "resume" not in inspect.signature(fn).parameters:
-            raise _UsageError(f"experiment {args.name} has no --resume option")
-        opts["resume"] = True
-    if args.context_seeds is not None:
-        import inspect
-
-        if "context_seeds" not in inspect.signature(fn).parameters:
-            raise _UsageError(f"experiment {args.name} has no --context-seeds option")
-        if args.context_seeds < 1:
-            raise _UsageError(f"--context-seeds must be >= 1, got {args.context_seeds}")
-        opts["context_seeds"] = args.context_seeds
-    out_dir = args.out_dir or f"results/{args.name}{'-quick' if args.quick else ''}"
+    if args.context_seeds is not None and args.context_seeds < 1:
+        raise _UsageError(f"--context-seeds must be >= 1, got {args.context_seeds}")
+    # options only some experiments take: (parameter, value given, flag)
+    for param, value, flag in (("workers", args.workers, "--workers"),
+                               ("resume", args.resume or None, "--resume"),
+                               ("context_seeds", args.context_seeds, "--context-seeds")):
+        if value is not None:
+            if param not in accepts:
+                raise _UsageError(f"experiment {args.name} has no {flag} option")
+            opts[param] = value
     if args.data_dir:
-        import inspect
-
-        if "data_dir" not in inspect.signature(fn).parameters:
+        if "data_dir" not in accepts:
             raise _UsageError(f"experiment {args.name} does not read census (--data-dir)")
         opts["data_dir"] = args.data_dir
+    out_dir = args.out_dir or f"results/{args.name}{'-quick' if args.quick else ''}"
     summary = fn(out_dir, **opts)
     wall = summary.get("wall_time_s")
     print(f"wrote {out_dir}/report.md" + (f" ({wall:.0f} s)" if wall else ""))

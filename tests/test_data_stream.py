@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -340,24 +338,13 @@ def run_args(toy: Path, out: Path, *extra: str) -> list[str]:
 def test_trainer_resume_after_kill_equals_uninterrupted(toy, tmp_path):
     """Killed after its second checkpoint (mid-epoch, buffer full), resumed: same numbers."""
     from adatt.train.trainer import train
+    from tests.test_trainer import train_killed_after
 
     common = ["train.epochs=2", "train.eval_every=700"]
     full = train(load_config(None, run_args(toy, tmp_path, *common, "name=full")))
     assert full["train_examples"] == 6000
     over = run_args(toy, tmp_path, *common, "name=killed")
-    code = (
-        "import os\n"
-        "import adatt.train.trainer as t\n"
-        "orig = t._evaluate_and_checkpoint\n"
-        "def kill(*a, **k):\n"
-        "    orig(*a, **k)\n"
-        "    if a[7]['evals'] == 2: os._exit(9)\n"
-        "t._evaluate_and_checkpoint = kill\n"
-        "from adatt.config import load_config\n"
-        f"t.train(load_config(None, {over!r}))\n"
-    )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert p.returncode == 9, p.stderr
+    train_killed_after(over)
     ck = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
     pos = ck["state"]["source"]
     assert pos["epoch"] == 0 and 0 < pos["batch"] < 24 and pos["count"] == 700

@@ -55,23 +55,29 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     train(cfg, overwrite=True)
 
 
-def test_resume_after_kill_reaches_same_numbers(tmp_path):
-    """Kill a run in a subprocess after its first checkpoint; resume; compare."""
-    full = train(cfg_for(tmp_path, "train.epochs=4", "name=full"))
-    over = [*BASE, f"out_dir={tmp_path}", "train.epochs=4", "name=killed"]
+def train_killed_after(overrides: list[str], evals: int = 2) -> None:
+    """Run ``adatt train`` with ``overrides`` in a subprocess killed (exit 9) right
+    after its ``evals``-th evaluation and checkpoint."""
     code = (
-        "import sys, os\n"
+        "import os\n"
         "import adatt.train.trainer as t\n"
         "orig = t._evaluate_and_checkpoint\n"
         "def kill(*a, **k):\n"
         "    orig(*a, **k)\n"
-        "    if a[7]['evals'] == 2: os._exit(9)\n"
+        f"    if a[7]['evals'] == {evals}: os._exit(9)\n"
         "t._evaluate_and_checkpoint = kill\n"
         "from adatt.config import load_config\n"
-        f"t.train(load_config(None, {over!r}))\n"
+        f"t.train(load_config(None, {overrides!r}))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 9, p.stderr
+
+
+def test_resume_after_kill_reaches_same_numbers(tmp_path):
+    """Kill a run in a subprocess after its first checkpoint; resume; compare."""
+    full = train(cfg_for(tmp_path, "train.epochs=4", "name=full"))
+    over = [*BASE, f"out_dir={tmp_path}", "train.epochs=4", "name=killed"]
+    train_killed_after(over)
     assert not (tmp_path / "killed" / "results.json").exists()
     resumed = train(load_config(None, over), resume=True)
     for task in full["test"]:

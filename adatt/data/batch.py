@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "TensorDataset"]
+__all__ = ["Batch", "TensorDataset", "regression_label_variance"]
 
 
 @dataclass
@@ -109,3 +109,10 @@ class TensorDataset:
                 if drop_last and start + batch_size > n:
                     return
                 yield self.batch(slice(start, start + batch_size))
+
+
+def regression_label_variance(data: TensorDataset, schema) -> dict[str, float]:
+    """Per regression task of ``schema``, the variance of its labels in ``data``
+    (the scale of a normalised MSE)."""
+    var = data.labels.var(dim=0)  # [T]
+    return {t.name: float(var[i]) for i, t in enumerate(schema.tasks) if t.kind == "regression"}

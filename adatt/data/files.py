@@ -358,26 +358,27 @@ class _Raw:
         )
 
 
-def _load_raw(path: Path, schema: FileSchema) -> _Raw:
-    import pyarrow as pa
-
-    table = _read_table(path, schema)
+def _numeric_columns(
+    table: Any, path: Path, schema: FileSchema
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(dense float64 [n, Dd], labels float32 [n, T], weight float32 [n] | None)`` of a
+    pyarrow table or record batch, checked (finite values, valid labels, weights >= 0)."""
     n = table.num_rows
     dense = np.zeros((n, len(schema.dense)), dtype=np.float64)
     for j, c in enumerate(schema.dense):
-        x = _numbers(table[c], path, c)
+        x = _numbers(table.column(c), path, c)
         if not np.isfinite(x).all():
             i = int(np.flatnonzero(~np.isfinite(x))[0])
             raise DataError(f"{path}: column {c!r}, row {i + 1}: {x[i]} is not finite")
         dense[:, j] = x
     labels = np.zeros((n, len(schema.labels)), dtype=np.float32)
     for j, (c, kind) in enumerate(schema.labels):
-        y = _numbers(table[c], path, c)
+        y = _numbers(table.column(c), path, c)
         _check_labels(y, kind, path, c)
         labels[:, j] = y
     weight = None
     if schema.weight:
-        w = _numbers(table[schema.weight], path, schema.weight)
+        w = _numbers(table.column(schema.weight), path, schema.weight)
         bad = ~np.isfinite(w) | (w < 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -386,6 +387,14 @@ def _load_raw(path: Path, schema: FileSchema) -> _Raw:
                 "finite number >= 0"
             )
         weight = w.astype(np.float32)
+    return dense, labels, weight
+
+
+def _load_raw(path: Path, schema: FileSchema) -> _Raw:
+    import pyarrow as pa
+
+    table = _read_table(path, schema)
+    dense, labels, weight = _numeric_columns(table, path, schema)
     cat = []
     for c in schema.categorical:
         try:

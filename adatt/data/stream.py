@@ -102,7 +102,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from adatt.data.batch import Batch, TensorDataset
+from adatt.data.batch import Batch, TensorDataset, regression_label_variance
 from adatt.data.errors import DataError
 from adatt.data.files import FileSchema, read_file_schema
 from adatt.data.schema import FeatureSchema, TaskSpec
@@ -299,32 +299,12 @@ class StreamEncoder:
 
         ``row0``: rows of the file before ``table`` (errors name the row in the file).
         """
-        from adatt.data.files import _check_labels, _numbers
+        from adatt.data.files import _numeric_columns
 
         fs = self.fs
         n = table.num_rows
         try:
-            dense = np.zeros((n, len(fs.dense)), dtype=np.float64)
-            for j, c in enumerate(fs.dense):
-                x = _numbers(table.column(c), path, c)
-                if not np.isfinite(x).all():
-                    i = int(np.flatnonzero(~np.isfinite(x))[0])
-                    raise DataError(f"{path}: column {c!r}, row {i + 1}: {x[i]} is not finite")
-                dense[:, j] = x
-            labels = np.zeros((n, len(fs.labels)), dtype=np.float32)
-            for j, (c, kind) in enumerate(fs.labels):
-                y = _numbers(table.column(c), path, c)
-                _check_labels(y, kind, path, c)
-                labels[:, j] = y
-            weight = None
-            if fs.weight:
-                w = _numbers(table.column(fs.weight), path, fs.weight)
-                bad = ~np.isfinite(w) | (w < 0)
-                if bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    raise DataError(f"{path}: column {fs.weight!r}, row {i + 1}: weight {w[i]} "
-                                    "is not a finite number >= 0")
-                weight = w.astype(np.float32)
+            dense, labels, weight = _numeric_columns(table, path, fs)
         except DataError as e:
             raise _shift_rows(e, row0) from None
         cat = np.zeros((n, len(fs.categorical)), dtype=np.int64)
@@ -804,9 +784,7 @@ class InMemorySource:
             yield idx, self.data
 
     def label_variance(self, schema: FeatureSchema) -> dict[str, float]:
-        var = self.data.labels.var(dim=0)
-        return {t.name: float(var[i]) for i, t in enumerate(schema.tasks)
-                if t.kind == "regression"}
+        return regression_label_variance(self.data, schema)
 
     def state_dict(self) -> None:
         return None

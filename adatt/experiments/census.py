@@ -166,19 +166,13 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
 def _train_one(cfg_dict: dict[str, Any], seed: int, threads: int) -> tuple[dict, float]:
     """One seed of one configuration, in a worker process."""
     from adatt.config import RunConfig
+    from adatt.train.ensemble import seed_config
     from adatt.train.trainer import train
 
-    cfg = RunConfig.model_validate(cfg_dict)
-    cfg.name = f"{cfg.name}/seed_{seed}"
-    cfg.train.seed, cfg.train.threads, cfg.train.progress = seed, threads, False
+    cfg = seed_config(RunConfig.model_validate(cfg_dict), seed)
+    cfg.train.threads, cfg.train.progress = threads, False
     ts = time.perf_counter()
     return train(cfg, overwrite=True), time.perf_counter() - ts
-
-
-def _seed_config(cfg, seed: int):
-    c = cfg.model_copy(deep=True)
-    c.name, c.train.seed = f"{cfg.name}/seed_{seed}", seed
-    return c
 
 
 def _run_parallel(jobs, rows, workers: int, resume: bool = False) -> None:
@@ -186,6 +180,7 @@ def _run_parallel(jobs, rows, workers: int, resume: bool = False) -> None:
     import os
     from concurrent.futures import ProcessPoolExecutor
 
+    from adatt.train.ensemble import seed_config
     from adatt.train.trainer import finished_results
 
     threads = max((os.cpu_count() or 1) // workers, 1)
@@ -195,7 +190,7 @@ def _run_parallel(jobs, rows, workers: int, resume: bool = False) -> None:
             for seed in seeds:
                 done = None
                 if resume:
-                    sc = _seed_config(cfg, seed)
+                    sc = seed_config(cfg, seed)
                     done = finished_results(Path(sc.out_dir) / sc.name, sc)
                 futures.append((key, done if done is not None else
                                 pool.submit(_train_one, cfg.model_dump(mode="json"), seed,

@@ -88,7 +88,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from adatt.config import ConfigError, RunConfig, dump_config
-from adatt.data.batch import TensorDataset
+from adatt.data.batch import TensorDataset, regression_label_variance
 from adatt.data.schema import FeatureSchema
 from adatt.models.base import MultiTaskModel
 from adatt.train.losses import _elementwise
@@ -97,7 +97,6 @@ from adatt.train.trainer import (
     RunError,
     _atomic_save,
     _atomic_write,
-    _label_variance,
     _seed_everything,
     build_model,
     finished_results,
@@ -110,7 +109,7 @@ from adatt.train.trainer import (
 )
 
 __all__ = ["EnsembleModel", "EnsembleLoss", "train_ensemble", "evaluate_ensemble",
-           "train_step", "check_ensemble_config", "auto_chunk"]
+           "train_step", "check_ensemble_config", "auto_chunk", "seed_config"]
 
 _CPU_ACTIVATION_BYTES = 16 * 2**20  # auto_chunk's budget for one [S,B,N] activation on CPU
 _RUN_FILES = ("config.yaml", "data.json", "metrics.jsonl", "results.json", "best.pt",
@@ -353,7 +352,8 @@ def check_ensemble_config(cfg: RunConfig) -> None:
         raise ConfigError("train.tensorboard: not supported by train_ensemble")
 
 
-def _copy_config(cfg: RunConfig, seed: int) -> RunConfig:
+def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
+    """``cfg`` for seed ``seed``: ``train.seed=seed``, run ``<name>/seed_<seed>``."""
     c = cfg.model_copy(deep=True)
     c.name = f"{cfg.name}/seed_{seed}"
     c.train.seed = int(seed)
@@ -399,7 +399,7 @@ def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite:
     done: dict[int, dict[str, Any]] = {}
     if resume:
         for s in seeds:
-            r = finished_results(ens_dir / f"seed_{s}", _copy_config(cfg, s))
+            r = finished_results(ens_dir / f"seed_{s}", seed_config(cfg, s))
             if r is not None:
                 done[s] = r
     todo = [s for s in seeds if s not in done]
@@ -476,7 +476,7 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
     train_data = splits.train.to(device)
     n_train, steps_per_epoch, budget, total_steps = training_plan(len(train_data), tc)
     sched = make_schedule(opt, tc, total_steps)
-    label_var = _label_variance(train_data, schema)
+    label_var = regression_label_variance(train_data, schema)
     eval_every = tc.eval_every or n_train
     with torch.no_grad():
         best = {n: p.detach().clone() for n, p in model.params.items()}  # [S,...] selected
@@ -486,7 +486,7 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
         d.mkdir(parents=True, exist_ok=True)
         for stale in _RUN_FILES:
             (d / stale).unlink(missing_ok=True)
-        _atomic_write(dump_config(_copy_config(cfg, s)), d / "config.yaml")
+        _atomic_write(dump_config(seed_config(cfg, s)), d / "config.yaml")
         write_data_json(splits, d)
         _atomic_write("", d / "metrics.jsonl")
 

@@ -201,11 +201,6 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     random.setstate(s["python"])
 
 
-def _label_variance(data: TensorDataset, schema: FeatureSchema) -> dict[str, float]:
-    var = data.labels.var(dim=0)
-    return {t.name: float(var[i]) for i, t in enumerate(schema.tasks) if t.kind == "regression"}
-
-
 def load_splits_for(cfg: RunConfig):
     from adatt.data.config import load_splits
 
