@@ -158,16 +158,22 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     opts = {"quick": args.quick, "progress": not args.no_progress}
     if args.seeds is not None:
         opts["seeds"] = args.seeds
-    if args.context_seeds is not None and args.context_seeds < 1:
-        raise _UsageError(f"--context-seeds must be >= 1, got {args.context_seeds}")
+    for flag, value in (("--context-seeds", args.context_seeds),
+                        ("--tune-seeds", args.tune_seeds)):
+        if value is not None and value < 1:
+            raise _UsageError(f"{flag} must be >= 1, got {value}")
     # options only some experiments take: (parameter, value given, flag)
     for param, value, flag in (("workers", args.workers, "--workers"),
                                ("resume", args.resume or None, "--resume"),
-                               ("context_seeds", args.context_seeds, "--context-seeds")):
+                               ("context_seeds", args.context_seeds, "--context-seeds"),
+                               ("protocol", args.protocol, "--protocol"),
+                               ("tune_seeds", args.tune_seeds, "--tune-seeds")):
         if value is not None:
             if param not in accepts:
                 raise _UsageError(f"experiment {args.name} has no {flag} option")
             opts[param] = value
+    if args.tune_seeds is not None and args.protocol != "tuned":
+        raise _UsageError("--tune-seeds needs --protocol tuned")
     if args.data_dir:
         if "data_dir" not in accepts:
             raise _UsageError(f"experiment {args.name} does not read census (--data-dir)")
@@ -239,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "results directory and train only the missing ones (census-table5)")
     s.add_argument("--context-seeds", type=int, help="seeds for the context rows "
                    "(Shared-bottom, MMoE, Cross-stitch; census-table5; default --seeds)")
+    s.add_argument("--protocol", choices=["paper", "tuned"], help="census-table5: the "
+                   "paper's protocol (default) or the tuned one (z-scored continuous columns, "
+                   "learning rate chosen per model on validation)")
+    s.add_argument("--tune-seeds", type=int, help="seeds per learning-rate candidate "
+                   "(census-table5 --protocol tuned; default 3)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_experiment)
 

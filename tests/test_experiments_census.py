@@ -60,3 +60,72 @@ def test_cli_rejects_options_an_experiment_does_not_have(capsys):
     assert "no --context-seeds option" in capsys.readouterr().err
     assert main(["experiment", "ablation", "--resume", "--quick"]) != 0
     assert "no --resume option" in capsys.readouterr().err
+
+
+class _FakeTrainer:
+    """Stands in for census._Trainer: validation AUC from a table, test AUC = seed."""
+
+    def __init__(self, valid_of):
+        self.valid_of, self.calls = valid_of, []
+
+    def run(self, jobs):
+        self.calls.append(jobs)
+        return {key: ([_fake(self.valid_of(cfg), float(seed)) for seed in seeds], 1.0)
+                for key, cfg, seeds in jobs}
+
+
+def test_tuned_protocol_chooses_each_learning_rate_on_validation_and_reuses_its_runs():
+    from adatt.experiments.census import PROTOCOLS, TUNED_LRS, _tune_learning_rates
+
+    base = ["data.source=census", *PROTOCOLS["tuned"]]
+    jobs = [(("A", "ML-MMoE"), [*base, "name=A_ML-MMoE", "model.name=ml_mmoe"], [0, 1, 2, 3]),
+            (("A", "MMoE"), [*base, "name=A_MMoE", "model.name=mmoe"], [0])]
+    best = {"ml_mmoe": 3e-4, "mmoe": 1e-3}  # each model's best learning rate on validation
+    trainer = _FakeTrainer(lambda cfg: 0.9 if cfg.train.optimizer.lr == best[cfg.model["name"]]
+                           else 0.8)
+    tuning = {}
+    final, reused = _tune_learning_rates(jobs, trainer, 2, tuning)
+    # one training call: every (configuration, candidate) with the tuning seeds 0, 1
+    (candidates,) = trainer.calls
+    assert len(candidates) == 2 * len(TUNED_LRS)
+    assert {c[1].name for c in candidates} >= {"A_ML-MMoE_lr0.0001", "A_MMoE_lr0.001"}
+    assert all(c[2] == [0, 1] for c in candidates)
+    assert tuning["A ML-MMoE"]["lr"] == 3e-4 and tuning["A MMoE"]["lr"] == 1e-3
+    assert tuning["A ML-MMoE"]["valid_auc_sum"]["lr0.0003"] == pytest.approx(2.7)
+    # the chosen candidate's tuning runs are its first seeds; the rest are still to train
+    assert [r["test"]["income"]["auc"] for r in reused[("A", "ML-MMoE")][0]] == [0.0, 1.0]
+    assert [r["test"]["income"]["auc"] for r in reused[("A", "MMoE")][0]] == [0.0]
+    by_key = {key: (ov, seeds) for key, ov, seeds in final}
+    ov, seeds = by_key[("A", "ML-MMoE")]
+    assert seeds == [2, 3] and "train.optimizer.lr=0.0003" in ov
+    from adatt.config import load_config
+
+    cfg = load_config(None, ov)
+    assert cfg.name == "A_ML-MMoE_lr0.0003" and cfg.data.dense_scaling == "standard"
+    assert by_key[("A", "MMoE")][1] == []
+
+
+def test_cli_tune_seeds_needs_the_tuned_protocol(capsys):
+    from adatt.cli import main
+
+    assert main(["experiment", "census-table5", "--tune-seeds", "2", "--quick"]) != 0
+    assert "--tune-seeds needs --protocol tuned" in capsys.readouterr().err
+    assert main(["experiment", "ablation", "--protocol", "tuned", "--quick"]) != 0
+    assert "no --protocol option" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@needs_census
+def test_quick_tuned_protocol_end_to_end(tmp_path):
+    summary = run_census_table5(tmp_path, quick=True, data_dir=str(CENSUS_DIR), progress=False,
+                                protocol="tuned", tune_seeds=1, context=False)
+    assert summary["tuning"]["tune_seeds"] == 1
+    assert set(summary["tuning"]["chosen"]) == {f"A {c['label']}"
+                                                for c in table5_configs("A", context=False)}
+    assert all(e["n"] == 2 for e in summary["rows"])
+    text = (tmp_path / "report.md").read_text()
+    assert "Learning rate chosen on validation" in text and "z-scored" in text
+    # the chosen candidate's seed-0 run is kept; seed 1 was trained with the chosen lr
+    for key, v in summary["tuning"]["chosen"].items():
+        name = key.replace(" ", "_", 1).replace(" ", "_").replace("=", "")
+        assert (tmp_path / "runs" / f"{name}_lr{v['lr']:g}" / "seed_1").is_dir()
