@@ -334,3 +334,27 @@ def test_cli_lists_models():
     assert p.returncode == 0
     names = [line.split()[0] for line in p.stdout.splitlines()]
     assert names == sorted(list_models())
+
+
+@pytest.mark.parametrize("fields", [1, 5, 80])  # 80: above the per-field loop's limit
+def test_bag_sum_gradient_equals_embedding_bag(fields):
+    from adatt.modules.layers import bag_sum
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(30, 7, generator=g, requires_grad=True)
+    w2 = w.detach().clone().requires_grad_()
+    idx = torch.randint(0, 30, (64, fields), generator=g)  # repeated rows within and across bags
+    up = torch.randn(64, 7, generator=g)
+    out = bag_sum(idx, w)
+    ref = torch.nn.functional.embedding_bag(idx, w2, mode="sum")
+    torch.testing.assert_close(out, ref)
+    (out * up).sum().backward()
+    (ref * up).sum().backward()
+    torch.testing.assert_close(w.grad, w2.grad)
+    # the same gradient twice: deterministic
+    w.grad = None
+    (bag_sum(idx, w) * up).sum().backward()
+    grad2 = w.grad.clone()
+    w.grad = None
+    (bag_sum(idx, w) * up).sum().backward()
+    assert torch.equal(w.grad, grad2)

@@ -180,6 +180,16 @@ class FusionLevel(nn.Module):
         self._m, self._h = m, H
         self._expert_slice = _as_slice(expert_cols)
         self._gate_slice = _as_slice(gate_cols)
+        # experts then gates, covering the flat first-layer output: one split, whose backward
+        # is one concatenation (two slices would each zero-fill a full-size gradient)
+        flat_width = W if first_external else S * W
+        self._flat_split = (
+            [len(expert_cols), len(gate_cols)]
+            if self._expert_slice == slice(0, len(expert_cols))
+            and self._gate_slice == slice(len(expert_cols), flat_width)
+            and len(expert_cols) + len(gate_cols) == flat_width
+            else None
+        )
         self.register_buffer("expert_cols", torch.tensor(expert_cols), persistent=False)
         self.register_buffer("gate_cols", torch.tensor(gate_cols, dtype=torch.long),
                              persistent=False)
@@ -264,9 +274,9 @@ class FusionLevel(nn.Module):
         elif self.unit_blocks:
             y = self.first(x.transpose(0, 1))  # [B,S,D] -> [S,B,D] -> [S,B,W]
             S, B, mH = y.shape[0], y.shape[1], self._m * self._h
-            h = y[:, :, :mH].reshape(S, B, self._m, self._h)  # [S,B,m*H] -> [S,B,m,H]
+            h, z_slots = y.split([mH, y.shape[2] - mH], 2)  # [S,B,m*H], [S,B,K]: gate s's logits
+            h = h.reshape(S, B, self._m, self._h)  # [S,B,m*H] -> [S,B,m,H]
             h = h.transpose(0, 1).reshape(B, E, self._h)  # [B,S,m,H] -> [B,E,H]
-            z_slots = y[:, :, mH:]  # [S,B,K]: slot s holds gate s's logits
         else:
             if self.first_external:
                 flat = x  # [B, W] pre-activations of experts and gates
@@ -274,7 +284,9 @@ class FusionLevel(nn.Module):
                 y = self.first(x.transpose(0, 1))  # [B,S,D] -> [S,B,D] -> [S,B,W]
                 flat = y.transpose(0, 1).flatten(1)  # [S,B,W] -> [B,S*W]
             B = flat.shape[0]
-            if self._expert_slice is not None:
+            if self._flat_split is not None:
+                h, gate_flat = flat.split(self._flat_split, 1)  # [B,E*H], [B,G*g1]
+            elif self._expert_slice is not None:
                 h = flat[:, self._expert_slice]
             else:
                 h = flat.index_select(1, self.expert_cols)
@@ -295,6 +307,8 @@ class FusionLevel(nn.Module):
             z = gate_pre  # [B, G*g1]
         elif z_slots is not None:
             z = z_slots
+        elif self._flat_split is not None:
+            z = gate_flat
         elif self._gate_slice is not None:
             z = flat[:, self._gate_slice]
         else:

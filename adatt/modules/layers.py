@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "activation_fn", "InputLinear", "SlotLinear", "uniform_init_"]
+__all__ = ["ACTIVATIONS", "activation_fn", "bag_sum", "InputLinear", "SlotLinear",
+           "uniform_init_"]
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -55,6 +56,55 @@ def uniform_init_(t: Tensor, fan_in: int) -> Tensor:
     bound = 1.0 / math.sqrt(max(fan_in, 1))
     with torch.no_grad():
         return t.uniform_(-bound, bound)
+
+
+# above this many fields per bag, the per-field backward loop costs more than it saves
+_FIELD_LOOP_MAX = 64
+
+
+class _BagSum(torch.autograd.Function):
+    """``out[b] = sum_f weight[idx[b, f]]`` whose weight gradient is one ``index_add_`` per field.
+
+    On CPU, ``embedding_bag``'s backward sorts all ``B * F`` indices and then
+    reduces; each field's rows of the gradient are instead one ``index_add_`` of
+    the whole output gradient (no sort, no expanded copy): about twice as fast
+    at the census size (28 fields, B = 512). Deterministic: ``index_add_`` adds
+    in row order on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, idx: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.rows = weight.shape[0]
+        return F.embedding_bag(idx, weight, mode="sum")  # [B,F] -> [B,N]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (idx,) = ctx.saved_tensors
+        grad_w = grad_out.new_zeros(ctx.rows, grad_out.shape[1])  # [C, N]
+        for f in range(idx.shape[1]):
+            grad_w.index_add_(0, idx[:, f], grad_out)  # rows idx[:, f] += grad_out [B, N]
+        return None, grad_w
+
+
+def bag_sum(idx: Tensor, weight: Tensor) -> Tensor:
+    """``sum_f weight[idx[:, f]]``: the one-hot input times ``weight``, as a gather.
+
+    Shapes: ``idx [B, F]`` int64 global row indices, ``weight [C, N]`` -> ``[B, N]``.
+    Same values as ``F.embedding_bag(idx, weight, mode="sum")``; when the
+    weight needs a gradient on CPU, the backward runs one ``index_add_`` per
+    field instead of the sorting embedding-bag backward.
+
+    Example:
+        >>> w = torch.arange(12.0).reshape(4, 3)
+        >>> bag_sum(torch.tensor([[0, 2], [1, 3]]), w)
+        tensor([[ 6.,  8., 10.],
+                [12., 14., 16.]])
+    """
+    if (weight.requires_grad and torch.is_grad_enabled() and weight.device.type == "cpu"
+            and idx.shape[1] <= _FIELD_LOOP_MAX):
+        return _BagSum.apply(idx, weight)
+    return F.embedding_bag(idx, weight, mode="sum")  # [B,F] -> [B,N]
 
 
 class InputLinear(nn.Module):
@@ -130,7 +180,7 @@ class InputLinear(nn.Module):
                 out = torch.addmm(self.bias, onehot, self.cat_weight)  # [B,C] x [C,N] -> [B,N]
             elif self.embedding is None:
                 # one bag of F rows per example: sum_f W[idx_f]  [B,F] -> [B,N]
-                out = F.embedding_bag(idx, self.cat_weight, mode="sum")
+                out = bag_sum(idx, self.cat_weight)
                 out = out.add_(self.bias)  # in place: the bag's backward does not need it
             else:
                 emb = self.embedding(idx).flatten(1)  # [B,F,k] -> [B,F*k]

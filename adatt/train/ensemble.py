@@ -91,6 +91,7 @@ from adatt.config import ConfigError, RunConfig, dump_config
 from adatt.data.batch import TensorDataset, regression_label_variance
 from adatt.data.schema import FeatureSchema
 from adatt.models.base import MultiTaskModel
+from adatt.modules.layers import bag_sum
 from adatt.train.losses import _elementwise
 from adatt.train.metrics import EnsembleMetricAccumulator
 from adatt.train.trainer import (
@@ -233,7 +234,7 @@ class EnsembleModel:
             if inp.embedding is None:
                 table = p["input.cat_weight"].reshape(S * C, n_out)  # [S,C,N] -> [S*C,N]
                 flat = idx.reshape(S * B, -1)  # [S,B,F] -> [S*B,F]: one bag per (copy, row)
-                bags = F.embedding_bag(flat, table, mode="sum")  # [S*B,F] -> [S*B,N]
+                bags = bag_sum(flat, table)  # [S*B,F] -> [S*B,N]
                 out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
             else:
                 k = inp.embedding_dim
