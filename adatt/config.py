@@ -103,6 +103,8 @@ class TrainConfig(_Strict):
     bf16: bool = False  # bfloat16 autocast for the forward pass
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)  # torch threads (default: cores / local processes)
+    # reuse freed memory instead of re-faulting fresh pages every step (adatt.train.memory)
+    keep_freed_memory: bool = True
     # data-parallel training (docs/distributed.md): None = when launched by torchrun with
     # several processes, true = always join torchrun's group, false = never
     distributed: bool | None = None

@@ -105,6 +105,9 @@ def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bo
         if cards else torch.zeros(n_batches, B, 0, dtype=torch.long)
     labels = (torch.rand(n_batches, B, T, generator=g) < 0.3).float()
     if impl == "ours":
+        from adatt.train.memory import keep_freed_memory
+
+        keep_freed_memory()  # as `adatt train` does
         model = make_ours(name, size)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
 

@@ -384,13 +384,17 @@ def _median_rate(fn: Callable[[int], Any], batch: int, steps: int, windows: int)
 
 def measure(lib: str, name: str, size_name: str, threads: int, quick: bool,
             reference: str | None, fused_all: bool, windows: int | None = None,
-            steps: int | None = None) -> dict[str, Any]:
+            steps: int | None = None, keep_memory_all: bool = False) -> dict[str, Any]:
     """Train and inference throughput, peak memory, parameters and FLOPs of one row.
 
     Timing: ``warm`` warm-up steps, then the median of ``windows`` windows of ``steps``
     training steps (``2 * steps`` forward passes for inference).
     """
     torch.set_num_threads(threads)
+    if lib == "ours" or keep_memory_all:  # what `adatt train` does (adatt.train.memory)
+        from adatt.train.memory import keep_freed_memory
+
+        keep_freed_memory()
     if lib in LIB_MODULE:
         importlib.import_module(LIB_MODULE[lib])  # imports are not part of the peak memory
     from torch.utils.flop_counter import FlopCounterMode
@@ -487,6 +491,7 @@ def _run_row(lib: str, name: str, size: str, args: argparse.Namespace) -> dict:
     cmd += ["--windows", str(args.windows)] if args.windows else []
     cmd += ["--steps", str(args.steps)] if args.steps else []
     cmd += ["--fused-all"] if args.fused_all else []
+    cmd += ["--keep-memory-all"] if args.keep_memory_all else []
     cmd += ["--reference", args.reference] if args.reference else []
     out = subprocess.run(cmd, capture_output=True, text=True)
     lines = out.stdout.strip().splitlines()
@@ -521,6 +526,8 @@ def main() -> None:
     p.add_argument("--steps", type=int,
                    help="training steps per window (default 20 census, 10 industrial)")
     p.add_argument("--fused-all", action="store_true", help="fused Adam for the peers too")
+    p.add_argument("--keep-memory-all", action="store_true", help="glibc malloc keeps freed "
+                   "memory for the peers too (ours always does, as `adatt train` does)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--quick", action="store_true", help="tiny smoke run: few steps, census only")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -529,7 +536,7 @@ def main() -> None:
         lib, name, size = args.one.split(":")
         try:
             row = measure(lib, name, size, args.threads, args.quick, args.reference,
-                          args.fused_all, args.windows, args.steps)
+                          args.fused_all, args.windows, args.steps, args.keep_memory_all)
         except CannotExpress as e:
             row = dict(lib=lib, model=name, size=size, status="cannot express", notes=[str(e)])
         print(json.dumps(row))

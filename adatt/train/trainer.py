@@ -54,6 +54,7 @@ from adatt.data.batch import TensorDataset
 from adatt.data.schema import FeatureSchema
 from adatt.train import distributed as ddp
 from adatt.train.losses import TaskLoss
+from adatt.train.memory import keep_freed_memory
 from adatt.train.metrics import MetricAccumulator
 
 __all__ = ["train", "evaluate", "build_model", "selection_score", "load_run", "RunError",
@@ -224,6 +225,8 @@ def setup_runtime(cfg: RunConfig, splits=None):
     """Threads, device and data of a run, checked: ``(device, splits)``."""
     tc = cfg.train
     torch.set_num_threads(tc.threads or ddp.default_threads())
+    if tc.keep_freed_memory:
+        keep_freed_memory()
     device = ddp.local_device(tc.device)  # cuda: this process's GPU under torchrun
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but CUDA is not available here")
