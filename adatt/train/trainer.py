@@ -489,7 +489,8 @@ def load_run(run_dir: str | Path):
 
 
 # Settings that change how a run is executed, not what it computes.
-_EXECUTION_KEYS = {"train": ("threads", "progress", "tensorboard", "distributed")}
+_EXECUTION_KEYS = {"train": ("threads", "progress", "tensorboard", "distributed",
+                             "keep_freed_memory")}
 
 
 def finished_results(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any] | None:
@@ -497,7 +498,8 @@ def finished_results(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any] | No
 
     A run counts as finished when it has ``results.json``; it is the same run
     when its saved ``config.yaml`` equals ``cfg`` apart from the output location
-    and execution settings (threads, progress bar, TensorBoard, distributed). Used to skip
+    and execution settings (threads, progress bar, TensorBoard, distributed, memory).
+    Used to skip
     seeds that are already done when an experiment is resumed or extended.
     """
     from adatt.config import load_config
