@@ -499,8 +499,7 @@ def finished_results(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any] | No
     A run counts as finished when it has ``results.json``; it is the same run
     when its saved ``config.yaml`` equals ``cfg`` apart from the output location
     and execution settings (threads, progress bar, TensorBoard, distributed, memory).
-    Used to skip
-    seeds that are already done when an experiment is resumed or extended.
+    Used to skip seeds that are already done when an experiment is resumed or extended.
     """
     from adatt.config import load_config
 
