@@ -13,6 +13,12 @@ N(0, 1e-4); ours: no normalisation, embeddings from N(0, 1)).
     pip install -e '.[bench]'
     python benchmarks/peers_accuracy.py [--data-dir DIR] [--seeds 5] [--epochs 10]
                                         [--models mmoe,ple] [--embedding-dim 16]
+                                        [--libs ours,torch-rechub] [--standardize-dense]
+                                        [--json FILE] [--merge EARLIER.json]
+
+``--libs torch-rechub-no-bn`` adds torch-rechub's models with every BatchNorm1d
+replaced by the identity (the ablation that tells the normalisation apart from
+everything else); ``--merge`` shows the runs of an earlier ``--json`` beside.
 
 Models (3 tasks, 6 experts, towers 32):
   mmoe  one level of 6 two-layer experts (128, 64)
@@ -53,8 +59,20 @@ def _load_peers():
 
 peers = _load_peers()
 
-LIBS = ["ours", "torch-rechub"]
+LIBS = ["ours", "torch-rechub", "torch-rechub-no-bn"]  # the last: its BatchNorm layers removed
 EXPERTS = {"mmoe": lambda w: [w, 64], "ple": lambda w: [w, w]}
+
+
+def build(lib: str, name: str, size: dict[str, Any]) -> Any:
+    """A model of ``benchmarks/peers.py``; ``torch-rechub-no-bn``: every BatchNorm1d -> Identity."""
+    if lib != "torch-rechub-no-bn":
+        return peers.build(lib, name, size)
+    built = peers.build("torch-rechub", name, size)
+    for module in list(built.model.modules()):
+        for child_name, child in module.named_children():
+            if isinstance(child, torch.nn.BatchNorm1d):
+                setattr(module, child_name, torch.nn.Identity())
+    return built
 
 
 def model_size(name: str, schema: Any, embedding_dim: int, width: int) -> dict[str, Any]:
@@ -118,11 +136,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"tasks": list(schema.task_names), "runs": {}}
     for name in args.models.split(","):
         size = model_size(name, schema, args.embedding_dim, args.width)
-        for lib in LIBS:
+        for lib in args.libs.split(","):
             runs = []
             for seed in range(args.seeds):
                 torch.manual_seed(seed)
-                built = peers.build(lib, name, size)
+                built = build(lib, name, size)
                 t0 = time.perf_counter()
                 r = train_and_score(built, splits, seed, args.epochs, args.batch_size, args.lr,
                               args.weight_decay)
@@ -154,18 +172,21 @@ def format_results(results: dict[str, Any]) -> str:
     diffs = []
     for key in runs:
         name, lib = key.split(":")
-        peer = runs.get(f"{name}:torch-rechub")
-        if lib != "ours" or not peer:
+        ours = runs.get(f"{name}:ours")
+        if lib == "ours" or not ours:
             continue
+        peer = runs[key]
         cells = []
         for t in range(len(tasks)):
-            c = paired_comparison([r["test"][t] for r in runs[key]], [r["test"][t] for r in peer])
+            n = min(len(ours), len(peer))  # seeds 0..n-1 of both
+            c = paired_comparison([r["test"][t] for r in ours[:n]],
+                                  [r["test"][t] for r in peer[:n]])
             ci = f" ± {c['ci']:.4f}" if c["ci"] == c["ci"] else ""
             cells.append(f"{c['diff']:+.4f}{ci} ({c['wins']}/{c['n']})")
-        diffs.append([name, *cells])
+        diffs.append([name, lib, *cells])
     if diffs:
-        out += ["", "ours - torch-rechub, paired by seed (mean ± 95% CI, seeds where ours is "
-                    "higher):", "", markdown_table(["model", *tasks], diffs)]
+        out += ["", "ours - peer, paired by seed (mean ± 95% CI, seeds where ours is "
+                    "higher):", "", markdown_table(["model", "peer", *tasks], diffs)]
     return "\n".join(out)
 
 
@@ -175,6 +196,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per model and library")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--models", default="mmoe,ple", help="comma list of mmoe, ple")
+    p.add_argument("--libs", default="ours,torch-rechub", help="comma list of " + ", ".join(LIBS)
+                   + " (the last: torch-rechub with its BatchNorm layers removed)")
     p.add_argument("--embedding-dim", type=int, default=16, help="embedding size, both libraries")
     p.add_argument("--width", type=int, default=128, help="first-level expert width")
     p.add_argument("--batch-size", type=int, default=512)
@@ -185,15 +208,33 @@ def main() -> None:
                    help="z-score the continuous columns (training mean and std) instead of the "
                    "census loader's min-max scaling (see benchmarks/README.md)")
     p.add_argument("--json", help="also write every run's numbers to this file")
+    p.add_argument("--merge", help="a --json file of an earlier call: its runs are added to the "
+                   "tables (same settings assumed; e.g. --libs torch-rechub-no-bn after a "
+                   "default call)")
     args = p.parse_args()
     bad = [m for m in args.models.split(",") if m not in EXPERTS]
     if bad:
         sys.exit(f"error: unknown model {bad[0]!r}; known: {', '.join(EXPERTS)}")
+    bad = [lib for lib in args.libs.split(",") if lib not in LIBS]
+    if bad:
+        sys.exit(f"error: unknown library {bad[0]!r}; known: {', '.join(LIBS)}")
+    earlier = None
+    if args.merge:
+        try:
+            earlier = json.loads(Path(args.merge).read_text())
+            earlier_runs = earlier["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit(f"error: --merge {args.merge}: not a results file of this script ({e})")
     if args.seeds < 1 or args.epochs < 1:
         sys.exit("error: --seeds and --epochs must be >= 1")
     if importlib.util.find_spec("torch_rechub") is None:
         sys.exit("error: torch-rechub is not installed (pip install -e '.[bench]')")
     results = run(args)
+    if earlier is not None:  # runs of an earlier call, e.g. other libraries, shown side by side
+        if earlier.get("tasks") != results["tasks"]:
+            sys.exit(f"error: --merge {args.merge}: its tasks differ")
+        results["runs"] = {**{k: v for k, v in earlier_runs.items() if k not in results["runs"]},
+                           **results["runs"]}
     print()
     print(format_results(results))
     if args.json:

@@ -109,3 +109,38 @@ def test_table_ratios_are_against_ours():
     line = next(x for x in table.splitlines() if "torch-rechub" in x)
     assert "| 0.50x |" in line and "| 0.25x |" in line and "| 2.00x |" in line
     assert "cannot express" in table and "noemb:" in table
+
+
+def _load_accuracy():
+    path = _PATH.with_name("peers_accuracy.py")
+    spec = importlib.util.spec_from_file_location("adatt_benchmark_peers_accuracy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_rechub") is None,
+                    reason="torch-rechub not installed (bench extra)")
+def test_rechub_without_batchnorm_has_none_left_and_trains():
+    acc = _load_accuracy()
+    size = SIZES["emb"]
+    with_bn = acc.build("torch-rechub", "mmoe", size).model
+    built = acc.build("torch-rechub-no-bn", "mmoe", size)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in with_bn.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in built.model.modules())
+    _check_one_step(built, size)
+
+
+def test_accuracy_table_pairs_every_peer_with_ours_on_common_seeds():
+    acc = _load_accuracy()
+
+    def runs(values):
+        return [{"test": [v, 0.9, 0.8], "seconds": 1.0, "params": 10} for v in values]
+
+    results = {"tasks": ["a", "b", "c"], "runs": {
+        "mmoe:ours": runs([0.90, 0.91, 0.92]),
+        "mmoe:torch-rechub": runs([0.89, 0.90]),  # two seeds: paired on seeds 0, 1
+        "mmoe:torch-rechub-no-bn": runs([0.95, 0.95, 0.95])}}
+    text = acc.format_results(results)
+    assert "| mmoe | torch-rechub | +0.0100 ± 0.0000 (2/2) |" in text
+    assert "| mmoe | torch-rechub-no-bn | -0.0400" in text and "(0/3)" in text

@@ -60,6 +60,7 @@ def uniform_init_(t: Tensor, fan_in: int) -> Tensor:
 
 # above this many fields per bag, the per-field backward loop costs more than it saves
 _FIELD_LOOP_MAX = 64
+_BACKWARD = "loop"
 
 
 class _BagSum(torch.autograd.Function):
@@ -81,6 +82,14 @@ class _BagSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         (idx,) = ctx.saved_tensors
+        if _BACKWARD == "sorted":
+            flat = idx.reshape(-1)  # [B,F] -> [B*F], entry b*F+f
+            order = torch.sort(flat, stable=True).indices  # pairs by weight row, then example
+            rows = torch.bincount(flat, minlength=ctx.rows)  # [C] pairs per weight row
+            starts = rows.cumsum(0) - rows  # [C] first pair of each row
+            examples = order.div(idx.shape[1], rounding_mode="floor")  # [B*F] example of pair
+            # weight row r's gradient = sum of grad_out over the examples that hold r
+            return None, F.embedding_bag(examples, grad_out, starts, mode="sum")  # -> [C,N]
         grad_w = grad_out.new_zeros(ctx.rows, grad_out.shape[1])  # [C, N]
         for f in range(idx.shape[1]):
             grad_w.index_add_(0, idx[:, f], grad_out)  # rows idx[:, f] += grad_out [B, N]
