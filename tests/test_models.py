@@ -336,19 +336,16 @@ def test_cli_lists_models():
     assert names == sorted(list_models())
 
 
-@pytest.mark.parametrize("backward", ["loop", "sorted"])
-@pytest.mark.parametrize("fields", [1, 5, 80])  # 80: above the per-field loop's limit
-def test_bag_sum_gradient_equals_embedding_bag(fields, backward, monkeypatch):
-    from adatt.modules import layers
+@pytest.mark.parametrize("fields", [1, 5, 80])
+def test_bag_sum_gradient_equals_embedding_bag(fields):
     from adatt.modules.layers import bag_sum
 
-    monkeypatch.setattr(layers, "_BACKWARD", backward)
-
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(30, 7, generator=g, requires_grad=True)
+    # float64: the two backwards add the same terms in different orders
+    w = torch.randn(30, 7, generator=g, dtype=torch.float64, requires_grad=True)
     w2 = w.detach().clone().requires_grad_()
     idx = torch.randint(0, 29, (64, fields), generator=g)  # repeats; row 29 never used
-    up = torch.randn(64, 7, generator=g)
+    up = torch.randn(64, 7, generator=g, dtype=torch.float64)
     out = bag_sum(idx, w)
     ref = torch.nn.functional.embedding_bag(idx, w2, mode="sum")
     torch.testing.assert_close(out, ref)
