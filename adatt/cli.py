@@ -167,11 +167,21 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
                                ("resume", args.resume or None, "--resume"),
                                ("context_seeds", args.context_seeds, "--context-seeds"),
                                ("protocol", args.protocol, "--protocol"),
-                               ("tune_seeds", args.tune_seeds, "--tune-seeds")):
+                               ("tune_seeds", args.tune_seeds, "--tune-seeds"),
+                               ("groups", tuple(args.groups.split(",")) if args.groups
+                                else None, "--groups"),
+                               ("context", False if args.no_context else None,
+                                "--no-context")):
         if value is not None:
             if param not in accepts:
                 raise _UsageError(f"experiment {args.name} has no {flag} option")
             opts[param] = value
+    if "groups" in opts:
+        from adatt.experiments.census import GROUPS
+
+        bad = [g for g in opts["groups"] if g not in GROUPS]
+        if bad:
+            raise _UsageError(f"--groups: unknown group {bad[0]!r}; known: {', '.join(GROUPS)}")
     if args.tune_seeds is not None and args.protocol != "tuned":
         raise _UsageError("--tune-seeds needs --protocol tuned")
     if args.data_dir:
@@ -250,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "learning rate chosen per model on validation)")
     s.add_argument("--tune-seeds", type=int, help="seeds per learning-rate candidate "
                    "(census-table5 --protocol tuned; default 3)")
+    s.add_argument("--groups", help="census-table5: comma list of the groups to run "
+                   "(A: 6 experts per level, B: 9; default A,B)")
+    s.add_argument("--no-context", action="store_true", help="census-table5: leave out the "
+                   "Shared-bottom, MMoE and Cross-stitch context rows")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_experiment)
 

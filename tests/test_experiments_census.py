@@ -129,3 +129,12 @@ def test_quick_tuned_protocol_end_to_end(tmp_path):
     for key, v in summary["tuning"]["chosen"].items():
         name = key.replace(" ", "_", 1).replace(" ", "_").replace("=", "")
         assert (tmp_path / "runs" / f"{name}_lr{v['lr']:g}" / "seed_1").is_dir()
+
+
+def test_cli_groups_are_checked(capsys):
+    from adatt.cli import main
+
+    assert main(["experiment", "census-table5", "--groups", "A,C", "--quick"]) == 2
+    assert "--groups: unknown group 'C'; known: A, B" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown census group"):
+        run_census_table5("unused", groups=("C",))

@@ -121,6 +121,10 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
     """
     from adatt.config import load_config
 
+    bad = [g for g in groups if g not in GROUPS]
+    if bad or not groups:
+        raise ValueError(f"unknown census group {bad[0] if bad else ''!r}; known: "
+                         f"{', '.join(GROUPS)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if tune_seeds < 1:
