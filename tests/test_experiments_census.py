@@ -70,7 +70,8 @@ class _FakeTrainer:
 
     def run(self, jobs):
         self.calls.append(jobs)
-        return {key: ([_fake(self.valid_of(cfg), float(seed)) for seed in seeds], 1.0)
+        return {key: ([{**_fake(self.valid_of(cfg), float(seed)), "wall_time_s": 10.0}
+                       for seed in seeds], 1.0)
                 for key, cfg, seeds in jobs}
 
 
@@ -92,6 +93,8 @@ def test_tuned_protocol_chooses_each_learning_rate_on_validation_and_reuses_its_
     assert all(c[2] == [0, 1] for c in candidates)
     assert tuning["A ML-MMoE"]["lr"] == 3e-4 and tuning["A MMoE"]["lr"] == 1e-3
     assert tuning["A ML-MMoE"]["valid_auc_sum"]["lr0.0003"] == pytest.approx(2.7)
+    # the runs of the two candidates not chosen, 2 seeds each, are counted in the wall time
+    assert tuning["A ML-MMoE"]["unchosen_seconds"] == pytest.approx(40.0)
     # the chosen candidate's tuning runs are its first seeds; the rest are still to train
     assert [r["test"]["income"]["auc"] for r in reused[("A", "ML-MMoE")][0]] == [0.0, 1.0]
     assert [r["test"]["income"]["auc"] for r in reused[("A", "MMoE")][0]] == [0.0]
