@@ -192,11 +192,9 @@ class _Trainer:
 
     def run(self, jobs) -> dict[Any, tuple[list[dict], float]]:
         """``{key: (results in seed order, seconds)}`` for ``[(key, cfg, seeds)]``."""
-        done: dict[Any, tuple[list[dict], float]] = {}
-        if not jobs:
-            return done
         if self.workers > 1:
-            return _run_parallel(jobs, self.workers, self.resume)
+            return _run_parallel(jobs, self.workers, self.resume) if jobs else {}
+        done: dict[Any, tuple[list[dict], float]] = {}
         from adatt.data.config import load_splits
         from adatt.train.ensemble import train_ensemble
 
@@ -220,6 +218,12 @@ def _lr_tag(lr: float) -> str:
     return f"lr{lr:g}"
 
 
+def _with_lr(overrides: list[str], lr: float) -> list[str]:
+    """The overrides of a configuration at learning rate ``lr``, its run name tagged."""
+    name = next(o for o in overrides if o.startswith("name="))
+    return [*overrides, f"{name}_{_lr_tag(lr)}", f"train.optimizer.lr={lr!r}"]
+
+
 def _tune_learning_rates(jobs, trainer: _Trainer, n_tune: int, tuning: dict[str, Any]):
     """Choose each configuration's learning rate on validation from ``TUNED_LRS``.
 
@@ -236,10 +240,8 @@ def _tune_learning_rates(jobs, trainer: _Trainer, n_tune: int, tuning: dict[str,
     tune_list = list(range(n_tune))
     candidates = []
     for key, overrides, _ in jobs:
-        name = next(o for o in overrides if o.startswith("name="))
         for lr in TUNED_LRS:
-            ov = [*overrides, f"{name}_{_lr_tag(lr)}", f"train.optimizer.lr={lr!r}"]
-            candidates.append(((key, lr), load_config(None, ov), tune_list))
+            candidates.append(((key, lr), load_config(None, _with_lr(overrides, lr)), tune_list))
     tuned = trainer.run(candidates)
     final, reused = [], {}
     for key, overrides, row_seeds in jobs:
@@ -253,9 +255,7 @@ def _tune_learning_rates(jobs, trainer: _Trainer, n_tune: int, tuning: dict[str,
         results, seconds = tuned[(key, best)]
         reused[key] = ([r for seed, r in zip(tune_list, results, strict=True)
                         if seed in row_seeds], seconds)
-        name = next(o for o in overrides if o.startswith("name="))
-        final.append((key, [*overrides, f"{name}_{_lr_tag(best)}", f"train.optimizer.lr={best!r}"],
-                      [s for s in row_seeds if s not in tune_list]))
+        final.append((key, _with_lr(overrides, best), [s for s in row_seeds if s not in tune_list]))
     return final, reused
 
 

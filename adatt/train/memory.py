@@ -4,7 +4,7 @@ glibc's ``malloc`` serves large blocks with fresh ``mmap`` pages (above a
 threshold that starts at 128 KiB) and hands freed memory at the top of the heap
 back to the system. A training step frees and re-allocates the same
 multi-megabyte activations and gradients every step, so every page is
-faulted in again each step: about 740 minor page faults per step of the
+faulted in again each step: several hundred minor page faults per step of the
 census-size AdaTT-sp (batch 512), each a few microseconds on a virtual machine.
 :func:`keep_freed_memory` raises both thresholds with ``mallopt`` so freed
 blocks are reused instead (the same effect as the ``MALLOC_MMAP_THRESHOLD_``
