@@ -26,6 +26,10 @@ import sys
 __all__ = ["main"]
 
 
+#: --rows floor: fewer leave the 10% validation and test splits too small to score the rare tasks
+MIN_SIM_ROWS = 10_000
+
+
 def _cmd_models(args: argparse.Namespace) -> None:
     from adatt.models import list_models
 
@@ -158,10 +162,12 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     opts = {"quick": args.quick, "progress": not args.no_progress}
     if args.seeds is not None:
         opts["seeds"] = args.seeds
-    for flag, value in (("--context-seeds", args.context_seeds),
-                        ("--tune-seeds", args.tune_seeds)):
-        if value is not None and value < 1:
-            raise _UsageError(f"{flag} must be >= 1, got {value}")
+    for flag, value, low in (("--context-seeds", args.context_seeds, 1),
+                             ("--tune-seeds", args.tune_seeds, 1),
+                             ("--threads", args.threads, 1),
+                             ("--rows", args.rows, MIN_SIM_ROWS)):
+        if value is not None and value < low:
+            raise _UsageError(f"{flag} must be >= {low:,}, got {value:,}")
     # options only some experiments take: (parameter, value given, flag)
     for param, value, flag in (("workers", args.workers, "--workers"),
                                ("resume", args.resume or None, "--resume"),
@@ -171,17 +177,35 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
                                ("groups", tuple(args.groups.split(",")) if args.groups
                                 else None, "--groups"),
                                ("context", False if args.no_context else None,
-                                "--no-context")):
+                                "--no-context"),
+                               ("rows", args.rows, "--rows"),
+                               ("device", args.device, "--device"),
+                               ("threads", args.threads, "--threads"),
+                               ("models", tuple(args.models.split(",")) if args.models
+                                else None, "--models"),
+                               ("census", False if args.no_census else None, "--no-census"),
+                               ("sim", False if args.no_sim else None, "--no-sim")):
         if value is not None:
             if param not in accepts:
                 raise _UsageError(f"experiment {args.name} has no {flag} option")
             opts[param] = value
     if "groups" in opts:
-        from adatt.experiments.census import GROUPS
-
+        if args.name == "census-table5":
+            from adatt.experiments.census import GROUPS
+        else:
+            from adatt.experiments.task_groups import GROUPS
         bad = [g for g in opts["groups"] if g not in GROUPS]
         if bad:
             raise _UsageError(f"--groups: unknown group {bad[0]!r}; known: {', '.join(GROUPS)}")
+    if "models" in opts:
+        from adatt.experiments.task_groups import MODEL_LABELS
+
+        bad = [m for m in opts["models"] if m not in MODEL_LABELS]
+        if bad:
+            raise _UsageError(f"--models: unknown model {bad[0]!r}; known: "
+                              f"{', '.join(MODEL_LABELS)}")
+    if opts.get("census") is False and opts.get("sim") is False:
+        raise _UsageError("--no-census and --no-sim together leave nothing to run")
     if args.tune_seeds is not None and args.protocol != "tuned":
         raise _UsageError("--tune-seeds needs --protocol tuned")
     if args.data_dir:
@@ -260,10 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "learning rate chosen per model on validation)")
     s.add_argument("--tune-seeds", type=int, help="seeds per learning-rate candidate "
                    "(census-table5 --protocol tuned; default 3)")
-    s.add_argument("--groups", help="census-table5: comma list of the groups to run "
-                   "(A: 6 experts per level, B: 9; default A,B)")
+    s.add_argument("--groups", help="comma list of the groups to run: census-table5 A "
+                   "(6 experts per level), B (9; default A,B); task-groups group1, group2, "
+                   "group3 (default all)")
     s.add_argument("--no-context", action="store_true", help="census-table5: leave out the "
                    "Shared-bottom, MMoE and Cross-stitch context rows")
+    s.add_argument("--rows", type=int, help="simulator rows (simulator experiments; default "
+                   "2,000,000, quick mode less)")
+    s.add_argument("--models", help="task-groups: comma list of the models to compare "
+                   "(Shared-bottom, the reference, is always trained)")
+    s.add_argument("--no-census", action="store_true", help="ablation: skip the census half")
+    s.add_argument("--no-sim", action="store_true", help="ablation: skip the simulator half")
+    s.add_argument("--device", choices=["cpu", "cuda"], help="where to train (default cpu; "
+                   "every experiment but census-table5)")
+    s.add_argument("--threads", type=int, help="torch threads per training process (default: "
+                   "all cores; quick mode 1; every experiment but census-table5)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_experiment)
 

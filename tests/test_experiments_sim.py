@@ -356,3 +356,48 @@ def test_studies_quick(tmp_path, which):
         assert_finite(v["diff"] for v in c["diff"].values())
     assert all(v["diff"] == 0.0 for v in s["configs"][0]["diff"].values())
     assert len(finite_csv(tmp_path / "results.csv")) == 4 * len(s["tasks"])
+
+
+def test_cli_passes_the_simulator_options_through(monkeypatch, tmp_path):
+    import adatt.experiments as experiments
+    from adatt.cli import main
+
+    seen = {}
+
+    def fake(out_dir, quick=False, seeds=3, progress=True, *, groups=("group1",), rows=None,
+             models=None, device="cpu", threads=None):
+        seen.update(groups=groups, rows=rows, models=models, device=device, threads=threads)
+        return {}
+
+    monkeypatch.setattr(experiments, "get_experiment", lambda name: fake)
+    argv = ["experiment", "task-groups", "--out-dir", str(tmp_path), "--rows", "500000",
+            "--groups", "group1,group3", "--models", "mmoe,adatt", "--threads", "2",
+            "--device", "cpu"]
+    assert main(argv) == 0
+    assert seen == {"groups": ("group1", "group3"), "rows": 500_000,
+                    "models": ("mmoe", "adatt"), "device": "cpu", "threads": 2}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["task-groups", "--groups", "group4"], "--groups: unknown group 'group4'"),
+    (["task-groups", "--models", "mmoe,foo"], "--models: unknown model 'foo'"),
+    (["levels-study", "--models", "mmoe"], "experiment levels-study has no --models option"),
+    (["census-table5", "--rows", "50000"], "experiment census-table5 has no --rows option"),
+    (["ablation", "--rows", "500"], "--rows must be >= 10,000, got 500"),
+    (["expert-weights", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["ablation", "--no-census", "--no-sim"], "--no-census and --no-sim together"),
+    (["experts-study", "--no-sim"], "experiment experts-study has no --no-sim option"),
+])
+def test_cli_rejects_bad_simulator_options(capsys, argv, message):
+    from adatt.cli import main
+
+    assert main(["experiment", *argv, "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_task_groups_rejects_unknown_groups_and_models():
+    with pytest.raises(ValueError, match="unknown task group or model 'group9'"):
+        run_task_groups("unused", groups=("group9",))
+    with pytest.raises(ValueError, match="unknown task group or model 'lstm'"):
+        run_task_groups("unused", models=("lstm",))

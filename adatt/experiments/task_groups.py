@@ -347,6 +347,11 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    unknown = [g for g in groups if g not in GROUPS] + [
+        m for m in (models or ()) if m not in MODEL_LABELS]
+    if unknown:
+        raise ValueError(f"unknown task group or model {unknown[0]!r}; groups: "
+                         f"{', '.join(GROUPS)}; models: {', '.join(MODEL_LABELS)}")
     if quick:
         seeds = min(seeds, 2)
     rows = rows or (QUICK_ROWS if quick else 2_000_000)
