@@ -359,3 +359,53 @@ def test_bag_sum_gradient_equals_embedding_bag(fields):
     w.grad = None
     (bag_sum(idx, w) * up).sum().backward()
     assert torch.equal(w.grad, grad2)
+
+
+@pytest.mark.parametrize("rows", [5, 32_767, 32_768, 100_000])
+def test_bag_sum_row_grouping_is_a_stable_sort_either_side_of_int16(rows):
+    """Both paths of the backward (numpy int16 radix sort, torch sort) group the
+    (example, row) pairs by row in example order, as a stable sort does."""
+    from adatt.modules.layers import _pairs_by_row
+
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, rows, (300, 4), generator=g)
+    idx[0, 0] = rows - 1  # the last row is used
+    examples, starts = _pairs_by_row(idx, rows)
+    order = torch.sort(idx.reshape(-1), stable=True).indices  # [B*F] the reference grouping
+    assert torch.equal(examples, order // 4)
+    assert examples.dtype == starts.dtype == torch.int64 and starts.shape == (rows,)
+    count = torch.bincount(idx.reshape(-1), minlength=rows)
+    assert torch.equal(starts, count.cumsum(0) - count)
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 1), (64, 3, 6), (5, 2, 16), (9, 4, 17)])
+def test_gate_softmax_equals_torch_softmax_forward_and_backward(shape):
+    from adatt.modules.layers import gate_softmax
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * 30  # large logits too
+    x[..., 0] = float("-inf") if shape[-1] > 1 else x[..., 0]  # masked entries
+    x.requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    up = torch.randn(*shape, generator=g, dtype=torch.float64)
+    out, ref = gate_softmax(x), torch.softmax(x2, -1)
+    torch.testing.assert_close(out, ref)
+    (out * up).sum().backward()
+    (ref * up).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    assert torch.isfinite(x.grad).all()
+    assert torch.autograd.gradcheck(gate_softmax, (torch.randn(4, 2, min(shape[-1], 5),
+                                                               dtype=torch.float64,
+                                                               requires_grad=True),))
+
+
+def test_gate_softmax_under_vmap_and_in_bf16():
+    from adatt.modules.layers import gate_softmax
+
+    x = torch.randn(3, 8, 2, 6, requires_grad=True)
+    out = torch.func.vmap(gate_softmax)(x)  # the ensemble's case
+    torch.testing.assert_close(out, torch.softmax(x, -1))
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, torch.zeros_like(x), atol=1e-6, rtol=0)
+    xb = torch.randn(8, 6).bfloat16()
+    assert gate_softmax(xb).dtype == torch.bfloat16  # torch.softmax's path

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adatt.modules.layers import SlotLinear, activation_fn
+from adatt.modules.layers import SlotLinear, activation_fn, gate_softmax
 
 __all__ = ["Gate", "LevelPlan", "FusionLevel"]
 
@@ -330,7 +330,7 @@ class FusionLevel(nn.Module):
             logits = F.pad(z, (0, 1))[:, self.logit_index].view(B, G, -1)  # -> [B,G,Kmax]
         if not self.gate_uniform:
             logits = logits.masked_fill(self.logit_mask, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)  # [B,G,Kmax]
+        probs = gate_softmax(logits)  # [B,G,Kmax]
         if self.all_experts:
             comb = probs  # Kmax == E, gate j weighs expert j
         else:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "activation_fn", "bag_sum", "InputLinear", "SlotLinear",
-           "uniform_init_"]
+__all__ = ["ACTIVATIONS", "activation_fn", "bag_sum", "gate_softmax", "InputLinear",
+           "SlotLinear", "uniform_init_"]
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -73,18 +74,36 @@ class _BagSum(torch.autograd.Function):
     def forward(ctx, idx: Tensor, weight: Tensor) -> Tensor:
         ctx.save_for_backward(idx)
         ctx.rows = weight.shape[0]
-        return F.embedding_bag(idx, weight, mode="sum")  # [B,F] -> [B,N]
+        # detached: the forward-only kernel, without the bookkeeping its own backward needs
+        return F.embedding_bag(idx, weight.detach(), mode="sum")  # [B,F] -> [B,N]
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         (idx,) = ctx.saved_tensors
-        flat = idx.reshape(-1)  # [B,F] -> [B*F], entry b*F+f
-        order = torch.sort(flat, stable=True).indices  # [B*F] pairs by weight row, then example
-        rows = torch.bincount(flat, minlength=ctx.rows)  # [C] pairs per weight row
-        starts = rows.cumsum(0) - rows  # [C] first pair of each row
-        examples = order.div(idx.shape[1], rounding_mode="floor")  # [B*F] example of each pair
+        examples, starts = _pairs_by_row(idx, ctx.rows)
         # weight row r's gradient: the sum of grad_out over the examples that hold r
         return None, F.embedding_bag(examples, grad_out, starts, mode="sum")  # -> [C,N]
+
+
+def _pairs_by_row(idx: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """The ``B * F`` (example, row) pairs of ``idx [B, F]`` grouped by row, stably.
+
+    Returns ``examples [B*F]`` (the example of each pair, pairs of row 0 first,
+    each row's pairs in example order) and ``starts [C]`` (each row's first
+    pair). Up to 32,767 rows the indices fit int16, whose stable sort numpy
+    does as a radix sort, several times faster than ``torch.sort``; the
+    order is the same.
+    """
+    F_ = idx.shape[1]
+    if rows <= np.iinfo(np.int16).max:
+        flat = idx.reshape(-1).to(torch.int16).numpy()  # [B,F] -> [B*F], entry b*F+f
+        order = np.argsort(flat, kind="stable")  # [B*F] pairs by weight row, then example
+        count = np.bincount(flat, minlength=rows)  # [C] pairs per weight row
+        return torch.from_numpy(order // F_), torch.from_numpy(np.cumsum(count) - count)
+    flat = idx.reshape(-1)  # [B,F] -> [B*F], entry b*F+f
+    order = torch.sort(flat, stable=True).indices  # [B*F] pairs by weight row, then example
+    count = torch.bincount(flat, minlength=rows)  # [C] pairs per weight row
+    return order.div(F_, rounding_mode="floor"), count.cumsum(0) - count
 
 
 def bag_sum(idx: Tensor, weight: Tensor) -> Tensor:
@@ -104,6 +123,62 @@ def bag_sum(idx: Tensor, weight: Tensor) -> Tensor:
     if weight.requires_grad and torch.is_grad_enabled() and weight.device.type == "cpu":
         return _BagSum.apply(idx, weight)
     return F.embedding_bag(idx, weight, mode="sum")  # [B,F] -> [B,N]
+
+
+#: last-dim widths up to which :func:`gate_softmax` computes with whole-tensor ops
+SMALL_SOFTMAX_MAX = 16
+
+
+class _SmallSoftmax(torch.autograd.Function):
+    """Softmax over a short last dimension from whole-tensor ops (see :func:`gate_softmax`)."""
+
+    generate_vmap_rule = True  # the vectorised ensemble runs models under torch.func.vmap
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        e = (x - x.amax(-1, keepdim=True)).exp_()  # [..., K]; -inf entries -> 0
+        return e.div_(e.sum(-1, keepdim=True))  # [..., K] / [..., 1]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (p,) = ctx.saved_tensors
+        gp = grad * p  # [..., K]
+        return gp - p * gp.sum(-1, keepdim=True)  # p * (grad - <grad, p>)
+
+
+def gate_softmax(logits: Tensor) -> Tensor:
+    """Softmax over the last dimension, fast when it is short (a gate over a few experts).
+
+    On CPU PyTorch's softmax kernel works row by row; for rows of a few
+    entries (gates over 2-16 experts, ``[B, G, K]``) that costs 3-4x more
+    than whole-tensor ``amax``/``exp``/``sum``/``div`` ops, forward and
+    backward together. This function uses those for float32/float64 CPU
+    tensors with ``K <= 16`` and ``torch.softmax`` otherwise (GPU, bf16
+    under autocast, long rows). Entries at ``-inf`` get weight 0, as with
+    ``torch.softmax``; a row must hold at least one finite entry.
+
+    Shapes: ``[..., K] -> [..., K]``.
+
+    Example:
+        >>> gate_softmax(torch.tensor([[0.0, float("-inf"), 0.0]]))
+        tensor([[0.5000, 0.0000, 0.5000]])
+    """
+    if (logits.device.type == "cpu" and logits.shape[-1] <= SMALL_SOFTMAX_MAX
+            and logits.dtype in (torch.float32, torch.float64) and not _exporting()):
+        if torch.is_grad_enabled():  # (under vmap requires_grad is not visible)
+            return _SmallSoftmax.apply(logits)
+        return _SmallSoftmax.forward(logits)  # [..., K], inference
+    return torch.softmax(logits, dim=-1)  # [..., K]
+
+
+def _exporting() -> bool:
+    """Tracing, scripting, compiling or ONNX export: keep the graph's one softmax op."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
 
 
 class InputLinear(nn.Module):
