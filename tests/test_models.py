@@ -409,3 +409,43 @@ def test_gate_softmax_under_vmap_and_in_bf16():
     torch.testing.assert_close(x.grad, torch.zeros_like(x), atol=1e-6, rtol=0)
     xb = torch.randn(8, 6).bfloat16()
     assert gate_softmax(xb).dtype == torch.bfloat16  # torch.softmax's path
+
+
+def test_embedding_product_table_equals_gather_then_product():
+    """Embedding mode: the per-field product table path (big batches on CPU) gives the
+    same output and gradients as the embedding gather followed by the product."""
+    from adatt.modules.layers import InputLinear
+
+    torch.manual_seed(0)
+    cards = [3, 50, 7, 1, 20]
+    lin = InputLinear(4, cards, 8, 33)
+    dense = torch.randn(256, 4)
+    cat = torch.stack([torch.randint(0, c, (256,)) for c in cards], 1)
+    assert lin.use_product_table(cat) and not lin.use_product_table(cat[:100])  # 4*50 > 100
+    up = torch.randn(256, 33)
+    out = lin(dense, cat)
+    (out * up).sum().backward()
+    grads = [p.grad.clone() for p in lin.parameters()]
+    lin.zero_grad()
+    lin.pad_card = 10**9  # forces the gather path (over the table's size limit)
+    assert not lin.use_product_table(cat)
+    ref = lin(dense, cat)
+    (ref * up).sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for g, p in zip(grads, lin.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
+    assert "pad_rows" not in lin.state_dict()  # a derived buffer, not saved
+
+
+def test_embedding_product_table_is_not_used_where_it_would_not_pay():
+    from adatt.modules.layers import MAX_TABLE_CARD, InputLinear
+
+    big = InputLinear(0, [MAX_TABLE_CARD + 1, 3], 8, 4)
+    assert big.pad_rows.numel() == 0  # no padded index for a large vocabulary
+    cat = torch.zeros(10**5, 2, dtype=torch.long)
+    assert not big.use_product_table(cat)
+    small = InputLinear(0, [5, 3], 8, 4)
+    assert small.use_product_table(cat[:20]) and not small.use_product_table(cat[:19])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not small.use_product_table(cat)
+    assert not InputLinear(0, [5, 3], 2, 4).use_product_table(cat)  # tiny embeddings

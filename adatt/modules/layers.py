@@ -129,6 +129,10 @@ def bag_sum(idx: Tensor, weight: Tensor) -> Tensor:
 SMALL_SOFTMAX_MAX = 16
 
 
+#: embedding mode: largest field cardinality for which the product table may be used
+MAX_TABLE_CARD = 8192
+
+
 class _SmallSoftmax(torch.autograd.Function):
     """Softmax over a short last dimension from whole-tensor ops (see :func:`gate_softmax`)."""
 
@@ -231,6 +235,17 @@ class InputLinear(nn.Module):
                 if n_cat
                 else None
             )
+        # embedding mode, product table: every field's rows padded to the largest field
+        self.pad_card = max(self.cardinalities, default=0)
+        pad_rows = []
+        if self.embedding is not None and self.pad_card <= MAX_TABLE_CARD:
+            pad_rows = [o + min(j, c - 1)
+                        for o, c in zip(offsets.tolist(), self.cardinalities, strict=True)
+                        for j in range(self.pad_card)]
+        self.register_buffer("pad_rows", torch.tensor(pad_rows, dtype=torch.long),
+                             persistent=False)  # [F*P] embedding row of each padded slot
+        self.register_buffer("pad_base", torch.arange(len(self.cardinalities)) * self.pad_card,
+                             persistent=False)  # [F] first padded slot of each field
         self.in_width = fan_in
         self.dense_weight = (
             nn.Parameter(torch.empty(self.dense_dim, out_features)) if self.dense_dim else None
@@ -256,6 +271,9 @@ class InputLinear(nn.Module):
                 # one bag of F rows per example: sum_f W[idx_f]  [B,F] -> [B,N]
                 out = bag_sum(idx, self.cat_weight)
                 out = out.add_(self.bias)  # in place: the bag's backward does not need it
+            elif self.use_product_table(cat):
+                out = bag_sum(cat + self.pad_base, self.product_table())  # [B,F] -> [B,N]
+                out = out.add_(self.bias)  # in place: the bag's backward does not need it
             else:
                 emb = self.embedding(idx).flatten(1)  # [B,F,k] -> [B,F*k]
                 out = torch.addmm(self.bias, emb, self.cat_weight)  # [B,F*k] x [F*k,N] -> [B,N]
@@ -265,6 +283,38 @@ class InputLinear(nn.Module):
             else:
                 out = out.addmm_(dense, self.dense_weight)  # += [B,Dd] x [Dd,N], in place
         return out
+
+
+    def use_product_table(self, cat: Tensor) -> bool:
+        """Embedding mode: take the categorical part from :meth:`product_table`?
+
+        ``E_f[c] @ W_f`` is row ``c`` of the field's product ``E_f @ W_f``, so the
+        embedding gather and the ``[B, F*k] x [F*k, N]`` product can become one
+        small batched product ``[F, P, k] x [F, k, N]`` (P the largest
+        cardinality) and a gather-sum of F of its rows per example, as in
+        one-hot mode. Chosen on CPU, in fp32 without autocast, when not
+        exporting, for embeddings of 4 or more and when ``4 P <= B`` (the table
+        is then at most a quarter of the batch's rows): at census size with
+        embeddings of 8 this first layer trains 1.5-2.5x faster, with 16 about
+        3x; with large vocabularies the table would cost more than it saves.
+        """
+        return (self.embedding is not None and self.pad_card <= MAX_TABLE_CARD
+                and cat.device.type == "cpu"
+                and self.embedding_dim >= 4 and 4 * self.pad_card <= cat.shape[0]
+                and self.cat_weight.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and not _exporting())
+
+    def product_table(self) -> Tensor:
+        """Per field the product of its embeddings with its slice of the weight.
+
+        Shape ``[F*P, N]``: row ``f*P + c`` is ``E_f[c] @ W_f`` (rows past a
+        field's cardinality repeat its last row and are never read).
+        """
+        n_fields, k = len(self.cardinalities), self.embedding_dim
+        emb = self.embedding.weight[self.pad_rows].view(n_fields, self.pad_card, k)  # [F,P,k]
+        w = self.cat_weight.view(n_fields, k, self.out_features)  # [F*k,N] -> [F,k,N]
+        table = torch.bmm(emb, w)  # [F,P,k] x [F,k,N] -> [F,P,N]
+        return table.view(n_fields * self.pad_card, self.out_features)  # -> [F*P,N]
 
 
 class SlotLinear(nn.Module):
