@@ -92,6 +92,30 @@ def test_forward_equals_each_copy(name, embedding_dim):
     torch.testing.assert_close(fresh(dense[1], cat[1]), models[1](dense[1], cat[1]))
 
 
+@pytest.mark.parametrize("name", ["adatt_sp", "shared_bottom"])
+def test_embedding_product_table_in_the_ensemble_equals_each_copy(name):
+    """Small vocabularies against the batch: both the ensemble and the single model take
+    the first layer from the per-field product table; outputs and gradients agree."""
+    kw = dict(num_tasks=2, dense_dim=4, cat_cardinalities=[3, 5], embedding_dim=4)
+    models = []
+    for s in SEEDS:
+        torch.manual_seed(s)
+        models.append(create_model(name, **kw))
+    ens = EnsembleModel(models)
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(3, 24, 4, generator=g)
+    cat = torch.stack([torch.randint(0, c, (3, 24), generator=g) for c in (3, 5)], -1)
+    assert models[0].input.use_product_table(cat[0]) and ens.base.input.use_product_table(cat)
+    out = ens(dense, cat)  # [S,B,T]
+    out.square().sum().backward()
+    for k, m in enumerate(models):
+        ref = m(dense[k], cat[k])
+        torch.testing.assert_close(out[k], ref, rtol=1e-5, atol=1e-6)
+        ref.square().sum().backward()
+        for n, prm in m.named_parameters():
+            torch.testing.assert_close(ens.params[n].grad[k], prm.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_dense_only_input():
     models = []
     for s in SEEDS[:2]:

@@ -288,6 +288,8 @@ class InputLinear(nn.Module):
     def use_product_table(self, cat: Tensor) -> bool:
         """Embedding mode: take the categorical part from :meth:`product_table`?
 
+        ``cat`` is ``[B, F]`` (or ``[S, B, F]`` in the vectorised ensemble).
+
         ``E_f[c] @ W_f`` is row ``c`` of the field's product ``E_f @ W_f``, so the
         embedding gather and the ``[B, F*k] x [F*k, N]`` product can become one
         small batched product ``[F, P, k] x [F, k, N]`` (P the largest
@@ -300,7 +302,7 @@ class InputLinear(nn.Module):
         """
         return (self.embedding is not None and self.pad_card <= MAX_TABLE_CARD
                 and cat.device.type == "cpu"
-                and self.embedding_dim >= 4 and 4 * self.pad_card <= cat.shape[0]
+                and self.embedding_dim >= 4 and 4 * self.pad_card <= cat.shape[-2]
                 and self.cat_weight.dtype == torch.float32
                 and not torch.is_autocast_enabled("cpu") and not _exporting())
 

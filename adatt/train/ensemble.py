@@ -218,7 +218,10 @@ class EnsembleModel:
         """Input layer of all copies: ``[S,B,Dd]|[B,Dd]``, ``[S,B,F]|[B,F]`` -> ``[S,B,N]``.
 
         One ``embedding_bag`` (one-hot mode) or one embedding gather plus ``baddbmm``
-        (embedding mode) over all copies, plus one batched product for the dense part.
+        (embedding mode; with small vocabularies instead one batched product per copy
+        and field and one ``embedding_bag``, as
+        :meth:`~adatt.modules.layers.InputLinear.use_product_table` decides for the
+        single model) over all copies, plus one batched product for the dense part.
         """
         inp = self.base.input
         S = self.num_copies
@@ -235,6 +238,17 @@ class EnsembleModel:
                 table = p["input.cat_weight"].reshape(S * C, n_out)  # [S,C,N] -> [S*C,N]
                 flat = idx.reshape(S * B, -1)  # [S,B,F] -> [S*B,F]: one bag per (copy, row)
                 bags = bag_sum(flat, table)  # [S*B,F] -> [S*B,N]
+                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
+            elif inp.use_product_table(cat):
+                # per copy and field E_f @ W_f (InputLinear.product_table), then a gather-sum
+                n_f, k, P = len(inp.cardinalities), inp.embedding_dim, inp.pad_card
+                emb = p["input.embedding.weight"][:, inp.pad_rows]  # [S,C,k] -> [S,F*P,k]
+                w = p["input.cat_weight"].reshape(S * n_f, k, n_out)  # [S,F*k,N] -> [S*F,k,N]
+                table = torch.bmm(emb.reshape(S * n_f, P, k), w)  # [S*F,P,k] x [S*F,k,N]
+                table = table.reshape(S * n_f * P, n_out)  # [S*F,P,N] -> [S*F*P,N]
+                rows = (cat + inp.pad_base).expand(S, B, n_f)  # [B,F] | [S,B,F] -> [S,B,F]
+                rows = rows + (torch.arange(S, device=cat.device) * (n_f * P)).view(S, 1, 1)
+                bags = bag_sum(rows.reshape(S * B, n_f), table)  # [S*B,F] -> [S*B,N]
                 out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
             else:
                 k = inp.embedding_dim
