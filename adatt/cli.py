@@ -204,6 +204,11 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         if bad:
             raise _UsageError(f"--models: unknown model {bad[0]!r}; known: "
                               f"{', '.join(MODEL_LABELS)}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _UsageError("--device cuda: CUDA is not available here")
     if opts.get("census") is False and opts.get("sim") is False:
         raise _UsageError("--no-census and --no-sim together leave nothing to run")
     if args.tune_seeds is not None and args.protocol != "tuned":

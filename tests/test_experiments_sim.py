@@ -387,13 +387,17 @@ def test_cli_passes_the_simulator_options_through(monkeypatch, tmp_path):
     (["expert-weights", "--threads", "0"], "--threads must be >= 1, got 0"),
     (["ablation", "--no-census", "--no-sim"], "--no-census and --no-sim together"),
     (["experts-study", "--no-sim"], "experiment experts-study has no --no-sim option"),
+    pytest.param(["levels-study", "--device", "cuda"], "CUDA is not available here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")),
 ])
-def test_cli_rejects_bad_simulator_options(capsys, argv, message):
+def test_cli_rejects_bad_simulator_options(capsys, tmp_path, argv, message):
     from adatt.cli import main
 
-    assert main(["experiment", *argv, "--quick"]) == 2
+    out = tmp_path / "out"
+    assert main(["experiment", *argv, "--quick", "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # nothing written
 
 
 def test_task_groups_rejects_unknown_groups_and_models():
