@@ -449,3 +449,59 @@ def test_embedding_product_table_is_not_used_where_it_would_not_pay():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not small.use_product_table(cat)
     assert not InputLinear(0, [5, 3], 2, 4).use_product_table(cat)  # tiny embeddings
+
+
+def test_align_pad_only_where_it_pays():
+    from adatt.modules.layers import align_pad
+
+    x = torch.zeros(2, 2)
+    assert align_pad(512, 1554, x) == 14 and align_pad(512, 1568, x) == 0
+    assert align_pad(32, 1554, x) == 0 and align_pad(512, 40, x) == 0  # small products
+    assert align_pad(512, 262, torch.zeros(2, 2, device="meta")) == 0  # not on CPU
+
+
+@pytest.mark.parametrize("cards, emb", [((), None), ((4, 9), None), ((4, 9), 8)])
+def test_input_linear_aligned_product_changes_no_value(cards, emb):
+    """A wide dense part with an unaligned output width runs padded (a view of a wider
+    product); values and gradients equal the plain product's."""
+    from adatt.modules.layers import InputLinear
+
+    torch.manual_seed(0)
+    lin = InputLinear(70, cards, emb, 150).double()
+    dense = torch.randn(40, 70, dtype=torch.float64)
+    cat = torch.stack([torch.randint(0, c, (40,)) for c in cards], 1) if cards else \
+        torch.zeros(40, 0, dtype=torch.long)
+    out = lin(dense, cat)
+    assert out.shape == (40, 150) and out.stride(0) == 160  # the padded product
+    ref = dense @ lin.dense_weight + lin.bias
+    if cards:
+        idx = cat + lin.offsets
+        if emb is None:
+            ref = ref + lin.cat_weight[idx].sum(1)
+        else:
+            ref = ref + lin.embedding.weight[idx].flatten(1) @ lin.cat_weight
+    torch.testing.assert_close(out, ref)
+    up = torch.randn(40, 150, dtype=torch.float64)
+    got = torch.autograd.grad((out * up).sum(), list(lin.parameters()))
+    want = torch.autograd.grad((ref * up).sum(), list(lin.parameters()))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("widths", [[70, 70, 70], [70, 50, 66]])
+def test_slot_linear_aligned_product_changes_no_value(widths):
+    from adatt.modules.layers import SlotLinear
+
+    torch.manual_seed(0)
+    lin = SlotLinear(3, 64, widths).double()
+    x = torch.randn(3, 20, 64, dtype=torch.float64, requires_grad=True)
+    out = lin(x)
+    assert out.shape == (3, 20, 70) and out.stride(1) == 80  # the padded product
+    w, b = lin.padded()
+    ref = torch.baddbmm(b, x, w)
+    torch.testing.assert_close(out, ref)
+    up = torch.randn(3, 20, 70, dtype=torch.float64)
+    got = torch.autograd.grad((out * up).sum(), [x, *lin.parameters()])
+    want = torch.autograd.grad((ref * up).sum(), [x, *lin.parameters()])
+    for g, v in zip(got, want, strict=True):
+        torch.testing.assert_close(g, v)
