@@ -456,7 +456,9 @@ def test_align_pad_only_where_it_pays():
 
     x = torch.zeros(2, 2)
     assert align_pad(512, 1554, x) == 14 and align_pad(512, 1568, x) == 0
+    assert align_pad(256, 262, x) == 10
     assert align_pad(32, 1554, x) == 0 and align_pad(512, 40, x) == 0  # small products
+    assert align_pad(128, 134, x) == 0  # census level 1: the copies cost more
     assert align_pad(512, 262, torch.zeros(2, 2, device="meta")) == 0  # not on CPU
 
 
@@ -467,12 +469,12 @@ def test_input_linear_aligned_product_changes_no_value(cards, emb):
     from adatt.modules.layers import InputLinear
 
     torch.manual_seed(0)
-    lin = InputLinear(70, cards, emb, 150).double()
-    dense = torch.randn(40, 70, dtype=torch.float64)
+    lin = InputLinear(300, cards, emb, 250).double()
+    dense = torch.randn(40, 300, dtype=torch.float64)
     cat = torch.stack([torch.randint(0, c, (40,)) for c in cards], 1) if cards else \
         torch.zeros(40, 0, dtype=torch.long)
     out = lin(dense, cat)
-    assert out.shape == (40, 150) and out.stride(0) == 160  # the padded product
+    assert out.shape == (40, 250) and out.stride(0) == 256  # the padded product
     ref = dense @ lin.dense_weight + lin.bias
     if cards:
         idx = cat + lin.offsets
@@ -481,26 +483,26 @@ def test_input_linear_aligned_product_changes_no_value(cards, emb):
         else:
             ref = ref + lin.embedding.weight[idx].flatten(1) @ lin.cat_weight
     torch.testing.assert_close(out, ref)
-    up = torch.randn(40, 150, dtype=torch.float64)
+    up = torch.randn(40, 250, dtype=torch.float64)
     got = torch.autograd.grad((out * up).sum(), list(lin.parameters()))
     want = torch.autograd.grad((ref * up).sum(), list(lin.parameters()))
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w)
 
 
-@pytest.mark.parametrize("widths", [[70, 70, 70], [70, 50, 66]])
+@pytest.mark.parametrize("widths", [[262, 262, 262], [262, 250, 100]])
 def test_slot_linear_aligned_product_changes_no_value(widths):
     from adatt.modules.layers import SlotLinear
 
     torch.manual_seed(0)
-    lin = SlotLinear(3, 64, widths).double()
-    x = torch.randn(3, 20, 64, dtype=torch.float64, requires_grad=True)
+    lin = SlotLinear(3, 256, widths).double()
+    x = torch.randn(3, 20, 256, dtype=torch.float64, requires_grad=True)
     out = lin(x)
-    assert out.shape == (3, 20, 70) and out.stride(1) == 80  # the padded product
+    assert out.shape == (3, 20, 262) and out.stride(1) == 272  # the padded product
     w, b = lin.padded()
     ref = torch.baddbmm(b, x, w)
     torch.testing.assert_close(out, ref)
-    up = torch.randn(3, 20, 70, dtype=torch.float64)
+    up = torch.randn(3, 20, 262, dtype=torch.float64)
     got = torch.autograd.grad((out * up).sum(), [x, *lin.parameters()])
     want = torch.autograd.grad((ref * up).sum(), [x, *lin.parameters()])
     for g, v in zip(got, want, strict=True):

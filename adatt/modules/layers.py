@@ -168,14 +168,15 @@ def align_pad(in_dim: int, out_dim: int, x: Tensor) -> int:
     lines runs markedly slower: ``[1024, 512] x [512, 1554]`` (six experts of
     256 and three gates of 6, the industrial first layer) at 96 GFLOP/s
     against 139 padded to 1568 columns, on 2 threads of the development
-    machine. Products large enough for that to matter (``in_dim`` and
-    ``out_dim`` at least 64) are computed with the weight padded by this many
-    zero columns and the output sliced back, a view; the padding is not a
-    parameter and changes no value. 0 on GPU, when exporting and when the
-    width is already aligned.
+    machine. Products large enough for that to matter (``in_dim * out_dim``
+    at least 65,536, each at least 128) are computed with the weight padded by
+    this many zero columns and the output sliced back, a view; the padding is
+    not a parameter and changes no value. Smaller products (census sizes)
+    gain nothing and pay for the copies, so they are left alone. 0 on GPU,
+    when exporting and when the width is already aligned.
     """
-    if (x.device.type != "cpu" or in_dim < 64 or out_dim < 64 or out_dim % ALIGN == 0
-            or _exporting()):
+    if (x.device.type != "cpu" or min(in_dim, out_dim) < 128 or in_dim * out_dim < 65_536
+            or out_dim % ALIGN == 0 or _exporting()):
         return 0
     return -out_dim % ALIGN
 
