@@ -69,18 +69,24 @@ def assert_metrics_close(a, b, tol=1e-5):
 # ----------------------------------------------------------------------------- forward
 
 
-@pytest.mark.parametrize("embedding_dim", [None, 3])
-@pytest.mark.parametrize("name", sorted(list_models()))
-def test_forward_equals_each_copy(name, embedding_dim):
-    kw = dict(num_tasks=2, dense_dim=4, cat_cardinalities=[3, 5], embedding_dim=embedding_dim)
+def copies_and_batches(name: str, kw: dict, batch: int):
+    """One model per seed of SEEDS, their ensemble, and one batch per copy ``[S,B,...]``."""
     models = []
     for s in SEEDS:
         torch.manual_seed(s)
         models.append(create_model(name, **kw))
-    ens = EnsembleModel(models)
     g = torch.Generator().manual_seed(0)
-    dense = torch.randn(3, 6, 4, generator=g)  # [S,B,Dd] one batch per copy
-    cat = torch.stack([torch.randint(0, c, (3, 6), generator=g) for c in (3, 5)], -1)
+    dense = torch.randn(len(SEEDS), batch, kw["dense_dim"], generator=g)  # [S,B,Dd]
+    cat = torch.stack([torch.randint(0, c, (len(SEEDS), batch), generator=g)
+                       for c in kw["cat_cardinalities"]], -1)  # [S,B,F]
+    return models, EnsembleModel(models), dense, cat
+
+
+@pytest.mark.parametrize("embedding_dim", [None, 3])
+@pytest.mark.parametrize("name", sorted(list_models()))
+def test_forward_equals_each_copy(name, embedding_dim):
+    kw = dict(num_tasks=2, dense_dim=4, cat_cardinalities=[3, 5], embedding_dim=embedding_dim)
+    models, ens, dense, cat = copies_and_batches(name, kw, 6)
     per_copy = ens(dense, cat)  # [S,B,T]
     shared = ens(dense[0], cat[0])  # one batch for all copies
     for k, m in enumerate(models):
@@ -97,14 +103,7 @@ def test_embedding_product_table_in_the_ensemble_equals_each_copy(name):
     """Small vocabularies against the batch: both the ensemble and the single model take
     the first layer from the per-field product table; outputs and gradients agree."""
     kw = dict(num_tasks=2, dense_dim=4, cat_cardinalities=[3, 5], embedding_dim=4)
-    models = []
-    for s in SEEDS:
-        torch.manual_seed(s)
-        models.append(create_model(name, **kw))
-    ens = EnsembleModel(models)
-    g = torch.Generator().manual_seed(0)
-    dense = torch.randn(3, 24, 4, generator=g)
-    cat = torch.stack([torch.randint(0, c, (3, 24), generator=g) for c in (3, 5)], -1)
+    models, ens, dense, cat = copies_and_batches(name, kw, 24)
     assert models[0].input.use_product_table(cat[0]) and ens.base.input.use_product_table(cat)
     out = ens(dense, cat)  # [S,B,T]
     out.square().sum().backward()

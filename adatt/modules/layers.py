@@ -323,16 +323,8 @@ class InputLinear(nn.Module):
                                      device=idx.device)  # [B, C]
                 onehot = onehot.scatter(1, idx, 1.0)  # [B, C], F ones per row
                 out = torch.addmm(self.bias, onehot, self.cat_weight)  # [B,C] x [C,N] -> [B,N]
-            elif self.embedding is None:
-                # one bag of F rows per example: sum_f W[idx_f]  [B,F] -> [B,N]
-                out = bag_sum(idx, self.cat_weight)
-                out = out.add_(self.bias)  # in place: the bag's backward does not need it
-            elif self.use_product_table(cat):
-                out = bag_sum(cat + self.pad_base, self.product_table())  # [B,F] -> [B,N]
-                out = out.add_(self.bias)  # in place: the bag's backward does not need it
             else:
-                emb = self.embedding(idx).flatten(1)  # [B,F,k] -> [B,F*k]
-                out = torch.addmm(self.bias, emb, self.cat_weight)  # [B,F*k] x [F*k,N] -> [B,N]
+                out = self._categorical(cat, self.bias)  # [B,F] -> [B,N]
         if self.dense_weight is not None:
             if out is None:
                 out = torch.addmm(self.bias, dense, self.dense_weight)  # [B,Dd] x [Dd,N] -> [B,N]
@@ -340,15 +332,24 @@ class InputLinear(nn.Module):
                 out = out.addmm_(dense, self.dense_weight)  # += [B,Dd] x [Dd,N], in place
         return out
 
+    def _categorical(self, cat: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The categorical fields' part of the output (plus ``bias``): ``[B, F] -> [B, N]``.
 
-    def _categorical(self, cat: Tensor) -> Tensor:
-        """The categorical fields' part of the output, without the bias: ``[B, F] -> [B, N]``."""
-        if self.embedding is None:
-            return bag_sum(cat + self.offsets, self.cat_weight)  # [B,F] -> [B,N]
-        if self.use_product_table(cat):
-            return bag_sum(cat + self.pad_base, self.product_table())  # [B,F] -> [B,N]
+        One-hot mode: a bag of F weight rows per example. Embedding mode: the
+        product table's rows (:meth:`use_product_table`) or the embeddings
+        times the weight.
+        """
+        if self.embedding is None or self.use_product_table(cat):
+            if self.embedding is None:  # one bag of F rows per example: sum_f W[idx_f]
+                out = bag_sum(cat + self.offsets, self.cat_weight)  # [B,F] -> [B,N]
+            else:
+                out = bag_sum(cat + self.pad_base, self.product_table())  # [B,F] -> [B,N]
+            # in place: the bag's backward does not need its output
+            return out if bias is None else out.add_(bias)
         emb = self.embedding(cat + self.offsets).flatten(1)  # [B,F,k] -> [B,F*k]
-        return emb @ self.cat_weight  # [B,F*k] x [F*k,N] -> [B,N]
+        if bias is None:
+            return emb @ self.cat_weight  # [B,F*k] x [F*k,N] -> [B,N]
+        return torch.addmm(bias, emb, self.cat_weight)  # [B,F*k] x [F*k,N] -> [B,N]
 
     def use_product_table(self, cat: Tensor) -> bool:
         """Embedding mode: take the categorical part from :meth:`product_table`?
@@ -371,17 +372,22 @@ class InputLinear(nn.Module):
                 and self.cat_weight.dtype == torch.float32
                 and not torch.is_autocast_enabled("cpu") and not _exporting())
 
-    def product_table(self) -> Tensor:
+    def product_table(self, emb_weight: Tensor | None = None,
+                      cat_weight: Tensor | None = None) -> Tensor:
         """Per field the product of its embeddings with its slice of the weight.
 
         Shape ``[F*P, N]``: row ``f*P + c`` is ``E_f[c] @ W_f`` (rows past a
-        field's cardinality repeat its last row and are never read).
+        field's cardinality repeat its last row and are never read). The
+        vectorised ensemble passes its stacked weights (``[S, C, k]``,
+        ``[S, F*k, N]``) and gets ``[S, F*P, N]``; by default, this module's.
         """
-        n_fields, k = len(self.cardinalities), self.embedding_dim
-        emb = self.embedding.weight[self.pad_rows].view(n_fields, self.pad_card, k)  # [F,P,k]
-        w = self.cat_weight.view(n_fields, k, self.out_features)  # [F*k,N] -> [F,k,N]
-        table = torch.bmm(emb, w)  # [F,P,k] x [F,k,N] -> [F,P,N]
-        return table.view(n_fields * self.pad_card, self.out_features)  # -> [F*P,N]
+        E = self.embedding.weight if emb_weight is None else emb_weight  # [..., C, k]
+        W = self.cat_weight if cat_weight is None else cat_weight  # [..., F*k, N]
+        k, P, n_out = self.embedding_dim, self.pad_card, W.shape[-1]
+        emb = E[..., self.pad_rows, :].reshape(-1, P, k)  # [..., F*P, k] -> [...*F, P, k]
+        w = W.reshape(-1, k, n_out)  # [..., F*k, N] -> [...*F, k, N]
+        table = torch.bmm(emb, w)  # [...*F,P,k] x [...*F,k,N] -> [...*F,P,N]
+        return table.reshape(*W.shape[:-2], len(self.cardinalities) * P, n_out)  # [...,F*P,N]
 
 
 class SlotLinear(nn.Module):

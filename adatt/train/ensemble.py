@@ -241,11 +241,9 @@ class EnsembleModel:
                 out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
             elif inp.use_product_table(cat):
                 # per copy and field E_f @ W_f (InputLinear.product_table), then a gather-sum
-                n_f, k, P = len(inp.cardinalities), inp.embedding_dim, inp.pad_card
-                emb = p["input.embedding.weight"][:, inp.pad_rows]  # [S,C,k] -> [S,F*P,k]
-                w = p["input.cat_weight"].reshape(S * n_f, k, n_out)  # [S,F*k,N] -> [S*F,k,N]
-                table = torch.bmm(emb.reshape(S * n_f, P, k), w)  # [S*F,P,k] x [S*F,k,N]
-                table = table.reshape(S * n_f * P, n_out)  # [S*F,P,N] -> [S*F*P,N]
+                n_f, P = len(inp.cardinalities), inp.pad_card
+                table = inp.product_table(p["input.embedding.weight"], p["input.cat_weight"])
+                table = table.reshape(S * n_f * P, n_out)  # [S,F*P,N] -> [S*F*P,N]
                 rows = (cat + inp.pad_base).expand(S, B, n_f)  # [B,F] | [S,B,F] -> [S,B,F]
                 rows = rows + (torch.arange(S, device=cat.device) * (n_f * P)).view(S, 1, 1)
                 bags = bag_sum(rows.reshape(S * B, n_f), table)  # [S*B,F] -> [S*B,N]
