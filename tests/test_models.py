@@ -507,3 +507,55 @@ def test_slot_linear_aligned_product_changes_no_value(widths):
     want = torch.autograd.grad((ref * up).sum(), [x, *lin.parameters()])
     for g, v in zip(got, want, strict=True):
         torch.testing.assert_close(g, v)
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test, restored after."""
+    old = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(old)
+
+
+def test_row_splits_only_where_threads_would_idle(threads):
+    from adatt.modules.layers import row_splits
+
+    x, w = torch.zeros(3, 1024, 256), torch.zeros(3, 256, 272)
+    threads(2)
+    assert row_splits(x, w) == 2  # 3 slots on 2 threads -> 6 blocks
+    assert row_splits(torch.zeros(4, 1024, 256), torch.zeros(4, 256, 272)) == 1  # divides
+    assert row_splits(x, torch.zeros(3, 256, 31)) == 1  # small weight (towers)
+    assert row_splits(torch.zeros(3, 101, 256), w) == 1  # rows do not split evenly
+    assert row_splits(torch.zeros(3, 100, 256), w) == 1  # blocks under 64 rows
+    assert row_splits(x.double(), w.double()) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert row_splits(x, w) == 1
+    assert torch.func.vmap(lambda a: torch.tensor(row_splits(a, w)))(x[None]).item() == 1
+    threads(4)
+    assert row_splits(x, w) == 4  # 12 blocks of 256 rows
+    threads(1)
+    assert row_splits(x, w) == 1
+
+
+@pytest.mark.parametrize("n_threads, widths", [(2, [272] * 3), (4, [272] * 3), (2, [262, 250, 100]),
+                                               (2, [64] * 5)])
+def test_slot_linear_row_split_product_changes_no_value(threads, n_threads, widths):
+    """With the rows split for the threads, SlotLinear's output and every gradient
+    equal one plain baddbmm's."""
+    from adatt.modules.layers import SlotLinear, row_splits
+
+    threads(n_threads)
+    torch.manual_seed(0)
+    S = len(widths)
+    lin = SlotLinear(S, 256, widths)
+    x = torch.randn(S, 512, 256, requires_grad=True)
+    w, b = lin.padded()
+    assert row_splits(x, w) > 1
+    out = lin(x)
+    ref = torch.baddbmm(b, x, w)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    up = torch.randn_like(ref)
+    got = torch.autograd.grad((out * up).sum(), [x, *lin.parameters()])
+    want = torch.autograd.grad((ref * up).sum(), [x, *lin.parameters()])
+    for g, v in zip(got, want, strict=True):
+        torch.testing.assert_close(g, v, rtol=1e-4, atol=1e-3)
