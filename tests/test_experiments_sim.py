@@ -292,6 +292,8 @@ def test_task_groups_quick(tmp_path):
               "convergence_group1.png", "convergence_group2.png", "convergence_group3.png"):
         assert (tmp_path / f).is_file(), f
     assert set(s["groups"]) == {"group1", "group2", "group3"}
+    report = (tmp_path / "report.md").read_text()
+    assert "group 1 numbers are printed" in report and "states only the shape" in report
     rows = finite_csv(tmp_path / "results.csv")
     for group, g in s["groups"].items():
         assert set(g["models"]) == set(MODEL_LABELS)
@@ -398,6 +400,14 @@ def test_cli_rejects_bad_simulator_options(capsys, tmp_path, argv, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_task_groups_report_claims_only_the_paper_numbers_it_prints(tmp_path):
+    run_task_groups(tmp_path, quick=True, progress=False, groups=("group2",), models=("mmoe",))
+    report = (tmp_path / "report.md").read_text()
+    assert "group 1 numbers" not in report and "paper 10B" not in report
+    assert "group 2 all models closer together" in report
 
 
 def test_task_groups_rejects_unknown_groups_and_models():

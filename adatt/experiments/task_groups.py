@@ -456,6 +456,13 @@ def _write_report(out: Path, summary: dict[str, Any]) -> None:
             "not the paper's effects.\n\n" if summary["quick"] else "")
     sz = summary["sizes"]
     notes = "".join(f"\n\nNote, {n}." for n in summary.get("notes", []))
+    paper_note = ("The paper's group 1 numbers are printed beside ours (its consumption task "
+                  "= view, engagement task = like)." if "group1" in summary["groups"] else "")
+    if any(g in summary["groups"] for g in ("group2", "group3")):
+        paper_note += (" For groups 2 and 3 the paper states only the shape: group 2 all models "
+                       "closer together, AdaTT still best; group 3 AdaTT best on all four main "
+                       "tasks.")
+    paper_note = paper_note.strip()
     text = f"""# Tables 1-4 in shape: every model on the simulator's task groups
 
 {mode}{summary['seeds']} seeds per configuration, {summary['rows']:,} simulator rows per group
@@ -471,9 +478,7 @@ watch_time) of the mean over seeds from Shared-bottom's, after about k/7 of the
 training examples (the paper measured the training window after 10B, 30B,
 70B examples). Test: the checkpoint with the best validation loss, mean over
 seeds, ± the 95% half-width of the paired per-seed differences. Negative is
-better. The paper's group 1 numbers are printed beside ours (its consumption
-task = view, engagement task = like). n/a: undefined (no positive in the
-validation split).{notes}
+better. {paper_note} n/a: undefined (no positive in the validation split).{notes}
 
 {(chr(10) * 2).join(sections)}
 
