@@ -16,24 +16,31 @@ Sizes:
   industrial  512-wide dense input, 3 tasks, 2 levels of 6 experts (256, 128),
               towers 64, batch 1024
 
-Each (implementation, model, size) runs in its own subprocess so peak memory
-(max RSS growth) is its own; timing is the median of several timed windows
-after warm-up. Threads: all cores of this machine, one process at a time.
+Each (implementation, model, size) runs in its own worker process, so peak
+memory (max RSS growth) is its own. The rows of one (model, size) take turns
+(``benchmarks/paired.py``): after warm-up each worker times one window of
+steps in turn (at least 0.4 s of them), for 5 turns per round, the first
+worker rotating; examples/s is
+the median window, and ``vs ref`` the median over turns of the two windows'
+ratio, so the drift of a shared machine cancels instead of landing on one
+side. Threads: all cores of this machine; one worker runs at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired import Worker, WorkerFailed, paired_ratio, serve, take_turns  # noqa: E402
 
 # census-like cardinalities: 28 fields, ~470 one-hot columns once index 0 is added
 CENSUS_CARDS = [10, 53, 48, 8, 4, 25, 4, 8, 7, 7, 4, 4, 4, 8, 7, 52, 39, 9, 10, 10, 4, 6, 4,
@@ -92,7 +99,8 @@ def make_reference(path: str, name: str, size: dict):
     return lib.CentralTaskArch(cfg, opts, in_dim)
 
 
-def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bool) -> dict:
+def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bool) -> None:
+    """Worker: build one row, warm up, then time windows on request (:func:`paired.serve`)."""
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     size = SIZES[size_name]
@@ -141,20 +149,16 @@ def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bo
     with FlopCounterMode(display=False) as fc:
         step(0)
     flops = fc.get_total_flops()
-    for i in range(5):
-        step(i % n_batches)
-    windows = []
-    steps = 20 if size_name == "census" else 10
-    for _ in range(5):
+    warm = []
+    for i in range(6):
         t0 = time.perf_counter()
-        for i in range(steps):
-            step(i % n_batches)
-        windows.append((time.perf_counter() - t0) / steps)
-    dt = statistics.median(windows)
-    rss = _peak_rss_kb()
-    return dict(impl=impl, model=name, size=size_name, ex_per_s=B / dt,
-                gflops=flops / dt / 1e9, flops_per_ex=flops / B,
-                peak_mb=(rss - rss0) / 1024, params=sum(p.numel() for p in model.parameters()))
+        step(i % n_batches)
+        warm.append(time.perf_counter() - t0)
+    params = sum(p.numel() for p in model.parameters())
+    serve({"train": lambda i: step(i % n_batches)},
+          dict(impl=impl, model=name, size=size_name, batch=B, flops=flops, params=params,
+               step_s=statistics.median(warm[1:])),
+          lambda: dict(peak_mb=(_peak_rss_kb() - rss0) / 1024))
 
 
 def _status_kb(field: str) -> int:
@@ -201,58 +205,68 @@ def main() -> None:
     p.add_argument("--sizes", default="census,industrial")
     p.add_argument("--bf16", action="store_true", help="also measure ours under bf16 autocast")
     p.add_argument("--rounds", type=int, default=1,
-                   help="measure every row N times, interleaved; report the median")
+                   help="N x 5 timed turns per row (default 1); report the median")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rounds < 1:
         sys.exit("error: --rounds must be >= 1")
     if args.one:
         impl, name, size, bf16 = args.one.split(":")
-        print(json.dumps(run_one(impl, name, size, args.reference, bf16 == "1")))
+        run_one(impl, name, size, args.reference, bf16 == "1")
         return
     peak = matmul_peak()
     print(f"fp32 matmul peak on this machine ({os.cpu_count()} threads): {peak:.0f} GFLOP/s\n")
-    plan = []
+    impls = [("ours", "0")] + ([("ours", "1")] if args.bf16 else []) \
+        + ([("reference", "0")] if args.reference else [])
+    rows = []
     for size in args.sizes.split(","):
         for name in args.models.split(","):
-            impls = [("ours", "0")]
-            if args.bf16:
-                impls.append(("ours", "1"))
-            if args.reference:
-                impls.append(("reference", "0"))
-            plan += [(impl, name, size, bf) for impl, bf in impls]
-    # every round measures every row once, so slow phases of a shared machine hit all rows
-    measured: dict[tuple, list[dict]] = {key: [] for key in plan}
-    for _ in range(args.rounds):
-        for impl, name, size, bf in plan:
-            cmd = [sys.executable, __file__, "--one", f"{impl}:{name}:{size}:{bf}"]
-            if args.reference:
-                cmd += ["--reference", args.reference]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                print(f"{impl} {name} {size} failed:\n{out.stderr[-2000:]}")
-                continue
-            measured[(impl, name, size, bf)].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    rows = []
-    for (impl, _name, _size, bf), runs in measured.items():
-        if not runs:
-            continue
-        runs.sort(key=lambda r: r["ex_per_s"])
-        r = dict(runs[len(runs) // 2])  # the median round (upper median for an even count)
-        r["impl"] = impl + ("+bf16" if bf == "1" else "")
-        rows.append(r)
+            rows += measure_group(name, size, impls, args.reference, args.rounds)
     hdr = (f"{'size':<11}{'model':<14}{'impl':<12}{'ex/s':>10}{'vs ref':>8}{'GFLOP/s':>9}"
            f"{'% peak':>8}{'MFLOP/ex':>10}{'peak MB':>9}{'params':>10}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        ref = next((x for x in rows if x["impl"] == "reference" and x["model"] == r["model"]
-                    and x["size"] == r["size"]), None)
-        ratio = f"{r['ex_per_s'] / ref['ex_per_s']:.2f}x" if ref else "-"
+        if "status" in r:
+            print(f"{r['size']:<11}{r['model']:<14}{r['impl']:<12}  {r['status']}")
+            continue
+        ratio = f"{r['vs_ref']:.2f}x" if r.get("vs_ref") else "-"
         print(f"{r['size']:<11}{r['model']:<14}{r['impl']:<12}{r['ex_per_s']:>10.0f}{ratio:>8}"
               f"{r['gflops']:>9.1f}{100 * r['gflops'] / peak:>7.0f}%"
               f"{r['flops_per_ex'] / 1e6:>10.2f}"
               f"{r['peak_mb']:>9.0f}{r['params']:>10}")
+
+
+#: shortest timed window (seconds): a window starts on caches the other rows have used
+WINDOW_S = 0.4
+
+
+def measure_group(name: str, size: str, impls: list[tuple[str, str]], reference: str | None,
+                  rounds: int) -> list[dict]:
+    """The rows of one (model, size), timed in turns; ``vs_ref`` is the paired ratio."""
+    workers: list[Worker] = []
+    rows: list[dict] = []
+    try:
+        for impl, bf in impls:
+            cmd = [sys.executable, __file__, "--one", f"{impl}:{name}:{size}:{bf}"]
+            cmd += ["--reference", reference] if reference else []
+            workers.append(Worker(cmd))
+        steps = 20 if size == "census" else 10
+        times = take_turns(workers, "train", steps, turns=5 * rounds, window=WINDOW_S)
+        ref = next((i for i, (impl, _) in enumerate(impls) if impl == "reference"), None)
+        for i, ((impl, bf), w) in enumerate(zip(impls, workers, strict=True)):
+            m, dt = w.meta, statistics.median(times[i])
+            rows.append(dict(impl=impl + ("+bf16" if bf == "1" else ""), model=name, size=size,
+                             ex_per_s=m["batch"] / dt, gflops=m["flops"] / dt / 1e9,
+                             flops_per_ex=m["flops"] / m["batch"], params=m["params"],
+                             vs_ref=paired_ratio(times[ref], times[i]) if ref is not None
+                             else None, **w.finish()))
+    except WorkerFailed as e:
+        for w in workers:
+            w.kill()
+        rows = [dict(impl=impl, model=name, size=size, status=f"failed: {e}")
+                for impl, _ in impls]
+    return rows
 
 
 if __name__ == "__main__":

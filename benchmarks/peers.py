@@ -26,21 +26,23 @@ of 6 two-layer experts), ``cgc`` (one level: 1 expert per task + 3 shared, two-l
 experts), ``ple`` (two levels of one-layer experts, 1 per task + 3 shared); with
 ``--reference`` also ``adatt_sp``, ``adatt``, ``cross_stitch``.
 
-Each (library, model, size) row runs in a fresh subprocess: peak memory is the
-growth of its peak RSS (reset after imports, so it counts data, model,
-optimizer state and activations). Timing: warm-up steps, then the median of
-several timed windows; training examples/s is one optimizer step per batch,
-inference examples/s a forward pass in eval mode under ``torch.inference_mode``.
-``--rounds N`` repeats every row N times (interleaved) and keeps the median.
+Each (library, model, size) row runs in its own worker process: peak memory is
+the growth of its peak RSS (reset after imports, so it counts data, model,
+optimizer state and activations). Timing: after warm-up, the rows of one
+(model, size) take turns (``benchmarks/paired.py``), each timing one window of
+at least 20 steps (10 industrial) and 0.4 s per turn, 5 turns per round
+(``--windows``, ``--rounds``), the first row rotating. Examples/s is the median
+window; ``x ours`` for speed is the median over turns of the row's rate over
+ours in the same turn, so the drift of a shared machine cancels. Training
+examples/s is one optimizer step per batch, inference examples/s a forward pass
+in eval mode under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -51,6 +53,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired import Worker, WorkerFailed, paired_ratio, say, serve, take_turns  # noqa: E402
 
 
 def _load_models_benchmark():
@@ -372,23 +377,14 @@ def train_step(built: Built, opt: torch.optim.Optimizer, inputs: Any, labels: Te
     return loss.detach()
 
 
-def _median_rate(fn: Callable[[int], Any], batch: int, steps: int, windows: int) -> float:
-    times = []
-    for _ in range(windows):
-        t0 = time.perf_counter()
-        for i in range(steps):
-            fn(i)
-        times.append((time.perf_counter() - t0) / steps)
-    return batch / statistics.median(times)
-
-
 def measure(lib: str, name: str, size_name: str, threads: int, quick: bool,
-            reference: str | None, fused_all: bool, windows: int | None = None,
-            steps: int | None = None, keep_memory_all: bool = False) -> dict[str, Any]:
-    """Train and inference throughput, peak memory, parameters and FLOPs of one row.
+            reference: str | None, fused_all: bool, keep_memory_all: bool = False) -> None:
+    """Worker for one row: build it, warm up, then time windows on request.
 
-    Timing: ``warm`` warm-up steps, then the median of ``windows`` windows of ``steps``
-    training steps (``2 * steps`` forward passes for inference).
+    ``train`` windows are optimizer steps in train mode, ``infer`` windows forward
+    passes in eval mode under ``torch.inference_mode`` (warmed up on first use). The
+    ready line gives the parameter count, MFLOP per example and the step time of the
+    warm-up; the final line the peak memory (:func:`paired.serve`).
     """
     torch.set_num_threads(threads)
     if lib == "ours" or keep_memory_all:  # what `adatt train` does (adatt.train.memory)
@@ -410,7 +406,11 @@ def measure(lib: str, name: str, size_name: str, threads: int, quick: bool,
         if cards else torch.zeros(n_batches, B, 0, dtype=torch.long)  # [n,B,F]
     labels = (torch.rand(n_batches, B, T, generator=g) < 0.3).float()
     torch.manual_seed(0)
-    built = build(lib, name, size, reference)
+    try:
+        built = build(lib, name, size, reference)
+    except CannotExpress as e:
+        say(dict(status="cannot express", notes=[str(e)]))
+        return
     inputs = [built.prepare(dense[i], cat[i]) for i in range(n_batches)]
     opt = make_optimizer(lib, built.model, fused_all)
     built.model.train()
@@ -421,27 +421,30 @@ def measure(lib: str, name: str, size_name: str, threads: int, quick: bool,
     with FlopCounterMode(display=False) as fc:
         step(0)
     flops = fc.get_total_flops()
-    big = size_name == "industrial"
     warm = 1 if quick else 5
-    windows = windows or (2 if quick else 5)
-    steps = steps or (2 if quick else (10 if big else 20))
-    for i in range(warm):
+    times = []
+    for i in range(warm + 1):
+        t0 = time.perf_counter()
         step(i)
-    train = _median_rate(step, B, steps, windows)
-    built.model.eval()
+        times.append(time.perf_counter() - t0)
+    inferring = False
 
     def infer(i: int) -> None:
-        built.run(inputs[i % n_batches])
+        nonlocal inferring
+        if not inferring:  # first inference window: eval mode, and its own warm-up
+            built.model.eval()
+            inferring = True
+            with torch.inference_mode():
+                for j in range(warm):
+                    built.run(inputs[j % n_batches])
+        with torch.inference_mode():
+            built.run(inputs[i % n_batches])
 
-    with torch.inference_mode():
-        for i in range(warm):
-            infer(i)
-        infer_rate = _median_rate(infer, B, 2 * steps, windows)
-    peak = bench._peak_rss_kb()
     params = sum(p.numel() for p in built.model.parameters())
-    return dict(lib=lib, model=name, size=size_name, train=train, infer=infer_rate,
-                peak_mb=(peak - rss0) / 1024, params=params,
-                mflop=flops / B / 1e6, notes=list(built.notes))
+    serve({"train": step, "infer": infer},
+          dict(params=params, mflop=flops / B / 1e6, notes=list(built.notes), batch=B,
+               step_s=statistics.median(times[1:])),
+          lambda: dict(peak_mb=(bench._peak_rss_kb() - rss0) / 1024))
 
 
 # ----------------------------------------------------------------------------- the table
@@ -450,6 +453,8 @@ def measure(lib: str, name: str, size_name: str, threads: int, quick: bool,
 def _ratio(row: dict, ours: dict | None, key: str) -> str:
     if row["lib"] == "ours" or ours is None or key not in row or not ours.get(key):
         return "-"
+    if f"{key}_x" in row:  # timed in turns with ours: the median of the turns' ratios
+        return f"{row[key + '_x']:.2f}x"
     return f"{row[key] / ours[key]:.2f}x"
 
 
@@ -484,31 +489,48 @@ def format_table(rows: list[dict], markdown: bool) -> str:
     return "\n".join(out)
 
 
-def _run_row(lib: str, name: str, size: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--one", f"{lib}:{name}:{size}", "--threads",
-           str(args.threads)]
-    cmd += ["--quick"] if args.quick else []
-    cmd += ["--windows", str(args.windows)] if args.windows else []
-    cmd += ["--steps", str(args.steps)] if args.steps else []
-    cmd += ["--fused-all"] if args.fused_all else []
-    cmd += ["--keep-memory-all"] if args.keep_memory_all else []
-    cmd += ["--reference", args.reference] if args.reference else []
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    lines = out.stdout.strip().splitlines()
-    if out.returncode or not lines:
-        err = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        return dict(lib=lib, model=name, size=size, status=f"failed: {err[:80]}")
-    return json.loads(lines[-1])
+#: shortest timed window (seconds): a window starts on caches the other rows have used
+WINDOW_S = 0.4
 
 
-def _median_row(runs: list[dict]) -> dict:
-    ok = [r for r in runs if "train" in r]
-    if not ok:
-        return runs[0]
-    row = dict(ok[0])
-    for k in ("train", "infer", "peak_mb"):
-        row[k] = statistics.median(r[k] for r in ok)
-    return row
+def measure_group(name: str, size: str, libs: list[str], args: argparse.Namespace) -> list[dict]:
+    """The rows of one (model, size), every library in its own worker, taking turns.
+
+    ``train`` and ``infer`` are the median windows; ``train_x`` and ``infer_x`` the
+    median over turns of the row's rate over ours in the same turn.
+    """
+    workers: dict[str, Worker] = {}
+    rows: list[dict] = []
+    try:
+        for lib in libs:
+            cmd = [sys.executable, __file__, "--one", f"{lib}:{name}:{size}", "--threads",
+                   str(args.threads)]
+            cmd += ["--quick"] if args.quick else []
+            cmd += ["--fused-all"] if args.fused_all else []
+            cmd += ["--keep-memory-all"] if args.keep_memory_all else []
+            cmd += ["--reference", args.reference] if args.reference else []
+            workers[lib] = Worker(cmd)
+        ws = list(workers.values())
+        steps = args.steps or (2 if args.quick else (10 if size == "industrial" else 20))
+        turns = (args.windows or (2 if args.quick else 5)) * args.rounds
+        window = 0.0 if args.quick else WINDOW_S
+        timed = {kind: dict(zip(workers, take_turns(ws, kind, n, turns, window=window),
+                                strict=True))
+                 for kind, n in (("train", steps), ("infer", 2 * steps))}
+        for lib, w in workers.items():
+            row = dict(lib=lib, model=name, size=size, **w.meta)
+            if w.alive:
+                for kind, t in timed.items():
+                    row[kind] = w.meta["batch"] / statistics.median(t[lib])
+                    if lib != "ours" and "ours" in t and workers["ours"].alive:
+                        row[f"{kind}_x"] = paired_ratio(t["ours"][: len(t[lib])], t[lib])
+            row.update(w.finish())
+            rows.append(row)
+    except WorkerFailed as e:
+        for w in workers.values():
+            w.kill()
+        rows = [dict(lib=lib, model=name, size=size, status=f"failed: {e}") for lib in libs]
+    return rows
 
 
 def main() -> None:
@@ -521,10 +543,11 @@ def main() -> None:
                    help="comma list of " + ", ".join(LIBS) + " (reference: with --reference)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per row (default 2)")
     p.add_argument("--reference", help="path of the authors' mtl_lib.py (adds reference rows)")
-    p.add_argument("--rounds", type=int, default=1, help="run every row N times, keep the median")
-    p.add_argument("--windows", type=int, help="timed windows per row (default 5)")
-    p.add_argument("--steps", type=int,
-                   help="training steps per window (default 20 census, 10 industrial)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="N x --windows timed turns per row (default 1)")
+    p.add_argument("--windows", type=int, help="timed turns per round (default 5)")
+    p.add_argument("--steps", type=int, help="least training steps per window (default 20 "
+                   "census, 10 industrial; more where they take under 0.4 s)")
     p.add_argument("--fused-all", action="store_true", help="fused Adam for the peers too")
     p.add_argument("--keep-memory-all", action="store_true", help="glibc malloc keeps freed "
                    "memory for the peers too (ours always does, as `adatt train` does)")
@@ -534,12 +557,8 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         lib, name, size = args.one.split(":")
-        try:
-            row = measure(lib, name, size, args.threads, args.quick, args.reference,
-                          args.fused_all, args.windows, args.steps, args.keep_memory_all)
-        except CannotExpress as e:
-            row = dict(lib=lib, model=name, size=size, status="cannot express", notes=[str(e)])
-        print(json.dumps(row))
+        measure(lib, name, size, args.threads, args.quick, args.reference, args.fused_all,
+                args.keep_memory_all)
         return
 
     sizes = (args.sizes or ("census" if args.quick else ",".join(SIZES))).split(",")
@@ -563,18 +582,17 @@ def main() -> None:
         print(f"{lib} is not installed (pip install -e '.[bench]'): its rows are skipped")
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} round(s)"
           + (", quick" if args.quick else "") + "\n", flush=True)
-    plan = [(lib, m, s) for s in sizes for m in models for lib in libs
-            if lib not in missing and offers(lib, m)]
-    runs: dict[tuple, list[dict]] = {key: [] for key in plan}
-    for _ in range(args.rounds):
-        for key in plan:
-            runs[key].append(_run_row(*key, args))
-            r = runs[key][-1]
-            print(f"  {r['size']:<11}{r['model']:<14}{r['lib']:<14}"
-                  + (f"{r['train']:>9,.0f} ex/s" if "train" in r else r.get("status", "")),
-                  flush=True)
+    rows = []
+    for size in sizes:
+        for name in models:
+            group = [lib for lib in libs if lib not in missing and offers(lib, name)]
+            for r in measure_group(name, size, group, args):
+                rows.append(r)
+                print(f"  {r['size']:<11}{r['model']:<14}{r['lib']:<14}"
+                      + (f"{r['train']:>9,.0f} ex/s" if "train" in r else r.get("status", "")),
+                      flush=True)
     print()
-    print(format_table([_median_row(runs[key]) for key in plan], args.markdown))
+    print(format_table(rows, args.markdown))
 
 
 if __name__ == "__main__":
