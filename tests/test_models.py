@@ -378,6 +378,25 @@ def test_bag_sum_row_grouping_is_a_stable_sort_either_side_of_int16(rows):
     assert torch.equal(starts, count.cumsum(0) - count)
 
 
+@pytest.mark.parametrize("cards", [[3, 1, 7, 2], [40_000, 5]])
+def test_field_ordered_row_grouping_equals_the_global_sort(cards):
+    """Columns holding one field each (rows of column f below those of f+1): the
+    per-column sorts give the global stable sort's grouping, and the same gradient."""
+    from adatt.modules.layers import _pairs_by_row, bag_sum
+
+    g = torch.Generator().manual_seed(2)
+    offsets = torch.tensor([0, *cards[:-1]]).cumsum(0)
+    cat = torch.stack([torch.randint(0, c, (97,), generator=g) for c in cards], 1)
+    idx, rows = cat + offsets, sum(cards)
+    for got, want in zip(_pairs_by_row(idx, rows, True), _pairs_by_row(idx, rows), strict=True):
+        assert torch.equal(got, want)
+    w = torch.randn(rows, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(97, 5, generator=g, dtype=torch.float64)
+    (bag_sum(idx, w, fields_in_order=True) * up).sum().backward()
+    ref = torch.zeros_like(w).index_add_(0, idx.reshape(-1), up.repeat_interleave(len(cards), 0))
+    torch.testing.assert_close(w.grad, ref)
+
+
 @pytest.mark.parametrize("shape", [(7, 3, 1), (64, 3, 6), (5, 2, 16), (9, 4, 17)])
 def test_gate_softmax_equals_torch_softmax_forward_and_backward(shape):
     from adatt.modules.layers import gate_softmax

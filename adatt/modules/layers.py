@@ -72,31 +72,40 @@ class _BagSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, idx: Tensor, weight: Tensor) -> Tensor:
+    def forward(ctx, idx: Tensor, weight: Tensor, fields_in_order: bool = False) -> Tensor:
         ctx.save_for_backward(idx)
-        ctx.rows = weight.shape[0]
+        ctx.rows, ctx.fields_in_order = weight.shape[0], fields_in_order
         # detached: the forward-only kernel, without the bookkeeping its own backward needs
         return F.embedding_bag(idx, weight.detach(), mode="sum")  # [B,F] -> [B,N]
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         (idx,) = ctx.saved_tensors
-        examples, starts = _pairs_by_row(idx, ctx.rows)
+        examples, starts = _pairs_by_row(idx, ctx.rows, ctx.fields_in_order)
         # weight row r's gradient: the sum of grad_out over the examples that hold r
-        return None, F.embedding_bag(examples, grad_out, starts, mode="sum")  # -> [C,N]
+        return None, F.embedding_bag(examples, grad_out, starts, mode="sum"), None  # -> [C,N]
 
 
-def _pairs_by_row(idx: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+def _pairs_by_row(idx: Tensor, rows: int, fields_in_order: bool = False) -> tuple[Tensor, Tensor]:
     """The ``B * F`` (example, row) pairs of ``idx [B, F]`` grouped by row, stably.
 
     Returns ``examples [B*F]`` (the example of each pair, pairs of row 0 first,
     each row's pairs in example order) and ``starts [C]`` (each row's first
     pair). Up to 32,767 rows the indices fit int16, whose stable sort numpy
     does as a radix sort, several times faster than ``torch.sort``; the
-    order is the same.
+    order is the same. ``fields_in_order``: every row of column ``f`` is
+    below every row of column ``f + 1`` (one field per column, as
+    :class:`InputLinear` lays them out); the order is then each column's own
+    stable sort, column after column: F short sorts instead of one long one,
+    whose positions are already the examples.
     """
     F_ = idx.shape[1]
     if rows <= np.iinfo(np.int16).max:
+        if fields_in_order:
+            cols = idx.t().to(torch.int16).numpy()  # [B,F] -> [F,B]: field f's rows, by example
+            order = np.argsort(cols, axis=1, kind="stable")  # [F,B] examples by row, per field
+            count = np.bincount(cols.reshape(-1), minlength=rows)  # [C] pairs per weight row
+            return torch.from_numpy(order.reshape(-1)), torch.from_numpy(np.cumsum(count) - count)
         flat = idx.reshape(-1).to(torch.int16).numpy()  # [B,F] -> [B*F], entry b*F+f
         order = np.argsort(flat, kind="stable")  # [B*F] pairs by weight row, then example
         count = np.bincount(flat, minlength=rows)  # [C] pairs per weight row
@@ -107,13 +116,15 @@ def _pairs_by_row(idx: Tensor, rows: int) -> tuple[Tensor, Tensor]:
     return order.div(F_, rounding_mode="floor"), count.cumsum(0) - count
 
 
-def bag_sum(idx: Tensor, weight: Tensor) -> Tensor:
+def bag_sum(idx: Tensor, weight: Tensor, fields_in_order: bool = False) -> Tensor:
     """``sum_f weight[idx[:, f]]``: the one-hot input times ``weight``, as a gather.
 
     Shapes: ``idx [B, F]`` int64 global row indices, ``weight [C, N]`` -> ``[B, N]``.
     Same values as ``F.embedding_bag(idx, weight, mode="sum")``; when the
     weight needs a gradient on CPU, the backward is one sort and one forward
     embedding bag (:class:`_BagSum`) instead of the embedding-bag backward.
+    ``fields_in_order``: the caller promises that every index of column ``f``
+    is below every index of column ``f + 1``, which makes that sort cheaper.
 
     Example:
         >>> w = torch.arange(12.0).reshape(4, 3)
@@ -122,7 +133,7 @@ def bag_sum(idx: Tensor, weight: Tensor) -> Tensor:
                 [12., 14., 16.]])
     """
     if weight.requires_grad and torch.is_grad_enabled() and weight.device.type == "cpu":
-        return _BagSum.apply(idx, weight)
+        return _BagSum.apply(idx, weight, fields_in_order)
     return F.embedding_bag(idx, weight, mode="sum")  # [B,F] -> [B,N]
 
 
@@ -392,9 +403,9 @@ class InputLinear(nn.Module):
         """
         if self.embedding is None or self.use_product_table(cat):
             if self.embedding is None:  # one bag of F rows per example: sum_f W[idx_f]
-                out = bag_sum(cat + self.offsets, self.cat_weight)  # [B,F] -> [B,N]
+                out = bag_sum(cat + self.offsets, self.cat_weight, True)  # [B,F] -> [B,N]
             else:
-                out = bag_sum(cat + self.pad_base, self.product_table())  # [B,F] -> [B,N]
+                out = bag_sum(cat + self.pad_base, self.product_table(), True)  # [B,F] -> [B,N]
             # in place: the bag's backward does not need its output
             return out if bias is None else out.add_(bias)
         emb = self.embedding(cat + self.offsets).flatten(1)  # [B,F,k] -> [B,F*k]
