@@ -20,10 +20,10 @@ Each (implementation, model, size) runs in its own worker process, so peak
 memory (max RSS growth) is its own. The rows of one (model, size) take turns
 (``benchmarks/paired.py``): after warm-up each worker times one window of
 steps in turn (at least 0.4 s of them), for 5 turns per round, the first
-worker rotating; examples/s is
-the median window, and ``vs ref`` the median over turns of the two windows'
-ratio, so the drift of a shared machine cancels instead of landing on one
-side. Threads: all cores of this machine; one worker runs at a time.
+worker rotating. Examples/s is the median window, and ``vs ref`` the median
+over turns of the two windows' ratio, so the drift of a shared machine
+cancels instead of landing on one side. Threads: all cores of this machine;
+one worker runs at a time.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from adatt.config import ConfigError, load_config
 from adatt.train import distributed as ddp
 from adatt.train.trainer import train
+from tests.ranks import run_ranks
 
 N_TRAIN = 601  # batch 100: the last batch of each epoch has 1 row
 SCHEMA = """dense: [x1, x2, x3]
@@ -57,11 +57,10 @@ def _overrides(tmp_path, name: str, *extra: str) -> list[str]:
             f"out_dir={tmp_path}", f"name={name}", *extra]
 
 
-def _torchrun(args: list[str]) -> None:
+def _torchrun(tmp_path, args: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "adatt", "train", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = run_ranks(cmd, {**os.environ, "OMP_NUM_THREADS": "1"}, tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count("selected:") == 1  # rank 0 prints the results, rank 1 nothing
 
@@ -93,7 +92,7 @@ def test_two_processes_equal_one_then_resume_on_one(tmp_path):
     """2 processes stop after 2 epochs: the same evaluations as 1 process; 1 process resumes
     their checkpoint to the same final numbers."""
     train(load_config(None, _overrides(tmp_path, "one")))
-    _torchrun(_overrides(tmp_path, "two", f"train.max_examples={2 * N_TRAIN}"))
+    _torchrun(tmp_path, _overrides(tmp_path, "two", f"train.max_examples={2 * N_TRAIN}"))
     _same_run(tmp_path / "one", tmp_path / "two", evals=2)
     train(load_config(None, _overrides(tmp_path, "two")), resume=True)
     _same_run(tmp_path / "one", tmp_path / "two")
@@ -103,7 +102,7 @@ def test_two_processes_equal_one_then_resume_on_one(tmp_path):
 def test_one_process_resumed_on_two(tmp_path):
     train(load_config(None, _overrides(tmp_path, "one")))
     train(load_config(None, _overrides(tmp_path, "two", f"train.max_examples={2 * N_TRAIN}")))
-    _torchrun([*_overrides(tmp_path, "two"), "--resume"])
+    _torchrun(tmp_path, [*_overrides(tmp_path, "two"), "--resume"])
     _same_run(tmp_path / "one", tmp_path / "two")
 
 
@@ -218,7 +217,7 @@ def _torchrun_runner(tmp_path, args: list[str], kill_at: int = 0) -> dict[int, t
            str(script), "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RECORD_DIR": str(record),
            "KILL_AT_EVAL": str(kill_at)}
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    p = run_ranks(cmd, env, tmp_path)
     if kill_at:
         assert p.returncode != 0
         return {}
