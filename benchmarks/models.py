@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired import Worker, WorkerFailed, paired_ratio, serve, take_turns  # noqa: E402
+from paired import WorkerFailed, paired_ratio, serve, start_workers, take_turns  # noqa: E402,I001
 
 # census-like cardinalities: 28 fields, ~470 one-hot columns once index 0 is added
 CENSUS_CARDS = [10, 53, 48, 8, 4, 25, 4, 8, 7, 7, 4, 4, 4, 8, 7, 52, 39, 9, 10, 10, 4, 6, 4,
@@ -244,29 +244,31 @@ WINDOW_S = 0.4
 def measure_group(name: str, size: str, impls: list[tuple[str, str]], reference: str | None,
                   rounds: int) -> list[dict]:
     """The rows of one (model, size), timed in turns; ``vs_ref`` is the paired ratio."""
-    workers: list[Worker] = []
-    rows: list[dict] = []
+    cmds = {}
+    for impl, bf in impls:
+        cmd = [sys.executable, __file__, "--one", f"{impl}:{name}:{size}:{bf}"]
+        cmds[impl + ("+bf16" if bf == "1" else "")] = cmd + (
+            ["--reference", reference] if reference else [])
+    workers, failed = start_workers(cmds)
+    rows = {key: dict(impl=key, model=name, size=size, status=f"failed: {why}")
+            for key, why in failed.items()}
     try:
-        for impl, bf in impls:
-            cmd = [sys.executable, __file__, "--one", f"{impl}:{name}:{size}:{bf}"]
-            cmd += ["--reference", reference] if reference else []
-            workers.append(Worker(cmd))
         steps = 20 if size == "census" else 10
-        times = take_turns(workers, "train", steps, turns=5 * rounds, window=WINDOW_S)
-        ref = next((i for i, (impl, _) in enumerate(impls) if impl == "reference"), None)
-        for i, ((impl, bf), w) in enumerate(zip(impls, workers, strict=True)):
-            m, dt = w.meta, statistics.median(times[i])
-            rows.append(dict(impl=impl + ("+bf16" if bf == "1" else ""), model=name, size=size,
-                             ex_per_s=m["batch"] / dt, gflops=m["flops"] / dt / 1e9,
-                             flops_per_ex=m["flops"] / m["batch"], params=m["params"],
-                             vs_ref=paired_ratio(times[ref], times[i]) if ref is not None
-                             else None, **w.finish()))
-    except WorkerFailed as e:
-        for w in workers:
+        times = dict(zip(workers, take_turns(list(workers.values()), "train", steps,
+                                             turns=5 * rounds, window=WINDOW_S), strict=True))
+        for key, w in workers.items():
+            m, dt = w.meta, statistics.median(times[key])
+            rows[key] = dict(impl=key, model=name, size=size, ex_per_s=m["batch"] / dt,
+                             gflops=m["flops"] / dt / 1e9, flops_per_ex=m["flops"] / m["batch"],
+                             params=m["params"],
+                             vs_ref=paired_ratio(times["reference"], times[key])
+                             if "reference" in times else None, **w.finish())
+    except WorkerFailed as e:  # a worker died mid-run: no row of this group is whole
+        for w in workers.values():
             w.kill()
-        rows = [dict(impl=impl, model=name, size=size, status=f"failed: {e}")
-                for impl, _ in impls]
-    return rows
+        rows.update({key: dict(impl=key, model=name, size=size, status=f"failed: {e}")
+                     for key in workers})
+    return [rows[key] for key in cmds]
 
 
 if __name__ == "__main__":

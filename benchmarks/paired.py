@@ -104,6 +104,18 @@ class Worker:
             self.proc.wait()
 
 
+def start_workers(cmds: dict[str, list[str]]) -> tuple[dict[str, Worker], dict[str, str]]:
+    """Starts one worker per command, in order; returns them and, per key, why one failed."""
+    workers: dict[str, Worker] = {}
+    failed: dict[str, str] = {}
+    for key, cmd in cmds.items():
+        try:
+            workers[key] = Worker(cmd)
+        except WorkerFailed as e:
+            failed[key] = str(e)
+    return workers, failed
+
+
 def take_turns(workers: list[Worker], kind: str, steps: int, turns: int,
                gap: float = 0.05, window: float = 0.0) -> list[list[float]]:
     """Per worker, ``turns`` window times (seconds per step), the workers taking turns.

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired import Worker, WorkerFailed, paired_ratio, say, serve, take_turns  # noqa: E402
+from paired import WorkerFailed, paired_ratio, say, serve, start_workers, take_turns  # noqa: E402,I001
 
 
 def _load_models_benchmark():
@@ -382,7 +382,8 @@ def measure(lib: str, name: str, size_name: str, threads: int, quick: bool,
     """Worker for one row: build it, warm up, then time windows on request.
 
     ``train`` windows are optimizer steps in train mode, ``infer`` windows forward
-    passes in eval mode under ``torch.inference_mode`` (warmed up on first use). The
+    passes in eval mode under ``torch.inference_mode``; all train windows come first
+    (the model stays in eval mode after the first inference window). The
     ready line gives the parameter count, MFLOP per example and the step time of the
     warm-up; the final line the peak memory (:func:`paired.serve`).
     """
@@ -427,16 +428,15 @@ def measure(lib: str, name: str, size_name: str, threads: int, quick: bool,
         t0 = time.perf_counter()
         step(i)
         times.append(time.perf_counter() - t0)
-    inferring = False
+    built.model.eval()  # inference warm-up here, outside the timed windows
+    with torch.inference_mode():
+        for i in range(warm):
+            built.run(inputs[i % n_batches])
+    built.model.train()
 
     def infer(i: int) -> None:
-        nonlocal inferring
-        if not inferring:  # first inference window: eval mode, and its own warm-up
+        if built.model.training:  # the first inference window (train windows come first)
             built.model.eval()
-            inferring = True
-            with torch.inference_mode():
-                for j in range(warm):
-                    built.run(inputs[j % n_batches])
         with torch.inference_mode():
             built.run(inputs[i % n_batches])
 
@@ -499,17 +499,19 @@ def measure_group(name: str, size: str, libs: list[str], args: argparse.Namespac
     ``train`` and ``infer`` are the median windows; ``train_x`` and ``infer_x`` the
     median over turns of the row's rate over ours in the same turn.
     """
-    workers: dict[str, Worker] = {}
-    rows: list[dict] = []
+    cmds = {}
+    for lib in libs:
+        cmd = [sys.executable, __file__, "--one", f"{lib}:{name}:{size}", "--threads",
+               str(args.threads)]
+        cmd += ["--quick"] if args.quick else []
+        cmd += ["--fused-all"] if args.fused_all else []
+        cmd += ["--keep-memory-all"] if args.keep_memory_all else []
+        cmd += ["--reference", args.reference] if args.reference else []
+        cmds[lib] = cmd
+    workers, failed = start_workers(cmds)
+    rows = {lib: dict(lib=lib, model=name, size=size, status=f"failed: {why}")
+            for lib, why in failed.items()}
     try:
-        for lib in libs:
-            cmd = [sys.executable, __file__, "--one", f"{lib}:{name}:{size}", "--threads",
-                   str(args.threads)]
-            cmd += ["--quick"] if args.quick else []
-            cmd += ["--fused-all"] if args.fused_all else []
-            cmd += ["--keep-memory-all"] if args.keep_memory_all else []
-            cmd += ["--reference", args.reference] if args.reference else []
-            workers[lib] = Worker(cmd)
         ws = list(workers.values())
         steps = args.steps or (2 if args.quick else (10 if size == "industrial" else 20))
         turns = (args.windows or (2 if args.quick else 5)) * args.rounds
@@ -517,20 +519,22 @@ def measure_group(name: str, size: str, libs: list[str], args: argparse.Namespac
         timed = {kind: dict(zip(workers, take_turns(ws, kind, n, turns, window=window),
                                 strict=True))
                  for kind, n in (("train", steps), ("infer", 2 * steps))}
+        ours = workers.get("ours")
         for lib, w in workers.items():
             row = dict(lib=lib, model=name, size=size, **w.meta)
             if w.alive:
                 for kind, t in timed.items():
                     row[kind] = w.meta["batch"] / statistics.median(t[lib])
-                    if lib != "ours" and "ours" in t and workers["ours"].alive:
-                        row[f"{kind}_x"] = paired_ratio(t["ours"][: len(t[lib])], t[lib])
+                    if lib != "ours" and ours is not None and ours.alive:
+                        row[f"{kind}_x"] = paired_ratio(t["ours"], t[lib])
             row.update(w.finish())
-            rows.append(row)
-    except WorkerFailed as e:
+            rows[lib] = row
+    except WorkerFailed as e:  # a worker died mid-run: no row of this group is whole
         for w in workers.values():
             w.kill()
-        rows = [dict(lib=lib, model=name, size=size, status=f"failed: {e}") for lib in libs]
-    return rows
+        rows.update({lib: dict(lib=lib, model=name, size=size, status=f"failed: {e}")
+                     for lib in workers})
+    return [rows[lib] for lib in libs]
 
 
 def main() -> None:

@@ -69,3 +69,13 @@ def test_a_crashing_worker_raises_with_its_last_error_line():
 
 def test_paired_ratio_is_the_median_of_the_turns_ratios():
     assert paired.paired_ratio([2.0, 4.0, 30.0], [1.0, 1.0, 1.0]) == 4.0
+
+
+def test_one_worker_failing_to_start_leaves_the_others():
+    prelude = f"import sys; sys.path.insert(0, {str(_PATH.parent)!r}); from paired import *\n"
+    cmds = {"ok": [sys.executable, "-c", prelude + "serve({'train': lambda i: None}, {}, "
+                   "lambda: {})"],
+            "bad": [sys.executable, "-c", "raise FileNotFoundError('no mtl_lib.py')"]}
+    workers, failed = paired.start_workers(cmds)
+    assert list(workers) == ["ok"] and "no mtl_lib.py" in failed["bad"]
+    assert workers["ok"].finish() == {}
