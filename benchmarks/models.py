@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired import WorkerFailed, paired_ratio, serve, start_workers, take_turns  # noqa: E402,I001
+from paired import Worker, paired_ratio, run_group, serve, take_turns  # noqa: E402,I001
 
 # census-like cardinalities: 28 fields, ~470 one-hot columns once index 0 is added
 CENSUS_CARDS = [10, 53, 48, 8, 4, 25, 4, 8, 7, 7, 4, 4, 4, 8, 7, 52, 39, 9, 10, 10, 4, 6, 4,
@@ -249,26 +249,22 @@ def measure_group(name: str, size: str, impls: list[tuple[str, str]], reference:
         cmd = [sys.executable, __file__, "--one", f"{impl}:{name}:{size}:{bf}"]
         cmds[impl + ("+bf16" if bf == "1" else "")] = cmd + (
             ["--reference", reference] if reference else [])
-    workers, failed = start_workers(cmds)
-    rows = {key: dict(impl=key, model=name, size=size, status=f"failed: {why}")
-            for key, why in failed.items()}
-    try:
+
+    def measure(workers: dict[str, Worker]) -> dict[str, dict]:
         steps = 20 if size == "census" else 10
         times = dict(zip(workers, take_turns(list(workers.values()), "train", steps,
                                              turns=5 * rounds, window=WINDOW_S), strict=True))
+        rows = {}
         for key, w in workers.items():
             m, dt = w.meta, statistics.median(times[key])
-            rows[key] = dict(impl=key, model=name, size=size, ex_per_s=m["batch"] / dt,
-                             gflops=m["flops"] / dt / 1e9, flops_per_ex=m["flops"] / m["batch"],
-                             params=m["params"],
+            rows[key] = dict(ex_per_s=m["batch"] / dt, gflops=m["flops"] / dt / 1e9,
+                             flops_per_ex=m["flops"] / m["batch"], params=m["params"],
                              vs_ref=paired_ratio(times["reference"], times[key])
-                             if "reference" in times else None, **w.finish())
-    except WorkerFailed as e:  # a worker died mid-run: no row of this group is whole
-        for w in workers.values():
-            w.kill()
-        rows.update({key: dict(impl=key, model=name, size=size, status=f"failed: {e}")
-                     for key in workers})
-    return [rows[key] for key in cmds]
+                             if "reference" in times else None)
+        return rows
+
+    return [dict(impl=key, model=name, size=size, **row)
+            for key, row in run_group(cmds, measure).items()]
 
 
 if __name__ == "__main__":

@@ -116,6 +116,28 @@ def start_workers(cmds: dict[str, list[str]]) -> tuple[dict[str, Worker], dict[s
     return workers, failed
 
 
+def run_group(cmds: dict[str, list[str]],
+              measure: Callable[[dict[str, Worker]], dict[str, dict[str, Any]]],
+              ) -> dict[str, dict[str, Any]]:
+    """One comparison: start a worker per command, ``measure`` them, end them.
+
+    ``measure(workers)`` takes the turns and returns the fields of each worker's
+    row; each row then gets the worker's final line. Returns a row per key of
+    ``cmds``, in order: ``{"status": "failed: ..."}`` for a worker that failed to
+    start, and for all of them when one dies mid-run (no row of the group is whole).
+    """
+    workers, failed = start_workers(cmds)
+    rows = {key: {"status": f"failed: {why}"} for key, why in failed.items()}
+    try:
+        for key, fields in measure(workers).items():
+            rows[key] = {**fields, **workers[key].finish()}
+    except WorkerFailed as e:
+        for w in workers.values():
+            w.kill()
+        rows.update({key: {"status": f"failed: {e}"} for key in workers})
+    return {key: rows[key] for key in cmds}
+
+
 def take_turns(workers: list[Worker], kind: str, steps: int, turns: int,
                gap: float = 0.05, window: float = 0.0) -> list[list[float]]:
     """Per worker, ``turns`` window times (seconds per step), the workers taking turns.

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired import WorkerFailed, paired_ratio, say, serve, start_workers, take_turns  # noqa: E402,I001
+from paired import Worker, paired_ratio, run_group, say, serve, take_turns  # noqa: E402,I001
 
 
 def _load_models_benchmark():
@@ -508,33 +508,28 @@ def measure_group(name: str, size: str, libs: list[str], args: argparse.Namespac
         cmd += ["--keep-memory-all"] if args.keep_memory_all else []
         cmd += ["--reference", args.reference] if args.reference else []
         cmds[lib] = cmd
-    workers, failed = start_workers(cmds)
-    rows = {lib: dict(lib=lib, model=name, size=size, status=f"failed: {why}")
-            for lib, why in failed.items()}
-    try:
-        ws = list(workers.values())
+
+    def measure(workers: dict[str, Worker]) -> dict[str, dict]:
         steps = args.steps or (2 if args.quick else (10 if size == "industrial" else 20))
         turns = (args.windows or (2 if args.quick else 5)) * args.rounds
         window = 0.0 if args.quick else WINDOW_S
-        timed = {kind: dict(zip(workers, take_turns(ws, kind, n, turns, window=window),
-                                strict=True))
+        timed = {kind: dict(zip(workers, take_turns(list(workers.values()), kind, n, turns,
+                                                    window=window), strict=True))
                  for kind, n in (("train", steps), ("infer", 2 * steps))}
         ours = workers.get("ours")
+        rows = {}
         for lib, w in workers.items():
-            row = dict(lib=lib, model=name, size=size, **w.meta)
+            row = dict(w.meta)
             if w.alive:
                 for kind, t in timed.items():
                     row[kind] = w.meta["batch"] / statistics.median(t[lib])
                     if lib != "ours" and ours is not None and ours.alive:
                         row[f"{kind}_x"] = paired_ratio(t["ours"], t[lib])
-            row.update(w.finish())
             rows[lib] = row
-    except WorkerFailed as e:  # a worker died mid-run: no row of this group is whole
-        for w in workers.values():
-            w.kill()
-        rows.update({lib: dict(lib=lib, model=name, size=size, status=f"failed: {e}")
-                     for lib in workers})
-    return [rows[lib] for lib in libs]
+        return rows
+
+    return [dict(lib=lib, model=name, size=size, **row)
+            for lib, row in run_group(cmds, measure).items()]
 
 
 def main() -> None:

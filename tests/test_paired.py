@@ -79,3 +79,23 @@ def test_one_worker_failing_to_start_leaves_the_others():
     workers, failed = paired.start_workers(cmds)
     assert list(workers) == ["ok"] and "no mtl_lib.py" in failed["bad"]
     assert workers["ok"].finish() == {}
+
+
+def test_run_group_rows_keep_the_order_and_a_death_mid_run_fails_the_group():
+    prelude = f"import sys; sys.path.insert(0, {str(_PATH.parent)!r}); from paired import *\n"
+    ok = [sys.executable, "-c", prelude + "serve({'train': lambda i: None}, {}, "
+          "lambda: {'peak_mb': 1.0})"]
+    bad = [sys.executable, "-c", "raise FileNotFoundError('no mtl_lib.py')"]
+    dies = [sys.executable, "-c", prelude + "import os\n"
+            "serve({'train': lambda i: os._exit(3)}, {}, lambda: {})"]
+
+    def measure(workers):
+        times = paired.take_turns(list(workers.values()), "train", steps=1, turns=1, gap=0)
+        return {key: {"turns": len(t)} for key, t in zip(workers, times, strict=True)}
+
+    rows = paired.run_group({"bad": bad, "ok": ok}, measure)
+    assert list(rows) == ["bad", "ok"]
+    assert "no mtl_lib.py" in rows["bad"]["status"]
+    assert rows["ok"] == {"turns": 1, "peak_mb": 1.0}
+    rows = paired.run_group({"ok": ok, "dies": dies}, measure)
+    assert all(r["status"].startswith("failed") for r in rows.values())
