@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from adatt.data import census
+from adatt.data import census, encoding
 from adatt.data.census import CATEGORICAL, COLUMNS, CONTINUOUS, load_census
 from adatt.data.errors import DataError
 
@@ -399,7 +399,7 @@ def test_download_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_vocabulary_helpers():
-    vocab = census.build_vocabulary(["b", "a", "?", "b"])
+    vocab = encoding.build_vocabulary(["b", "a", "?", "b"])
     assert vocab == ["?", "a", "b"]
-    assert census.encode_categorical(["a", "new", "?"], vocab).tolist() == [2, 0, 1]
-    assert np.asarray(census.encode_categorical([], vocab)).shape == (0,)
+    assert encoding.encode_categorical(["a", "new", "?"], vocab).tolist() == [2, 0, 1]
+    assert np.asarray(encoding.encode_categorical([], vocab)).shape == (0,)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import adatt.data.stream as stream_mod
+import adatt.data.shards as shards_mod
 from adatt.config import ConfigError, load_config
 from adatt.data.config import DataConfig, load_splits
 from adatt.data.errors import DataError
@@ -64,7 +64,7 @@ def all_rows(data: ParquetShards) -> np.ndarray:
     """Every training row, encoded, as one float64 matrix (test only: reads everything)."""
     parts = []
     for s in data.shards:
-        d, c, y, _ = data.encoder.encode_table(pq.read_table(s.path), s.path)
+        d, c, y, _ = data.encode_rows(pq.read_table(s.path), s.path)
         parts.append(np.concatenate([d, c, y], axis=1))
     return np.concatenate(parts)
 
@@ -136,7 +136,7 @@ def test_reading_is_bounded(toy, monkeypatch):
     s = load(toy)
     opened: list[str] = []
     decoded = [0]
-    open_, encode = stream_mod._open, stream_mod.StreamEncoder.encode_table
+    open_, encode = shards_mod._open, ParquetShards.encode_rows
 
     def counting_open(path):
         opened.append(Path(path).name)
@@ -146,8 +146,8 @@ def test_reading_is_bounded(toy, monkeypatch):
         decoded[0] += t.num_rows
         return encode(self, t, path, row0)
 
-    monkeypatch.setattr(stream_mod, "_open", counting_open)
-    monkeypatch.setattr(stream_mod.StreamEncoder, "encode_table", counting_encode)
+    monkeypatch.setattr(shards_mod, "_open", counting_open)
+    monkeypatch.setattr(ParquetShards, "encode_rows", counting_encode)
     st = s.train.stream(batch_size=64, seed=1, shuffle_buffer=300, read_rows=50)
     emitted = 0
     for i, b in enumerate(st.epoch_batches(0)):

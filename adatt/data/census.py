@@ -87,8 +87,6 @@ Example:
     (42, 31, 7)
     >>> [t.name for t in TASKS]
     ['income', 'never_married', 'education']
-    >>> encode_categorical(["b", "zz", "a"], build_vocabulary(["b", "a", "b"]))
-    array([2, 0, 1])
 """
 
 from __future__ import annotations
@@ -102,7 +100,7 @@ import tempfile
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +108,7 @@ import numpy as np
 import torch
 
 from adatt.data.batch import TensorDataset
+from adatt.data.encoding import build_vocabulary, encode_categorical
 from adatt.data.errors import DataError
 from adatt.data.schema import FeatureSchema, TaskSpec
 from adatt.data.splits import Splits
@@ -133,8 +132,6 @@ __all__ = [
     "find_census_files",
     "read_census_file",
     "default_cache_dir",
-    "build_vocabulary",
-    "encode_categorical",
 ]
 
 CENSUS_DIR_ENV = "ADATT_DATA_DIR"
@@ -500,30 +497,6 @@ def _to_float(col: Any, path: Path, name: str) -> np.ndarray:
         i = int(np.flatnonzero(~finite)[0])
         raise DataError(f"{path}: column {name!r}, line {i + 1}: {col[i].as_py()!r} is not finite")
     return x
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def build_vocabulary(values: Iterable[str] | Any) -> list[str]:
-    """Sorted distinct values of a list or pyarrow array; entry ``i`` is coded ``i + 1``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not isinstance(values, pa.Array | pa.ChunkedArray):
-        values = pa.array(list(values), type=pa.string())
-    return sorted(pc.unique(values).to_pylist())
-
-
-def encode_categorical(values: Iterable[str] | Any, vocabulary: Sequence[str]) -> np.ndarray:
-    """Indices ``int64 [N]``: ``1 + position`` in ``vocabulary``, 0 for a value not in it."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not isinstance(values, pa.Array | pa.ChunkedArray):
-        values = pa.array(list(values), type=pa.string())
-    idx = pc.index_in(values, value_set=pa.array(list(vocabulary), type=pa.string()))
-    return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
 
 
 # --------------------------------------------------------------------------- building splits

@@ -21,36 +21,31 @@ and checked against the eager model on random inputs of batch sizes other
 than the one used to export (1 and 5; 4 at export time), then renamed into
 place; a JSON sidecar ``<output>.json`` describes the inputs (names, dtypes,
 shapes, dense column names, categorical fields and cardinalities), the
-outputs (task names, kinds, transform) and the check. For a run trained on
-the user's files, the fitted encoding (vocabularies, dense scaling; see
-:mod:`adatt.serve.predict`) is written to ``<output>.preprocess.json``.
+outputs (task names, kinds, transform) and the check. For a run on raw
+columns (the user's files, streamed shards), the fitted encoding
+(vocabularies or hashing, dense scaling: :mod:`adatt.data.encoding`, as saved
+in the run's ``data.json``) is written to ``<output>.preprocess.json``.
+
+:class:`ServingModel`, :func:`output_columns` and :class:`ServeError` live in
+:mod:`adatt.serve.serving` (shared with :mod:`adatt.serve.predict`).
 
 ONNX needs ``onnx``, ``onnxscript`` and ``onnxruntime``: ``pip install adatt[serve]``.
 
 Example:
-    >>> import torch
-    >>> from adatt.models import create_model
-    >>> m = create_model("mmoe", num_tasks=2, dense_dim=3, cat_cardinalities=[4],
-    ...                  expert_sizes=[[8]], num_experts=2)
-    >>> serving = ServingModel(m, ["binary", "regression"]).eval()
-    >>> dense, cat = torch.randn(5, 3), torch.zeros(5, 1, dtype=torch.long)
-    >>> out = serving(dense, cat)  # [5, 2]
-    >>> logits = m(dense, cat)
-    >>> bool(torch.equal(out[:, 0], torch.sigmoid(logits[:, 0])))
-    True
-    >>> bool(torch.equal(out[:, 1], logits[:, 1]))
-    True
+    >>> default_output("runs/census_adatt", "onnx").as_posix()
+    'runs/census_adatt/serving/model.onnx'
+    >>> from adatt.data.schema import TaskSpec
+    >>> s = FeatureSchema(("x",), ("c",), (3,), (TaskSpec("click"),))
+    >>> describe(s, "export", Path("model.pt2"))["outputs"][0]["tasks"][0]["transform"]
+    'sigmoid'
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +55,14 @@ from torch import Tensor, nn
 
 from adatt.data.schema import FeatureSchema
 from adatt.serve import FORMATS
-from adatt.train.trainer import RunError
+from adatt.serve.serving import (
+    ServeError,
+    ServingModel,
+    atomic_target,
+    load_for_serving,
+    output_columns,
+    write_json,
+)
 
 __all__ = [
     "FORMATS",
@@ -83,50 +85,6 @@ EXAMPLE_BATCH = 4  # export-time batch; >= 2 so that torch.export keeps the dime
 CHECK_BATCHES = (1, 5)  # batch sizes the saved artefact is checked on
 TOLERANCE = 1e-5
 INSTALL_HINT = "pip install adatt[serve]  (onnx, onnxscript, onnxruntime)"
-
-
-class ServeError(RunError):
-    """A run that cannot be exported or served (one line)."""
-
-
-class ServingModel(nn.Module):
-    """A multi-task model plus its output transform: raw features -> ``[B, T]``.
-
-    Args:
-        model: maps ``dense [B, Dd]``, ``cat [B, F]`` to logits ``[B, T]``.
-        task_kinds: per task, ``binary`` (sigmoid) or ``regression`` (identity).
-    """
-
-    def __init__(self, model: nn.Module, task_kinds: Sequence[str]) -> None:
-        super().__init__()
-        kinds = list(task_kinds)
-        if any(k not in ("binary", "regression") for k in kinds):
-            raise ValueError(f"task kinds must be binary or regression, got {kinds}")
-        self.model = model
-        self.all_binary = all(k == "binary" for k in kinds)
-        self.any_binary = any(k == "binary" for k in kinds)
-        self.register_buffer(
-            "binary", torch.tensor([k == "binary" for k in kinds]), persistent=False
-        )
-
-    def forward(self, dense: Tensor, cat: Tensor) -> Tensor:
-        z = self.model(dense, cat)  # [B, T] logits / regression outputs
-        if self.all_binary:
-            return torch.sigmoid(z)
-        if not self.any_binary:
-            return z
-        return torch.where(self.binary, torch.sigmoid(z), z)  # [T] mask broadcast over [B, T]
-
-
-def output_columns(schema: FeatureSchema) -> list[str]:
-    """Per task, the output column name: ``<task>_prob`` (binary) or ``<task>_pred``.
-
-    >>> from adatt.data.schema import TaskSpec
-    >>> s = FeatureSchema(("x",), (), (), (TaskSpec("click"), TaskSpec("time", "regression")))
-    >>> output_columns(s)
-    ['click_prob', 'time_pred']
-    """
-    return [f"{t.name}_{'prob' if t.kind == 'binary' else 'pred'}" for t in schema.tasks]
 
 
 def example_inputs(schema: FeatureSchema, batch: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -189,44 +147,6 @@ def _quiet_exporters() -> Iterator[None]:
         finally:
             for lg, lv in zip(loggers, levels, strict=True):
                 lg.setLevel(lv)
-
-
-@contextlib.contextmanager
-def _atomic_target(output: Path) -> Iterator[Path]:
-    """A temporary path next to ``output`` (same suffix); renamed to ``output`` on success.
-
-    A file system problem (no permission, ``output`` a directory) is a :class:`ServeError`.
-    """
-    if output.is_dir():
-        raise ServeError(f"{output}: is a directory; give a file name")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.",
-                                        suffix=".tmp" + output.suffix)
-    except OSError as e:
-        raise ServeError(f"{output}: cannot write ({e.strerror or e})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-            os.replace(tmp, output)
-        except OSError as e:
-            raise ServeError(f"{output}: cannot write ({e.strerror or e})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    with _atomic_target(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def _save_torchscript(serving: ServingModel, args: tuple[Tensor, Tensor], path: Path) -> None:
@@ -354,7 +274,7 @@ def export_model(
     try:
         serving = ServingModel(model, schema.task_kinds).eval()
         args = example_inputs(schema, EXAMPLE_BATCH, seed=0)
-        with _atomic_target(output) as tmp:
+        with atomic_target(output) as tmp:
             try:
                 _SAVERS[fmt](serving, args, tmp)
             except ServeError:
@@ -381,7 +301,7 @@ def export_model(
                          "tolerance": TOLERANCE}
         info.update(extra or {})
         sidecar = output.with_name(output.name + ".json")
-        _write_json(info, sidecar)
+        write_json(info, sidecar)
     finally:
         model.train(was_training)
     return ExportResult(output, sidecar, fmt, diff)
@@ -392,11 +312,9 @@ def export_run(
 ) -> ExportResult:
     """Export the selected model of a finished run (``runs/<name>``).
 
-    ``output`` defaults to :func:`default_output`. For a run on the user's files
-    the fitted encoding is also written to ``<output>.preprocess.json``.
+    ``output`` defaults to :func:`default_output`. For a run on raw columns (files,
+    stream) the fitted encoding is also written to ``<output>.preprocess.json``.
     """
-    from adatt.serve.predict import load_for_serving
-
     _check_format(fmt)
     if fmt == "onnx":
         require_onnx()  # before the (possibly slow) data loading
@@ -409,11 +327,13 @@ def export_run(
     }
     pre = output.with_name(output.name + ".preprocess.json")
     if encoding.raw:
+        categorical = ("1 + position in the training vocabulary (0 unseen)"
+                       if encoding.kind == "vocab" else "hashed into 1..hash_buckets")
         extra["encoding"] = {
-            "kind": "files",
+            "kind": encoding.to_dict()["kind"],
             "file": pre.name,
-            "note": "raw columns -> inputs: dense (x - mean) / std, categorical 1 + position "
-                    "in the training vocabulary (0 unseen); see adatt.serve.predict",
+            "note": f"raw columns -> inputs: dense (x - mean) / std, categorical {categorical}; "
+                    "see adatt.serve.predict",
         }
     else:
         extra["encoding"] = {
@@ -422,5 +342,5 @@ def export_run(
         }
     result = export_model(model, schema, fmt, output, extra)
     if encoding.raw:  # written once the model is in place, so a failed export leaves nothing
-        _write_json(encoding.to_dict(), pre)
+        write_json(encoding.to_dict(), pre)
     return result

@@ -1,0 +1,371 @@
+"""Raw tables: the YAML files schema, reading CSV / Parquet files, converting columns.
+
+The one place where a user's file becomes numpy arrays and pyarrow text
+columns, before any encoding: :mod:`adatt.data.files` (whole files),
+:mod:`adatt.data.stream` (Parquet shards, a record batch at a time) and
+:mod:`adatt.serve.predict` (files to score) all read through it. The schema's
+keys are documented in :mod:`adatt.data.files`.
+
+Notation: N rows, Dd dense columns, T labels.
+
+Every problem is a one-line :class:`~adatt.data.errors.DataError` naming the
+file, the column and the 1-based data row.
+
+Example:
+    >>> import pyarrow as pa
+    >>> fs = FileSchema(dense=("x",), categorical=("c",), labels=(("y", "binary"),))
+    >>> t = pa.table({"x": ["1.5", "2"], "c": [7, None], "y": ["0", "1"]})
+    >>> dense, labels, weight = numeric_columns(t, "in.csv", fs)
+    >>> dense.tolist(), labels.tolist(), weight
+    ([[1.5], [2.0]], [[0.0], [1.0]], None)
+    >>> category_text(t["c"]).to_pylist()
+    ['7', '']
+    >>> numbers(pa.array(["3", "x"]), "in.csv", "x")
+    Traceback (most recent call last):
+    ...
+    adatt.data.errors.DataError: in.csv: column 'x', row 2: 'x' is not a number
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adatt.data.errors import DataError
+
+__all__ = [
+    "SCHEMA_KEYS",
+    "PARQUET_SUFFIXES",
+    "FileSchema",
+    "read_file_schema",
+    "file_suffix",
+    "read_table",
+    "read_header",
+    "check_columns",
+    "numbers",
+    "category_text",
+    "numeric_columns",
+    "shift_rows",
+]
+
+SCHEMA_KEYS = ("dense", "categorical", "labels", "weight", "standardize", "delimiter")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class FileSchema:
+    """The parsed YAML schema: column roles, label kinds, options."""
+
+    dense: tuple[str, ...]
+    categorical: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]  # (column, kind) in task order
+    weight: str | None = None
+    standardize: bool = True
+    delimiter: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        cols = [*self.dense, *self.categorical, *(c for c, _ in self.labels)]
+        return cols + ([self.weight] if self.weight else [])
+
+
+def read_file_schema(path: PathLike) -> FileSchema:
+    """Parse and check a YAML schema file (see :mod:`adatt.data.files`)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read schema ({e.strerror or e})") from e
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        msg = " ".join(str(e).split())
+        raise DataError(f"{path}: not valid YAML ({msg})") from e
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: the schema must be a mapping with keys {list(SCHEMA_KEYS)}")
+    for key in doc:
+        if key not in SCHEMA_KEYS:
+            raise DataError(f"{path}: unknown key {key!r} (known keys: {', '.join(SCHEMA_KEYS)})")
+
+    def names(key: str) -> tuple[str, ...]:
+        v = doc.get(key) or []
+        if isinstance(v, str) or not isinstance(v, list):
+            raise DataError(f"{path}: {key!r} must be a list of column names")
+        for c in v:
+            if not isinstance(c, str | int) or isinstance(c, bool):
+                raise DataError(f"{path}: {key!r} holds {c!r}, not a column name")
+        return tuple(str(c) for c in v)
+
+    dense, categorical = names("dense"), names("categorical")
+    labels_raw = doc.get("labels")
+    if not isinstance(labels_raw, dict) or not labels_raw:
+        raise DataError(f"{path}: 'labels' must map each label column to binary or regression")
+    labels = []
+    for col, kind in labels_raw.items():
+        if kind not in ("binary", "regression"):
+            raise DataError(
+                f"{path}: label {col!r} has kind {kind!r}; expected 'binary' or 'regression'"
+            )
+        labels.append((str(col), kind))
+    weight = doc.get("weight")
+    if weight is not None and not isinstance(weight, str):
+        raise DataError(f"{path}: 'weight' must be one column name")
+    standardize = doc.get("standardize", True)
+    if not isinstance(standardize, bool):
+        raise DataError(f"{path}: 'standardize' must be true or false, got {standardize!r}")
+    delimiter = doc.get("delimiter")
+    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
+        raise DataError(f"{path}: 'delimiter' must be one character, got {delimiter!r}")
+    schema = FileSchema(dense, categorical, tuple(labels), weight, standardize, delimiter)
+    seen: set[str] = set()
+    for c in schema.columns:
+        if c in seen:
+            raise DataError(f"{path}: column {c!r} is given more than one role")
+        seen.add(c)
+    if not dense and not categorical:
+        raise DataError(f"{path}: no feature columns (give 'dense' and/or 'categorical')")
+    return schema
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def file_suffix(path: Path) -> str:
+    """The suffix that names the format (``.csv``, ``.parquet``, ...), ignoring ``.gz`` /
+    ``.bz2``, lower case; ``""`` when there is none.
+
+    >>> file_suffix(Path("a/train.CSV.gz")), file_suffix(Path("data"))
+    ('.csv', '')
+    """
+    s = [x.lower() for x in path.suffixes]
+    if s and s[-1] in (".gz", ".bz2"):
+        s = s[:-1]
+    return s[-1] if s else ""
+
+
+def read_table(path: Path, schema: FileSchema) -> Any:
+    """The schema's columns of one file as a pyarrow Table (CSV columns as strings)."""
+    import pyarrow as pa
+
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot read (permission denied)")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    suffix = file_suffix(path)
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            table = _read_parquet(path, schema)
+        else:
+            table = _read_csv(path, schema, tab=suffix == ".tsv")
+    except DataError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as e:
+        kind = "Parquet" if suffix in PARQUET_SUFFIXES else "CSV"
+        msg = " ".join(str(e).split())[:200]
+        raise DataError(f"{path}: cannot read as {kind} ({msg})") from e
+    if table.num_rows == 0:
+        raise DataError(f"{path}: file has no rows")
+    return table
+
+
+def check_columns(path: Path, schema: FileSchema, have: list[str]) -> None:
+    """A :class:`DataError` naming the first of the schema's columns not in ``have``."""
+    roles = {c: "dense" for c in schema.dense} | {c: "categorical" for c in schema.categorical}
+    roles |= {c: "label" for c, _ in schema.labels}
+    if schema.weight:
+        roles[schema.weight] = "weight"
+    for c in schema.columns:
+        if c not in have:
+            shown = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "")
+            raise DataError(
+                f"{path}: column {c!r} ({roles[c]}) is missing; the file has columns [{shown}]"
+            )
+
+
+def _read_parquet(path: Path, schema: FileSchema) -> Any:
+    import pyarrow.parquet as pq
+
+    have = pq.read_schema(path).names
+    check_columns(path, schema, have)
+    return pq.read_table(path, columns=schema.columns)
+
+
+def _read_csv(path: Path, schema: FileSchema, tab: bool) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    delimiter = schema.delimiter or ("\t" if tab else ",")
+    have = read_header(path, delimiter)
+    if not have:
+        raise DataError(f"{path}: file is empty (no header line)")
+    check_columns(path, schema, have)
+    bad: list[Any] = []
+
+    def on_invalid(row: Any) -> str:
+        bad.append(row)
+        return "skip"
+
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=schema.columns,
+            column_types={c: pa.string() for c in schema.columns},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            null_values=[],
+        ),
+    )
+    if bad:
+        row = min(bad, key=lambda r: r.number or 0)
+        line = f"line {row.number} (row {row.number - 1})" if row.number else repr(row.text[:60])
+        raise DataError(
+            f"{path}: {line} has {row.actual_columns} fields, the header has {row.expected_columns}"
+        )
+    return table
+
+
+def read_header(path: Path, delimiter: str) -> list[str]:
+    """Column names of a CSV file's first line (handles quoting; compressed files via pyarrow)."""
+    import csv
+    import io
+
+    import pyarrow as pa
+
+    with pa.input_stream(str(path), compression="detect") as f:
+        first = f.read(1 << 16).decode("utf-8", "replace")
+    line = first.splitlines()[0] if first else ""
+    return next(csv.reader(io.StringIO(line), delimiter=delimiter), [])
+
+
+# --------------------------------------------------------------------------- converting
+
+
+def numbers(col: Any, path: PathLike, name: str) -> np.ndarray:
+    """float64 ``[N]`` from a string or numeric column; a missing value or text is an error."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        text = pc.utf8_trim_whitespace(col)
+        empty = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
+        if empty.any():
+            i = int(np.flatnonzero(empty)[0])
+            raise DataError(f"{path}: column {name!r}, row {i + 1}: missing value")
+        try:
+            x = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            for i, v in enumerate(text.to_pylist()):
+                try:
+                    float(v)
+                except ValueError:
+                    raise DataError(
+                        f"{path}: column {name!r}, row {i + 1}: {v!r} is not a number"
+                    ) from None
+            raise DataError(f"{path}: column {name!r} cannot be read as numbers") from None
+    elif (
+        pa.types.is_integer(col.type)
+        or pa.types.is_floating(col.type)
+        or pa.types.is_boolean(col.type)
+    ):
+        if col.null_count:
+            i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{path}: column {name!r}, row {i + 1}: missing value")
+        x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    else:
+        raise DataError(f"{path}: column {name!r} has type {col.type}, not numbers")
+    nan = np.isnan(x)
+    if nan.any():
+        i = int(np.flatnonzero(nan)[0])
+        raise DataError(f"{path}: column {name!r}, row {i + 1}: missing value (NaN)")
+    return x
+
+
+def category_text(col: Any) -> Any:
+    """A categorical column as a pyarrow string array: values compared as text (a float
+    ``1.0`` reads as ``"1"``, as an integer read from CSV); null -> ``""``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        if pa.types.is_floating(col.type):  # 1.0 -> "1", as integers read from CSV
+            as_int = pc.cast(col, pa.int64(), safe=False)
+            whole = pc.fill_null(pc.equal(pc.cast(as_int, col.type), col), False)
+            col = pc.if_else(whole, pc.cast(as_int, pa.string()), pc.cast(col, pa.string()))
+        else:
+            col = pc.cast(col, pa.string())
+    return pc.fill_null(col.cast(pa.string()), "")
+
+
+def _check_labels(y: np.ndarray, kind: str, path: PathLike, name: str) -> None:
+    if kind == "binary":
+        bad = (y != 0) & (y != 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{path}: column {name!r}, row {i + 1}: binary label {y[i]:g} is not 0 or 1"
+            )
+    else:
+        bad = ~np.isfinite(y)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{path}: column {name!r}, row {i + 1}: label {y[i]} is not finite")
+
+
+def numeric_columns(
+    table: Any, path: PathLike, schema: FileSchema
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(dense float64 [n, Dd], labels float32 [n, T], weight float32 [n] | None)`` of a
+    pyarrow table or record batch, checked (finite values, valid labels, weights >= 0)."""
+    n = table.num_rows
+    dense = np.zeros((n, len(schema.dense)), dtype=np.float64)
+    for j, c in enumerate(schema.dense):
+        x = numbers(table.column(c), path, c)
+        if not np.isfinite(x).all():
+            i = int(np.flatnonzero(~np.isfinite(x))[0])
+            raise DataError(f"{path}: column {c!r}, row {i + 1}: {x[i]} is not finite")
+        dense[:, j] = x
+    labels = np.zeros((n, len(schema.labels)), dtype=np.float32)
+    for j, (c, kind) in enumerate(schema.labels):
+        y = numbers(table.column(c), path, c)
+        _check_labels(y, kind, path, c)
+        labels[:, j] = y
+    weight = None
+    if schema.weight:
+        w = numbers(table.column(schema.weight), path, schema.weight)
+        bad = ~np.isfinite(w) | (w < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{path}: column {schema.weight!r}, row {i + 1}: weight {w[i]} is not a "
+                "finite number >= 0"
+            )
+        weight = w.astype(np.float32)
+    return dense, labels, weight
+
+
+_ROW = re.compile(r", row (\d+):")
+
+
+def shift_rows(e: DataError, row0: int) -> DataError:
+    """The same one-line error with its 1-based row moved from a block to its file.
+
+    >>> str(shift_rows(DataError("f.pq: column 'x', row 3: missing value"), 100))
+    "f.pq: column 'x', row 103: missing value"
+    """
+    msg = _ROW.sub(lambda m: f", row {int(m.group(1)) + row0}:", str(e), count=1)
+    return DataError(msg)

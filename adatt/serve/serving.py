@@ -1,0 +1,204 @@
+"""What exporting and scoring share: a finished run's model and input encoding, the
+output transform, one-line errors and atomic file writes.
+
+Notation: B batch, Dd dense width, F categorical fields, T tasks.
+
+:mod:`adatt.serve.export` and :mod:`adatt.serve.predict` both import from here
+(and not from each other).
+
+* :func:`load_for_serving`: ``(config, model, schema, data name, encoding)`` of
+  a run; the input encoding (:class:`~adatt.data.encoding.FeatureEncoding`) is
+  the one saved in the run's ``data.json`` (runs on the user's files and on
+  streamed shards: raw columns), or the ``encoded`` one (census, sim,
+  mmoe_synthetic: the loader's already-encoded columns).
+* :class:`ServingModel`: the model followed by the output transform,
+  ``sigmoid(logit)`` for a binary task, the raw output for a regression task.
+
+Example:
+    >>> import torch
+    >>> from adatt.models import create_model
+    >>> m = create_model("mmoe", num_tasks=2, dense_dim=3, cat_cardinalities=[4],
+    ...                  expert_sizes=[[8]], num_experts=2)
+    >>> serving = ServingModel(m, ["binary", "regression"]).eval()
+    >>> dense, cat = torch.randn(5, 3), torch.zeros(5, 1, dtype=torch.long)
+    >>> out = serving(dense, cat)  # [5, 2]
+    >>> logits = m(dense, cat)
+    >>> bool(torch.equal(out[:, 0], torch.sigmoid(logits[:, 0])))
+    True
+    >>> bool(torch.equal(out[:, 1], logits[:, 1]))
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adatt.data.encoding import FeatureEncoding
+from adatt.data.schema import FeatureSchema
+from adatt.train.trainer import RunError
+
+__all__ = [
+    "ServeError",
+    "ServingModel",
+    "output_columns",
+    "atomic_target",
+    "write_json",
+    "encoding_from_meta",
+    "encoding_for_run",
+    "load_for_serving",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+class ServeError(RunError):
+    """A run that cannot be exported or served (one line)."""
+
+
+class ServingModel(nn.Module):
+    """A multi-task model plus its output transform: raw features -> ``[B, T]``.
+
+    Args:
+        model: maps ``dense [B, Dd]``, ``cat [B, F]`` to logits ``[B, T]``.
+        task_kinds: per task, ``binary`` (sigmoid) or ``regression`` (identity).
+    """
+
+    def __init__(self, model: nn.Module, task_kinds: Sequence[str]) -> None:
+        super().__init__()
+        kinds = list(task_kinds)
+        if any(k not in ("binary", "regression") for k in kinds):
+            raise ValueError(f"task kinds must be binary or regression, got {kinds}")
+        self.model = model
+        self.all_binary = all(k == "binary" for k in kinds)
+        self.any_binary = any(k == "binary" for k in kinds)
+        self.register_buffer(
+            "binary", torch.tensor([k == "binary" for k in kinds]), persistent=False
+        )
+
+    def forward(self, dense: Tensor, cat: Tensor) -> Tensor:
+        z = self.model(dense, cat)  # [B, T] logits / regression outputs
+        if self.all_binary:
+            return torch.sigmoid(z)
+        if not self.any_binary:
+            return z
+        return torch.where(self.binary, torch.sigmoid(z), z)  # [T] mask broadcast over [B, T]
+
+
+def output_columns(schema: FeatureSchema) -> list[str]:
+    """Per task, the output column name: ``<task>_prob`` (binary) or ``<task>_pred``.
+
+    >>> from adatt.data.schema import TaskSpec
+    >>> s = FeatureSchema(("x",), (), (), (TaskSpec("click"), TaskSpec("time", "regression")))
+    >>> output_columns(s)
+    ['click_prob', 'time_pred']
+    """
+    return [f"{t.name}_{'prob' if t.kind == 'binary' else 'pred'}" for t in schema.tasks]
+
+
+# --------------------------------------------------------------------------- files
+
+
+@contextlib.contextmanager
+def atomic_target(output: Path) -> Iterator[Path]:
+    """A temporary path next to ``output`` (same suffix); renamed to ``output`` on success.
+
+    A file system problem (no permission, ``output`` a directory) is a :class:`ServeError`.
+    """
+    if output.is_dir():
+        raise ServeError(f"{output}: is a directory; give a file name")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.",
+                                        suffix=".tmp" + output.suffix)
+    except OSError as e:
+        raise ServeError(f"{output}: cannot write ({e.strerror or e})") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+            os.replace(tmp, output)
+        except OSError as e:
+            raise ServeError(f"{output}: cannot write ({e.strerror or e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """``obj`` as indented JSON, written atomically (:func:`atomic_target`)."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _saved_encoding(saved: dict[str, Any], schema: FeatureSchema, where: str) -> FeatureEncoding:
+    try:
+        enc = FeatureEncoding.from_dict(saved)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ServeError(f"{where} has an unreadable encoding ({e})") from None
+    if (enc.dense, enc.categorical, enc.cardinalities) != (
+        schema.dense, schema.categorical, schema.cardinalities
+    ):
+        raise ServeError(f"the encoding saved in {where} does not match its schema")
+    return enc
+
+
+def encoding_from_meta(cfg: Any, schema: FeatureSchema,
+                       meta: dict[str, Any] | None) -> FeatureEncoding | None:
+    """The input encoding saved with a run (its ``data.json``), or None when the
+    run predates it and its data has to be loaded again (:func:`encoding_for_run`)."""
+    if cfg.data.source not in ("files", "stream"):  # already-encoded columns
+        return FeatureEncoding(schema.dense, schema.categorical, schema.cardinalities)
+    saved = (meta or {}).get("info", {}).get("encoding")
+    if saved is None and cfg.data.source == "stream":
+        raise ServeError("the run's data.json holds no input encoding (a data.cat_encoding=hash "
+                         "run made before hashed encodings were saved); train it again to "
+                         "serve it")
+    if saved is None:
+        return None
+    return _saved_encoding(saved, schema, "the run's data.json")
+
+
+def encoding_for_run(cfg: Any, splits: Any) -> FeatureEncoding:
+    """The input encoding of a run from its config and loaded splits: the encoding the
+    loader fitted (``splits.info["encoding"]``: files, stream), else the ``encoded`` one."""
+    schema: FeatureSchema = splits.schema
+    saved = splits.info.get("encoding")
+    if saved is None:
+        return FeatureEncoding(schema.dense, schema.categorical, schema.cardinalities)
+    return _saved_encoding(saved, schema, f"the {cfg.data.source} loader's output")
+
+
+def load_for_serving(run_dir: PathLike) -> tuple[Any, nn.Module, FeatureSchema, str,
+                                                 FeatureEncoding]:
+    """``(config, model, schema, data name, encoding)`` of a finished run.
+
+    Runs with ``data.json`` need no data; older runs load their data again for
+    the schema and the encoding (:func:`encoding_for_run`).
+    """
+    from adatt.train.trainer import load_run, load_run_model
+
+    cfg, model, schema, meta = load_run_model(run_dir)
+    enc = encoding_from_meta(cfg, schema, meta)
+    if enc is not None:
+        return cfg, model, schema, (meta or {}).get("name", cfg.data.source), enc
+    cfg, model, splits = load_run(run_dir)
+    return cfg, model, splits.schema, splits.name, encoding_for_run(cfg, splits)
