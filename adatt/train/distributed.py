@@ -76,13 +76,16 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from adatt.config import ConfigError
+
+if TYPE_CHECKING:
+    from adatt.data.sources import BatchSource
 
 __all__ = ["init", "shutdown", "is_active", "is_main", "rank", "world_size", "default_threads",
            "local_device", "wrap", "row_range", "Shard", "shard", "barrier", "evaluate",
@@ -334,7 +337,7 @@ def rank_plan(rank_rows: list[int], local_batch: int) -> tuple[int, int]:
 
 
 def batch_source(train: Any, batch_size: int, seed: int, device: torch.device | str = "cpu",
-                 rank_shards: bool = False) -> Any:
+                 rank_shards: bool = False) -> BatchSource:
     """The trainer's training batches (see :func:`adatt.data.stream.batch_source`).
 
     With ``rank_shards`` (``data.rank_shards``), Parquet shards and several
