@@ -3,8 +3,12 @@
 Sources: UCI Census-Income (KDD) (:mod:`adatt.data.census`), a short-video
 recommender simulator (:mod:`adatt.data.simulator`), the MMoE paper's
 synthetic generator (:mod:`adatt.data.mmoe_synthetic`) and the user's own
-CSV / Parquet files (:mod:`adatt.data.files`). :func:`load_splits` takes a
-:class:`DataConfig` and returns :class:`Splits`; :func:`describe` summarises them.
+CSV / Parquet files (:mod:`adatt.data.files`), also streamed from Parquet
+shards (:mod:`adatt.data.stream`). Raw columns are encoded by one
+:class:`FeatureEncoding` (:mod:`adatt.data.encoding`); the trainer reads
+training batches through a :class:`BatchSource` (:mod:`adatt.data.sources`).
+:func:`load_splits` takes a :class:`DataConfig` and returns :class:`Splits`;
+:func:`describe` summarises them.
 
 Importing this package is cheap: the names below load their module on first use.
 
@@ -33,6 +37,9 @@ __all__ = [
     "iter_chunks",
     "load_mmoe_synthetic",
     "load_files",
+    "load_stream",
+    "FeatureEncoding",
+    "BatchSource",
     "describe",
 ]
 
@@ -50,6 +57,9 @@ _WHERE = {
     "iter_chunks": "simulator",
     "load_mmoe_synthetic": "mmoe_synthetic",
     "load_files": "files",
+    "load_stream": "stream",
+    "FeatureEncoding": "encoding",
+    "BatchSource": "sources",
     "describe": "info",
 }
 

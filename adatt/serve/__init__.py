@@ -8,6 +8,10 @@ Notation: B batch, Dd dense width, F categorical fields, T tasks.
   binary tasks, the raw prediction for regression tasks), with a JSON sidecar.
 * :mod:`adatt.serve.predict` -- :func:`~adatt.serve.predict.predict_file`
   scores a CSV / Parquet file of raw feature columns with a run's model.
+* :mod:`adatt.serve.serving` -- what both use (and neither imports from the
+  other): a run's model and input encoding
+  (:func:`~adatt.serve.serving.load_for_serving`), the output transform
+  (:class:`~adatt.serve.serving.ServingModel`), :class:`~adatt.serve.serving.ServeError`.
 
 ONNX needs the optional extra: ``pip install adatt[serve]``. Submodules are
 imported on use, so importing this package is cheap.
@@ -28,10 +32,14 @@ FORMATS = ("torchscript", "export", "onnx")
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("ServeError", "export_run"):
+    if name == "ServeError":
+        from adatt.serve import serving
+
+        return serving.ServeError
+    if name == "export_run":
         from adatt.serve import export
 
-        return getattr(export, name)
+        return export.export_run
     if name == "predict_file":
         from adatt.serve import predict
 
