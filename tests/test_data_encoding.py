@@ -195,6 +195,13 @@ def test_vocabulary_lookups_agree():
     assert enc.encode_field(0, ints).tolist() == want.tolist() == [4, 0, 1, 2, 3, 0]
     assert enc.encode_field(0, ints.cast(pa.string())).tolist() == want.tolist()
     assert enc.encode_field(0, pa.array([7, None])).tolist() == [4, 0]  # null -> "" unknown
+    # text lookups: a column longer than the vocabulary (pyarrow) and shorter (pandas) agree
+    rng = np.random.default_rng(0)
+    vocab = build_vocabulary([f"v{k}" for k in range(40)])
+    for n in (5, 400):
+        values = [None if k % 7 == 0 else f"v{k}" for k in rng.integers(0, 60, n)]
+        want = [vocab.index(v) + 1 if v in vocab else 0 for v in values]
+        assert encode_categorical(pa.array(values, type=pa.string()), vocab).tolist() == want
 
 
 def test_encoding_round_trip_and_bad_forms():

@@ -96,12 +96,16 @@ class _Lookup:
     """Codes of one vocabulary: ``1 + position`` for a known value, 0 otherwise.
 
     An integer column against a vocabulary of canonical integers is a binary
-    search; any other column is looked up as text in a pandas index (built once).
+    search. Text is looked up with ``pyarrow.compute.index_in`` when the column
+    has at least as many values as the vocabulary (it hashes the vocabulary on
+    every call), else in a pandas index built once (a large vocabulary, small
+    blocks: the shard stream); both give the same codes.
     """
 
     def __init__(self, vocabulary: Sequence[str]):
         self.vocabulary = vocabulary
         self.int_keys = _integer_keys(vocabulary)
+        self.value_set: Any = None
         self.index: Any = None
 
     def of_integers(self, col: Any) -> np.ndarray | None:
@@ -118,13 +122,22 @@ class _Lookup:
         pos = np.minimum(np.searchsorted(keys, v), len(keys) - 1)
         return np.where(keys[pos] == v, codes[pos], 0)
 
-    def of_text(self, text: np.ndarray) -> np.ndarray:
-        """Codes ``int64 [n]`` of an object array of str (None counts as unknown)."""
+    def of_text(self, text: Any) -> np.ndarray:
+        """Codes ``int64 [n]`` of a pyarrow string array (a null is unknown)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if len(self.vocabulary) <= len(text):
+            if self.value_set is None:
+                self.value_set = pa.array(list(self.vocabulary), type=pa.string())
+            idx = pc.index_in(text, value_set=self.value_set)
+            return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
         if self.index is None:
             import pandas as pd
 
             self.index = pd.Index(np.array(self.vocabulary, dtype=object), dtype=object)
-        return self.index.get_indexer(text.astype(object)).astype(np.int64) + 1
+        values = text.to_numpy(zero_copy_only=False).astype(object)  # [n] str / None
+        return self.index.get_indexer(values).astype(np.int64) + 1
 
 
 def _integer_keys(vocab: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -145,7 +158,7 @@ def encode_categorical(values: Iterable[str] | Any, vocabulary: Sequence[str]) -
 
     if not isinstance(values, pa.Array | pa.ChunkedArray):
         values = pa.array(list(values), type=pa.string())
-    return _Lookup(vocabulary).of_text(values.to_numpy(zero_copy_only=False))
+    return _Lookup(vocabulary).of_text(values)
 
 
 # --------------------------------------------------------------------------- the encoding
@@ -273,7 +286,7 @@ class FeatureEncoding:
             if codes is not None:
                 return codes
         try:
-            text = category_text(col).to_numpy(zero_copy_only=False)  # object [n] of str
+            text = category_text(col)  # pyarrow string array, no nulls
         except pa.ArrowException:  # e.g. a list or struct column
             raise DataError(f"{path}: column {name!r} has type {col.type}, which cannot be "
                             "read as categories") from None
@@ -282,7 +295,7 @@ class FeatureEncoding:
         import pandas as pd
 
         assert self.hash_buckets is not None
-        h = pd.util.hash_array(text.astype(object))  # uint64 [n]
+        h = pd.util.hash_array(text.to_numpy(zero_copy_only=False).astype(object))  # uint64 [n]
         return (h % np.uint64(self.hash_buckets)).astype(np.int64) + 1
 
     def encode(self, table: Any, path: PathLike) -> tuple[np.ndarray, np.ndarray]:
