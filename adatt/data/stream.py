@@ -11,13 +11,10 @@ own: finding and checking the shards (:mod:`adatt.data.shards`), the encoding
 trainer's batch sources (:mod:`adatt.data.sources`) and the simulator shard
 writer (:mod:`adatt.data.shard_writer`); their names are importable from here.
 
-``data.train`` names the shards: a directory (every ``*.parquet`` / ``*.pq``
-in it), a glob (``DIR/train/part-*.parquet``) or one file; shards are taken in
-sorted path order. Only Parquet footers are read up front (row counts, column
-types: every shard must have the schema's columns with the same types as the
-first); row counts are therefore known before the first pass, so
-``train.epochs`` and ``train.max_examples`` mean what they mean in memory and
-the progress bar has its total.
+``data.train`` names the shards (:func:`~adatt.data.shards.find_shards`); only
+their footers are read up front, so row counts are known before the first
+pass: ``train.epochs`` and ``train.max_examples`` mean what they mean in
+memory and the progress bar has its total.
 
 Encoding (the same for the training stream and the in-memory valid / test)
     Fitted (:class:`~adatt.data.encoding.EncodingFit`) on a bounded sample: the
