@@ -150,3 +150,32 @@ def test_the_wheel_carries_every_shipped_config(tmp_path):
     assert {f"adatt/configs/{n}.yaml" for n in SHIPPED} <= names
     assert "adatt/cli.py" in names and not any(n.startswith(("tests/", "configs/"))
                                                for n in names)
+
+
+def test_the_api_reference_names_the_public_packages_only():
+    """Pages reference packages, never a file inside one, so that moving files keeps them."""
+    pages = sorted((ROOT / "docs" / "reference").glob("*.md"))
+    targets = [line.split()[1] for p in pages for line in p.read_text().splitlines()
+               if line.startswith(":::")]
+    assert sorted(targets) == ["adatt.data", "adatt.models", "adatt.modules", "adatt.serve",
+                               "adatt.train"]
+    mkdocs = (ROOT / "mkdocs.yml").read_text()
+    for page in ["index.md", "data.md", "distributed.md", "torchrec.md", "serving.md",
+                 "experiments.md", "results/index.md", *(f"reference/{p.name}" for p in pages)]:
+        assert f" {page}" in mkdocs, f"{page} is not in the site's nav"
+
+
+def test_docstring_extension_fences_doctests_and_flattens_sphinx_roles():
+    pytest.importorskip("griffe")  # the `docs` extra
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "griffe_examples", ROOT / "docs" / "hooks" / "griffe_examples.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    text = "Sum.\n\n>>> [b for b in x]\n[4, 1]\n\nMore text.\n\nExample:\n    >>> 1\n    1"
+    assert ext._fence_doctests(text) == (
+        "Sum.\n\n```pycon\n>>> [b for b in x]\n[4, 1]\n```\n\nMore text.\n\nExample:\n"
+        "    >>> 1\n    1")
+    assert ext._ROLE.sub(ext._role, "A :class:`~adatt.data.Batch` of :mod:`adatt.data`") == (
+        "A `Batch` of `adatt.data`")
