@@ -46,7 +46,7 @@ bench-peers: $(STAMP)
 
 # The documentation site (mkdocs.yml) into site/; --strict: a broken link or reference fails
 docs: $(DOCS_STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The wheel of this tree (what a package index would serve), in dist/
 wheel: $(STAMP)
