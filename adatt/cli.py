@@ -2,7 +2,9 @@
 
     adatt models                          list the registered models
     adatt demo                            train every model on simulated data, print a table
-    adatt train --config FILE [k=v ...]   train one run (see configs/)
+    adatt train --config FILE|NAME [k=v ...]
+                                          train one run (a YAML file or a shipped config's name)
+    adatt config list                     name the shipped configs (census/adatt_sp, ...)
     adatt eval --run runs/NAME            re-score a saved run
     adatt data info census|sim|files ...  describe a data set
     adatt data write-shards sim --rows N --shard-rows M --out DIR
@@ -36,6 +38,15 @@ def _cmd_models(args: argparse.Namespace) -> None:
     models = list_models()
     width = max(map(len, models))
     for name, desc in models.items():
+        print(f"{name:<{width}}  {desc}")
+
+
+def _cmd_config_list(args: argparse.Namespace) -> None:
+    from adatt.config import packaged_configs
+
+    configs = packaged_configs()
+    width = max(map(len, configs))
+    for name, desc in configs.items():
         print(f"{name:<{width}}  {desc}")
 
 
@@ -258,11 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_demo)
 
     s = sub.add_parser("train", help="train one run from a YAML config")
-    s.add_argument("--config", help="YAML config (see configs/)")
+    s.add_argument("--config", help="YAML config file, or the name of a shipped config "
+                   "(census/adatt_sp; list: adatt config list)")
     s.add_argument("--resume", action="store_true", help="continue a killed run")
     s.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     s.add_argument("overrides", nargs="*", metavar="key=value")
     s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("config", help="the shipped configs")
+    csub = s.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("list", help="name the shipped configs (for train --config NAME)")
+    c.set_defaults(fn=_cmd_config_list)
 
     s = sub.add_parser("eval", help="re-score a saved run")
     s.add_argument("--run", required=True, help="run directory (runs/NAME)")

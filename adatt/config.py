@@ -15,6 +15,11 @@ naming the key. Model options are checked against the model constructor's
 signature and type hints (``num_tasks``, ``dense_dim`` and
 ``cat_cardinalities`` come from the data and may not be set).
 
+A config is a YAML file given by path, or one of the configs shipped inside
+the package given by name (``census/adatt_sp``; :func:`packaged_configs`
+lists them, ``adatt config list`` prints them). A path that exists wins over a
+name.
+
 Example:
     >>> cfg = load_config(None, ["model.name=mmoe", "model.num_experts=4", "train.epochs=2"])
     >>> cfg.model["name"], cfg.model["num_experts"], cfg.train.epochs
@@ -27,6 +32,8 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -37,9 +44,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from adatt.data.config import DataConfig
 
 __all__ = ["ConfigError", "OptimizerConfig", "ScheduleConfig", "SelectionConfig", "TrainConfig",
-           "RunConfig", "load_config", "apply_overrides", "validate_model_options", "dump_config"]
+           "RunConfig", "load_config", "apply_overrides", "validate_model_options", "dump_config",
+           "CONFIG_DIR", "packaged_configs", "resolve_config"]
 
 FROM_DATA = ("num_tasks", "dense_dim", "cat_cardinalities")
+
+#: The configs shipped inside the package (``configs/`` in a clone links here).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -186,13 +197,86 @@ def validate_model_options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _description(text: str) -> str:
+    """A config's description: its opening comment less the command line, first clause.
+
+    Parenthesised details are dropped and the text ends at the first ``;`` or
+    sentence end, so that it fits one line.
+    """
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        line = line.lstrip("#").strip()
+        if line and not line.startswith("adatt "):
+            lines.append(line)
+    desc, depth = "", 0
+    for ch in " ".join(lines):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and ch != ")":
+            desc += ch
+    desc = re.split(r";|\.(?:\s|$)", desc)[0]
+    return re.sub(r"\s+", " ", desc).replace(" ,", ",").strip(" ,")
+
+
+def packaged_configs() -> dict[str, str]:
+    """The shipped configs: name (``census/adatt_sp``) -> first line of its description.
+
+    Example:
+        >>> configs = packaged_configs()
+        >>> "census/adatt_sp" in configs and "sim/adatt" in configs
+        True
+        >>> configs["census/adatt_sp"]
+        "AdaTT-sp on UCI Census-Income, the paper's group A sizes, Aoki et al.'s training protocol"
+    """
+    out = {}
+    for p in sorted(CONFIG_DIR.rglob("*.yaml")):
+        name = p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
+        out[name] = _description(p.read_text())
+    return out
+
+
+def resolve_config(ref: str | Path) -> Path:
+    """The YAML file a ``--config`` value names: a path when it exists, else a shipped config.
+
+    A name may carry the ``.yaml`` suffix and the ``configs/`` prefix of a
+    clone's paths, so ``configs/census/adatt_sp.yaml`` also works outside a
+    clone. Neither a file nor a name is a :class:`ConfigError` listing the
+    closest names.
+
+    Example:
+        >>> resolve_config("census/adatt_sp").relative_to(CONFIG_DIR).as_posix()
+        'census/adatt_sp.yaml'
+        >>> resolve_config("census/adatt_s")
+        Traceback (most recent call last):
+        ...
+        adatt.config.ConfigError: census/adatt_s: ... (closest: census/adatt_sp, ...)
+    """
+    p = Path(ref)
+    if p.is_file():
+        return p
+    names = packaged_configs()
+    name = p.as_posix()
+    if not p.is_absolute():
+        name = name.removeprefix("./").removeprefix("configs/")
+        for suffix in (".yaml", ".yml"):
+            name = name.removesuffix(suffix)
+        if name in names:
+            return CONFIG_DIR / f"{name}.yaml"
+    close = difflib.get_close_matches(name, list(names), n=4, cutoff=0.6)
+    hint = f"closest: {', '.join(close)}; " if close else ""
+    raise ConfigError(f"{ref}: config file not found, nor a packaged config name "
+                      f"({hint}all: adatt config list)")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or start from defaults), apply overrides, validate everything."""
+    """Read a YAML config (or start from defaults), apply overrides, validate everything.
+
+    ``path`` is a file or the name of a shipped config (:func:`resolve_config`).
+    """
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
+        p = resolve_config(path)
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

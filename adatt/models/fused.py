@@ -283,8 +283,7 @@ class MLMMoE(FusedExpertModel):
     inputs of level l+1's n experts; every gate reads the raw input.
 
     Args:
-        num_experts: n experts per level.
-        Others as :class:`AdaTTSp`.
+        num_experts: n experts per level; the other options as :class:`AdaTTSp`.
     """
 
     name = "ml_mmoe"
