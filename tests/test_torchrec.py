@@ -281,8 +281,8 @@ def test_two_ranks_sharded_training_matches_one_process(torchrec, tmp_path):
     state = torch.load(run / "best.pt", weights_only=True)
     m = atr.TorchRecMultiTask("adatt", 2, 3, atr.schema_to_tables(SCHEMA, 4), **MODEL_OPTS)
     m.load_state_dict(state)  # the saved model loads unsharded
-    # sharded evaluation (2 x 25 rows per global batch, the last one 25 + 3 rows and 22
-    # stand-ins) scores the rows as one process does
+    # sharded evaluation (each rank 64 of the 128 rows, in batches of 50 and 14) scores the
+    # rows as one process does
     one = atr.evaluate_sharded(m, splits.valid, SCHEMA, batch_size=4096)
     for task in ("click", "like"):
         for k in ("auc", "logloss", "count"):
