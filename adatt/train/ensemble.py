@@ -39,7 +39,8 @@ Results match separate runs up to floating-point summation order (batched
 products add in a different order than single ones). Not supported, with a
 :class:`~adatt.config.ConfigError` saying so: ``gradnorm`` and ``pcgrad``
 (they need each copy's per-task gradients of the shared layers, which one
-stacked backward pass does not separate) and ``train.tensorboard``. There is
+stacked backward pass does not separate), ``train.tensorboard``,
+``train.distributed`` and ``data.source=stream``. There is
 no ``--resume`` inside a group of copies: an ensemble that is killed keeps its
 finished seeds (``resume=True``) and trains the others again.
 
@@ -388,6 +389,12 @@ def check_ensemble_config(cfg: RunConfig) -> None:
                           "those runs separately with `adatt train`")
     if tc.tensorboard:
         raise ConfigError("train.tensorboard: not supported by train_ensemble")
+    if tc.distributed:
+        raise ConfigError("train.distributed=true: not supported by train_ensemble (its copies "
+                          "are vectorised in one process)")
+    if cfg.data.source == "stream":
+        raise ConfigError("data.source=stream: train_ensemble needs in-memory training data "
+                          "(each copy gathers its own rows of every step)")
 
 
 def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
