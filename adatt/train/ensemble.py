@@ -110,7 +110,7 @@ from adatt.train.runs import build_model, finished_results
 from adatt.train.seeding import seed_everything
 from adatt.train.selection import Selection, selection_score
 from adatt.train.trainer import make_weighting, setup_runtime
-from adatt.train.weighting import WEIGHTINGS
+from adatt.train.weighting import WEIGHTINGS, Weighting
 
 __all__ = ["EnsembleModel", "EnsembleLoss", "train_ensemble", "evaluate_ensemble",
            "train_step", "clip_grad_norm_per_copy", "check_ensemble_config", "auto_chunk",
@@ -567,6 +567,8 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
 
     # ---------------------------------------------------------------- train
     model.train()
+    scaling = None if tc.weighting == "equal" else weighting  # equal: loss_fn.total
+    epoch_means = type(weighting).epoch_end is not Weighting.epoch_end  # e.g. DWA's history
     epoch_loss = None
     while not all(sel.done for sel in selections) and progress.examples < budget:
         epoch = progress.epoch
@@ -581,19 +583,21 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
             idx = perms[:, b_idx * tc.batch_size : (b_idx + 1) * tc.batch_size]  # [S,B]
             idx = idx[:, : budget - progress.examples]  # [S,B] -> [S,B'] (budget cut)
             losses = train_step(model, loss_fn, opt, sched, train_data, idx, tc.bf16,
-                                weighting, tc.grad_clip)  # [S,T]
+                                scaling, tc.grad_clip)  # [S,T]
             n = idx.shape[1]
             progress.step += 1
             progress.examples += n
             progress.train_time += time.perf_counter() - t0
             progress.epoch_steps += 1
-            detached = losses.detach()
-            epoch_loss = detached if progress.epoch_steps == 1 else epoch_loss + detached
+            if epoch_means:
+                detached = losses.detach()
+                epoch_loss = detached if progress.epoch_steps == 1 else epoch_loss + detached
             bar.update(n)
             epoch_end = b_idx + 1 >= steps_per_epoch
             if epoch_end:
                 progress.epoch += 1
-                weighting.epoch_end(epoch_loss / progress.epoch_steps)  # [S,T] means
+                if epoch_means:
+                    weighting.epoch_end(epoch_loss / progress.epoch_steps)  # [S,T] means
                 progress.epoch_steps = 0
             if progress.examples >= progress.next_eval or progress.examples >= budget:
                 progress.next_eval += tc.eval_every or n_train
