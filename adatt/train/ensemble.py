@@ -388,7 +388,9 @@ def check_ensemble_config(cfg: RunConfig) -> None:
                           f"stacked backward pass does not separate); use {per_copy}, or train "
                           "those runs separately with `adatt train`")
     if tc.tensorboard:
-        raise ConfigError("train.tensorboard: not supported by train_ensemble")
+        raise ConfigError("train.tensorboard: not supported by train_ensemble (it writes no "
+                          "per-copy event logs); read each seed's metrics.jsonl, or train the "
+                          "runs separately with `adatt train`")
     if tc.distributed:
         raise ConfigError("train.distributed=true: not supported by train_ensemble (its copies "
                           "are vectorised in one process)")
