@@ -63,7 +63,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from adatt.train.trainer import evaluate, load_run
+    from adatt.train.evaluation import evaluate
+    from adatt.train.runs import load_run
 
     cfg, model, splits = load_run(args.run)
     res = {"name": cfg.name}
@@ -86,7 +87,7 @@ def _relative(res: dict, baseline_dir: str, splits: list[str]) -> dict[str, dict
     from pathlib import Path
 
     from adatt.train.metrics import relative_to_baseline
-    from adatt.train.trainer import RunError
+    from adatt.train.rundir import RunError
 
     path = Path(baseline_dir) / "results.json"
     if not path.is_file():
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from adatt.config import ConfigError
     from adatt.data.errors import DataError
-    from adatt.train.trainer import RunError
+    from adatt.train.rundir import RunError
 
     try:
         args.fn(args)

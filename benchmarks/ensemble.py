@@ -97,7 +97,9 @@ def run_one(kind: str, S: int, args: argparse.Namespace) -> dict:
     from adatt.config import load_config
     from adatt.train.ensemble import EnsembleLoss, EnsembleModel, train_step
     from adatt.train.losses import TaskLoss
-    from adatt.train.trainer import _seed_everything, build_model, make_optimizer, make_schedule
+    from adatt.train.optim import make_optimizer, make_schedule
+    from adatt.train.runs import build_model
+    from adatt.train.seeding import seed_everything
     from adatt.train.weighting import create_weighting
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -128,7 +130,7 @@ def run_one(kind: str, S: int, args: argparse.Namespace) -> dict:
             j = i % (n // B)
             train_step(model, loss_fn, opt, sched, data, perms[:, j * B : (j + 1) * B], tc.bf16)
     else:
-        _seed_everything(0)
+        seed_everything(0)
         single = build_model(cfg.model, splits.schema).to(device)
         task_loss = TaskLoss(splits.schema.task_kinds).to(device)
         weighting = create_weighting("equal", splits.schema.num_tasks).to(device)

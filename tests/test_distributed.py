@@ -141,12 +141,12 @@ RUNNER = """\
 import os, sys
 import adatt.data.stream as st
 import adatt.train.distributed as ddp
-import adatt.train.trainer as tr
+import adatt.train.rundir as rd
 from adatt.cli import main
 
 rank, out = int(os.environ["RANK"]), os.environ["RECORD_DIR"]
 read, steps = set(), []
-chunk, losses, evaluate = st.ShardStream._chunk, ddp.Shard.losses, tr._evaluate_and_checkpoint
+chunk, losses, save = st.ShardStream._chunk, ddp.Shard.losses, rd.RunDir.save_checkpoint
 
 def record_chunk(self):
     read.add(self.data.shards[self.order[self.shard_pos]].path.name)
@@ -156,13 +156,13 @@ def record_losses(self, loss_fn, logits, batch):
     steps.append(len(batch) if self.live else 0)
     return losses(self, loss_fn, logits, batch)
 
-def maybe_die(*a, **k):
-    evaluate(*a, **k)
-    if rank == 0 and a[7]["evals"] == int(os.environ.get("KILL_AT_EVAL", "0")):
+def maybe_die(self, checkpoint):  # after an evaluation and its checkpoint
+    save(self, checkpoint)
+    if rank == 0 and checkpoint["state"]["evals"] == int(os.environ.get("KILL_AT_EVAL", "0")):
         os._exit(9)
 
 st.ShardStream._chunk, ddp.Shard.losses = record_chunk, record_losses
-tr._evaluate_and_checkpoint = maybe_die
+rd.RunDir.save_checkpoint = maybe_die
 code = main(sys.argv[1:])
 with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
     f.write(" ".join(sorted(read)) + "\\n" + " ".join(map(str, steps)) + "\\n")

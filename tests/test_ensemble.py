@@ -158,6 +158,49 @@ def test_copy_k_equals_separate_run_with_seed_k(tmp_path, base, splits_of):
             assert_metrics_close(x["valid"], y["valid"])
 
 
+@pytest.mark.parametrize("extra", [
+    ["train.weighting=uncertainty"],
+    ["train.weighting=dwa", "train.epochs=4"],  # DWA's weights move from the third epoch
+    ["train.grad_clip=0.05"],  # small enough to clip every step
+], ids=["uncertainty", "dwa", "grad_clip"])
+def test_per_copy_weighting_and_clipping_equal_separate_runs(tmp_path, extra, splits_of):
+    """Options with a per-copy state (a loss weighting's, a gradient norm) act on each copy
+    as on its own run."""
+    splits = splits_of(MMOE)
+    seeds = SEEDS[:2]
+    ens = train_ensemble(cfg_for(tmp_path, MMOE, "name=ens", *extra), seeds, splits=splits)
+    for k, s in enumerate(seeds):
+        sep = train(cfg_for(tmp_path, MMOE, f"name=sep{s}", f"train.seed={s}", *extra),
+                    splits=splits)
+        assert ens[k]["selected"] == sep["selected"]
+        assert_metrics_close(sep["test"], ens[k]["test"], tol=1e-4)
+        a = [json.loads(x) for x in (tmp_path / f"sep{s}" / "metrics.jsonl").read_text()
+             .splitlines()]
+        b = [json.loads(x) for x in (tmp_path / "ens" / f"seed_{s}" / "metrics.jsonl")
+             .read_text().splitlines()]
+        for x, y in zip(a, b, strict=True):
+            assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4, abs=1e-6)
+
+
+def test_clip_grad_norm_per_copy_equals_torch_per_copy():
+    from adatt.train.ensemble import clip_grad_norm_per_copy
+
+    g = torch.Generator().manual_seed(0)
+    stacked = [torch.nn.Parameter(torch.zeros(3, *shape)) for shape in [(4, 5), (5,), (2, 2, 2)]]
+    for p in stacked:
+        p.grad = torch.randn(p.shape, generator=g)
+    singles = [[torch.nn.Parameter(torch.zeros(p.shape[1:])) for p in stacked] for _ in range(3)]
+    for k, ps in enumerate(singles):
+        for p, sp in zip(stacked, ps, strict=True):
+            sp.grad = p.grad[k].clone()
+    norms = clip_grad_norm_per_copy(stacked, 2.0)
+    for k, ps in enumerate(singles):
+        want = torch.nn.utils.clip_grad_norm_(ps, 2.0, foreach=True)
+        torch.testing.assert_close(norms[k], want)
+        for p, sp in zip(stacked, ps, strict=True):
+            torch.testing.assert_close(p.grad[k], sp.grad)
+
+
 def test_selection_is_per_copy_and_seed_dirs_are_runs(tmp_path, splits_of):
     seeds = [3, 4, 5, 6]
     res = train_ensemble(cfg_for(tmp_path, SIM, "name=e", "train.optimizer.lr=3e-2",
@@ -203,9 +246,10 @@ def test_bf16_runs(tmp_path):
 
 
 @pytest.mark.parametrize("override,match", [
-    ("train.weighting=uncertainty", "train.weighting=uncertainty: train_ensemble supports only"),
-    ("train.grad_clip=1.0", "train.grad_clip: not supported by train_ensemble"),
+    ("train.weighting=gradnorm", "train.weighting=gradnorm: not supported by train_ensemble"),
+    ("train.weighting=pcgrad", "train.weighting=pcgrad: not supported by train_ensemble"),
     ("train.tensorboard=true", "train.tensorboard: not supported"),
+    ("train.distributed=true", "train.distributed=true: not supported by train_ensemble"),
 ])
 def test_unsupported_options_are_config_errors(tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):

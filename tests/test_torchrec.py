@@ -269,7 +269,8 @@ def test_two_ranks_sharded_training_matches_one_process(torchrec, tmp_path):
         moved = max(moved, float((v - _initial_state()[k]).abs().max()))
     assert moved > 1e-3  # the tables and layers did train
 
-    # the recipe: loss goes down, metrics and files written by rank 0
+    # the recipe: loss goes down, metrics and files written by rank 0, the selected weights
+    # (best.pt) scored
     res = got["results"]
     assert res["world_size"] == 2 and {p["ranks"][0] for p in res["plan"].values()} == {0, 1}
     first, last = res["epoch_train_loss"][0], res["epoch_train_loss"][-1]
@@ -277,13 +278,76 @@ def test_two_ranks_sharded_training_matches_one_process(torchrec, tmp_path):
     assert set(res["test"]) == {"click", "like"} and res["test"]["click"]["auc"] > 0.5
     run = out / "run"
     assert json.loads((run / "results.json").read_text())["train_examples"] == 3 * 256 // 32 * 32
-    state = torch.load(run / "model.pt", weights_only=True)
+    state = torch.load(run / "best.pt", weights_only=True)
     m = atr.TorchRecMultiTask("adatt", 2, 3, atr.schema_to_tables(SCHEMA, 4), **MODEL_OPTS)
     m.load_state_dict(state)  # the saved model loads unsharded
-    # sharded evaluation (2 x 25 rows per global batch, the last one 25 + 3 rows and 22
-    # stand-ins) scores the rows as one process does
+    # sharded evaluation (each rank 64 of the 128 rows, in batches of 50 and 14) scores the
+    # rows as one process does
     one = atr.evaluate_sharded(m, splits.valid, SCHEMA, batch_size=4096)
     for task in ("click", "like"):
         for k in ("auc", "logloss", "count"):
             assert res["valid"][task][k] == pytest.approx(one[task][k], rel=1e-5), (task, k)
     print(f"two-rank test: {time.perf_counter() - t0:.1f} s")
+
+
+# ------------------------------------------------------------------ selection and --resume
+
+TR_RUN = ["model.name=mmoe", "model.embedding_dim=4", "model.expert_sizes=[[8]]",
+          "model.num_experts=2", "train.batch_size=32", "train.epochs=3", "train.eval_every=96",
+          "train.progress=false", "train.threads=1", "train.optimizer.lr=0.02",
+          "train.eval_batch_size=50"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_selection_best_pt_and_exact_resume(torchrec, tmp_path, monkeypatch):
+    """Validation-only selection writes best.pt and the same results.json keys as
+    `adatt train`; a run killed after its second checkpoint and resumed ends with the
+    uninterrupted run's numbers."""
+    from adatt.config import load_config
+    from adatt.train.rundir import RunDir
+
+    splits = _toy_splits()
+    whole = atr.train_torchrec(load_config(None, [*TR_RUN, f"out_dir={tmp_path}", "name=a"]),
+                               splits=splits, sparse_lr=0.1)
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 8  # 24 steps of 32 rows, one evaluation per 96 examples
+    best = max(lines, key=lambda x: x["score"])
+    assert whole["selected"]["eval"] == best["eval"]
+    assert whole["selection_score"] == best["score"]
+    for key in ("selected", "selection_metric", "selection_score", "valid", "test",
+                "num_parameters", "train_examples", "train_examples_per_s", "wall_time_s"):
+        assert key in whole
+    # the selected weights are what results.json scores
+    m = atr.TorchRecMultiTask("mmoe", 2, 3, atr.schema_to_tables(SCHEMA, 4),
+                              expert_sizes=[[8]], num_experts=2)
+    m.load_state_dict(torch.load(tmp_path / "a" / "best.pt", weights_only=True))
+    again = atr.evaluate_sharded(m, splits.valid, SCHEMA, batch_size=50)
+    assert again["click"]["auc"] == pytest.approx(whole["valid"]["click"]["auc"], rel=1e-6)
+
+    save = RunDir.save_checkpoint
+
+    def kill_after_second(self, checkpoint):
+        save(self, checkpoint)
+        if checkpoint["state"]["evals"] == 2:
+            raise _Killed
+
+    cfg = load_config(None, [*TR_RUN, f"out_dir={tmp_path}", "name=b"])
+    monkeypatch.setattr(RunDir, "save_checkpoint", kill_after_second)
+    with pytest.raises(_Killed):
+        atr.train_torchrec(cfg, splits=splits, sparse_lr=0.1)
+    monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    with pytest.raises(atr.RunError, match="already exists"):
+        atr.train_torchrec(cfg, splits=splits, sparse_lr=0.1)
+    resumed = atr.train_torchrec(cfg, splits=splits, sparse_lr=0.1, resume=True)
+    assert resumed["selected"] == whole["selected"]
+    flat = [v for epoch in whole["epoch_train_loss"] for v in epoch]
+    assert [v for e in resumed["epoch_train_loss"] for v in e] == pytest.approx(flat, rel=1e-6)
+    for split in ("valid", "test"):
+        for task, ms in whole[split].items():
+            for k, v in ms.items():
+                assert resumed[split][task][k] == pytest.approx(v, rel=1e-6), (split, task, k)
+    b_lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["score"] for x in b_lines] == pytest.approx([x["score"] for x in lines])

@@ -60,12 +60,13 @@ def train_killed_after(overrides: list[str], evals: int = 2) -> None:
     after its ``evals``-th evaluation and checkpoint."""
     code = (
         "import os\n"
+        "import adatt.train.rundir as rd\n"
         "import adatt.train.trainer as t\n"
-        "orig = t._evaluate_and_checkpoint\n"
-        "def kill(*a, **k):\n"
-        "    orig(*a, **k)\n"
-        f"    if a[7]['evals'] == {evals}: os._exit(9)\n"
-        "t._evaluate_and_checkpoint = kill\n"
+        "orig = rd.RunDir.save_checkpoint\n"
+        "def kill(self, checkpoint):\n"
+        "    orig(self, checkpoint)\n"
+        f"    if checkpoint['state']['evals'] == {evals}: os._exit(9)\n"
+        "rd.RunDir.save_checkpoint = kill\n"
         "from adatt.config import load_config\n"
         f"t.train(load_config(None, {overrides!r}))\n"
     )

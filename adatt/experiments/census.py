@@ -277,7 +277,7 @@ def _run_parallel(jobs, workers: int, resume: bool = False) -> dict[Any, tuple[l
     from concurrent.futures import ProcessPoolExecutor
 
     from adatt.train.ensemble import seed_config
-    from adatt.train.trainer import finished_results
+    from adatt.train.runs import finished_results
 
     threads = max((os.cpu_count() or 1) // workers, 1)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:

@@ -168,7 +168,7 @@ def run_expert_weights(out_dir: str | Path = "results/expert-weights", quick: bo
     from adatt.config import load_config
     from adatt.data.config import load_splits
     from adatt.data.simulator import TASKS
-    from adatt.train.trainer import build_model
+    from adatt.train.runs import build_model
 
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -59,7 +59,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -78,7 +77,8 @@ from torch import Tensor, nn
 
 from adatt.config import ConfigError, RunConfig
 from adatt.data.errors import DataError
-from adatt.train.trainer import RunError
+from adatt.train.losses import TaskLoss
+from adatt.train.rundir import RunError
 
 if TYPE_CHECKING:
     from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
@@ -90,7 +90,8 @@ if TYPE_CHECKING:
 
 __all__ = ["INSTALL_HINT", "TorchRecError", "require_torchrec", "schema_to_tables", "cat_to_kjt",
            "jagged_to_kjt", "TorchRecMultiTask", "apply_sparse_optimizer", "shard",
-           "plan_placement", "load_full_state", "full_state_dict", "train_step",
+           "plan_placement", "load_full_state", "full_state_dict", "full_sparse_optimizer_state",
+           "load_sparse_optimizer_state", "train_step",
            "evaluate_sharded", "train_torchrec", "main", "SHARDINGS", "SPARSE_OPTIMIZERS"]
 
 # torchrec's package metadata asks for `fbgemm-gpu`, a CUDA build that cannot load next to a
@@ -392,12 +393,79 @@ def load_full_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
         if key not in state:
             continue
         src = state[key]
-        if _sharded(value):
-            for sh in value.local_shards():
-                (r, c), (nr, nc) = sh.metadata.shard_offsets, sh.metadata.shard_sizes
-                sh.tensor.copy_(src[r:r + nr, c:c + nc])
-        else:
-            value.copy_(src)
+        _copy_into(value, src)
+
+
+def _copy_into(value: Any, src: Tensor) -> None:
+    """Copy the full tensor ``src`` into ``value``: a ShardedTensor's local shards, or a tensor."""
+    if _sharded(value):
+        for sh in value.local_shards():
+            offsets, sizes = sh.metadata.shard_offsets, sh.metadata.shard_sizes
+            part = tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))
+            sh.tensor.copy_(src[part])
+    else:
+        value.copy_(src)
+
+
+def _gather(value: Any, rank: int) -> Tensor | None:
+    """The full tensor of a ShardedTensor (collective) or tensor, on rank 0 (None elsewhere)."""
+    if _sharded(value):
+        full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+        value.gather(0, full)
+        return full
+    return value.detach().cpu().clone() if rank == 0 else None
+
+
+@torch.no_grad()
+def full_sparse_optimizer_state(model: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """The unsharded state of the tables' fused optimizer (e.g. row-wise Adagrad's
+    ``momentum1 [rows]`` per table), on rank 0 (``{}`` elsewhere); every process
+    must call it. Each process holds the state of its own tables only: their
+    shards are gathered to rank 0 (one ``gather_object``)."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    fused = getattr(model, "fused_optimizer", None)
+    mine = []  # (table parameter, state name, full size, dtype, [(offsets, local shard)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ShardedTensor's deprecation notes
+        states = {} if fused is None else fused.state_dict()["state"]
+        for param, named in states.items():
+            for name, value in named.items():
+                if _sharded(value):
+                    parts = [(tuple(sh.metadata.shard_offsets), sh.tensor.detach().cpu().clone())
+                             for sh in value.local_shards()]
+                    mine.append((param, name, tuple(value.size()), value.dtype, parts))
+                elif isinstance(value, Tensor):
+                    v = value.detach().cpu().clone()
+                    mine.append((param, name, tuple(v.shape), v.dtype, [((0,) * v.dim(), v)]))
+    every: list[Any] | None = [None] * world if rank == 0 else None
+    if world > 1:
+        dist.gather_object(mine, every, dst=0)
+    else:
+        every = [mine]
+    out: dict[str, dict[str, Tensor]] = {}
+    for entries in every or []:
+        for param, name, size, dtype, parts in entries:
+            full = out.setdefault(param, {}).setdefault(name, torch.zeros(size, dtype=dtype))
+            for offsets, t in parts:
+                full[tuple(slice(o, o + n) for o, n in zip(offsets, t.shape, strict=True))] = t
+    return out
+
+
+@torch.no_grad()
+def load_sparse_optimizer_state(model: nn.Module, state: Mapping[str, Mapping[str, Tensor]]
+                                ) -> None:
+    """Copy :func:`full_sparse_optimizer_state`'s dict into the sharded fused optimizer
+    (each process its own shards; the fused optimizer's state dict is a view of it)."""
+    fused = getattr(model, "fused_optimizer", None)
+    if fused is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for param, states in fused.state_dict()["state"].items():
+            for name, value in states.items():
+                if name in state.get(param, {}):
+                    _copy_into(value, state[param][name])
 
 
 @torch.no_grad()
@@ -411,88 +479,71 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ShardedTensor's deprecation notes
         for key, value in model.state_dict().items():
-            if _sharded(value):
-                full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
-                value.gather(0, full)
-                if rank == 0:
-                    out[key] = full
-            elif rank == 0:
-                out[key] = value.detach().cpu().clone()
+            full = _gather(value, rank)
+            if rank == 0:
+                out[key] = full
     return out
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, dense: Tensor,
                features: KeyedJaggedTensor, labels: Tensor, weight: Tensor | None,
-               task_kinds: Sequence[str], task_weights: Tensor | None = None) -> Tensor:
+               task_kinds: Sequence[str] | TaskLoss,
+               task_weights: Tensor | None = None) -> Tensor:
     """One step on this process's part of a global batch; the global batch's losses ``[T]``.
 
-    Per task, the global-batch loss is ``L_t = sum_b w_b l_bt / sum_b w_b``
-    over all processes' rows. A process back-propagates ``W * sum_{its b}
-    w_b l_bt / sum_b w_b``; DDP and TorchRec average gradients over the W
-    processes, so every update is the one of ``sum_t task_weights_t L_t`` on
-    the global batch. One all-reduce of ``T + 1`` numbers per step. The
-    tables are updated during ``backward`` (:func:`apply_sparse_optimizer`),
-    the dense parameters by ``optimizer``. ``labels [B, T]``, ``weight [B]`` or None.
+    The losses are :func:`~adatt.train.losses.global_batch_losses` (per task the
+    weighted mean over all processes' rows, one all-reduce of ``T + 1`` numbers):
+    valued on the global batch, with the gradient of this process's share. DDP
+    and TorchRec average gradients over the W processes, so the process
+    back-propagates W times the static-weighted sum, and every update is the one
+    of ``sum_t task_weights_t L_t`` on the global batch. The tables are updated
+    during ``backward`` (:func:`apply_sparse_optimizer`), the dense parameters by
+    ``optimizer``. ``labels [B, T]``, ``weight [B]`` or None; ``task_kinds``: the
+    T task kinds, or the run's :class:`~adatt.train.losses.TaskLoss` (which then
+    carries the task weights).
     """
-    from adatt.train.losses import elementwise_losses
+    from adatt.train.losses import global_batch_losses
 
+    loss_fn = (task_kinds if isinstance(task_kinds, TaskLoss) else
+               TaskLoss(task_kinds, None if task_weights is None else task_weights.tolist()))
     world = dist.get_world_size() if dist.is_initialized() else 1
     optimizer.zero_grad(set_to_none=True)
     logits = model(dense, features)  # [B, T]
-    per_example = elementwise_losses(logits, labels, task_kinds)  # [B, T]
-    if weight is None:
-        num, wsum = per_example.sum(0), logits.new_tensor([labels.shape[0]])  # [T], [1]
-    else:
-        num, wsum = (weight[:, None] * per_example).sum(0), weight.sum().reshape(1)  # [T], [1]
-    stats = torch.cat([num.detach(), wsum.detach()])  # [T+1]
-    if world > 1:
-        dist.all_reduce(stats)
-    total = stats[-1].clamp_min(1e-12)
-    share = num * (world / total)  # [T]
-    loss = share.sum() if task_weights is None else (share * task_weights).sum()
-    loss.backward()
+    losses = global_batch_losses(loss_fn, logits, labels, weight, distributed=world > 1)
+    (loss_fn.total(losses) * world).backward()  # DDP and TorchRec average gradients over W
     optimizer.step()
-    return stats[:-1] / total
+    return losses.detach()
 
 
-@torch.no_grad()
+class _CatInput(nn.Module):
+    """``forward(dense, cat)`` of a :class:`TorchRecMultiTask` (sharded or not): ``cat [B, F]``
+    as a KJT of ``keys``, so the run's evaluation scores it as any model."""
+
+    def __init__(self, model: nn.Module, keys: Sequence[str], device: torch.device) -> None:
+        super().__init__()
+        self.model, self.keys, self.device = model, list(keys), device
+
+    def forward(self, dense: Tensor, cat: Tensor) -> Tensor:
+        return self.model(dense, cat_to_kjt(cat, self.keys))  # [B, T]
+
+
 def evaluate_sharded(model: nn.Module, data: TensorDataset, schema: FeatureSchema,
                      batch_size: int = 8192) -> dict[str, dict[str, float]]:
-    """Every metric of every task over ``data``, on every process.
+    """Every metric of every task over ``data``, on every process: the run's evaluation
+    (:func:`adatt.train.evaluation.evaluate`) of a sharded model.
 
-    Each global batch of ``ceil(batch_size / W) * W`` rows is cut into W
-    contiguous parts, one per process (the last parts padded with stand-in rows
-    that count for nothing, so every process looks up the same number of
-    rows); the logits are gathered and every process computes the metrics in
-    the single-process row order.
+    Each process scores a contiguous part of ``data`` in batches of ``batch_size``
+    rows; every process looks up the same number of rows per call (stand-in rows
+    that count for nothing fill the short ones), the logits are gathered and the
+    metrics computed in the single-process row order.
     """
-    from adatt.train.metrics import MetricAccumulator
+    from adatt.train.evaluation import evaluate
 
+    dense = [p for n, p in model.named_parameters() if "ebc." not in n]
+    device = dense[0].device if dense else torch.device("cpu")
     world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    local = max(1, math.ceil(batch_size / world))
-    step = local * world
-    acc = MetricAccumulator(schema.task_names, schema.task_kinds)
-    was_training = model.training
-    model.eval()
-    n = len(data)
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        counts = [min(max(stop - start - r * local, 0), local) for r in range(world)]
-        lo = start + rank * local
-        idx = torch.arange(lo, lo + counts[rank])
-        idx = torch.cat([idx, idx.new_zeros(local - counts[rank])])  # stand-ins: row 0
-        b = data.batch(idx)
-        logits = model(b.dense, cat_to_kjt(b.cat, schema.categorical)).float()  # [local, T]
-        parts = [logits]
-        if world > 1:
-            parts = [torch.empty_like(logits) for _ in range(world)]
-            dist.all_gather(parts, logits)
-        logits = torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])  # [rows, T]
-        full = data.batch(slice(start, stop))
-        acc.update(logits, full.labels, full.weight)
-    model.train(was_training)
-    return acc.compute()
+    return evaluate(_CatInput(model, schema.categorical, device), data, schema, batch_size,
+                    distributed=world > 1)
 
 
 def _init_process_group(device: torch.device) -> bool:
@@ -531,7 +582,7 @@ def _check_config(cfg: RunConfig) -> tuple[str, int, dict[str, Any]]:
 
 def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
                    sparse_optimizer: str = "rowwise_adagrad", sparse_lr: float = 0.05,
-                   splits: Splits | None = None, overwrite: bool = False,
+                   splits: Splits | None = None, overwrite: bool = False, resume: bool = False,
                    log: bool | None = None) -> dict[str, Any]:
     """Train ``cfg``'s model with TorchRec tables sharded over the processes; the results.
 
@@ -540,18 +591,33 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
     categorical field, :func:`schema_to_tables`); the other model options go to
     the model. The run's optimizer, learning-rate schedule, ``batch_size``
     (the global batch; a multiple of the process count), ``epochs``,
-    ``max_examples``, ``seed`` and ``task_weights`` apply to the dense
-    parameters and the loop; the tables use ``sparse_optimizer`` at
-    ``sparse_lr``. Each epoch takes the trainer's ``(seed, epoch)`` permutation
-    and drops its last partial global batch. The final model is scored on the
-    validation and test splits (no checkpoint selection). Rank 0 writes
-    ``<out_dir>/<name>/``: ``config.yaml``, ``results.json`` and ``model.pt``
-    (the unsharded state dict of :class:`TorchRecMultiTask`).
-    """
-    from adatt.config import dump_config
-    from adatt.data.batch import TensorDataset
-    from adatt.train.trainer import load_splits_for, make_optimizer, make_schedule
+    ``max_examples``, ``eval_every``, ``selection``, ``seed`` and
+    ``task_weights`` apply to the dense parameters and the loop; the tables use
+    ``sparse_optimizer`` at ``sparse_lr``. Each epoch takes the trainer's
+    ``(seed, epoch)`` permutation and drops its last partial global batch.
 
+    As :func:`~adatt.train.trainer.train`: the validation split is scored every
+    ``eval_every`` examples (default once per epoch) and selects the checkpoint
+    (``train.selection``, with early stopping); the selected weights are scored
+    on validation and test. Rank 0 writes ``<out_dir>/<name>/``
+    (:class:`~adatt.train.rundir.RunDir`): ``config.yaml``, ``data.json``,
+    ``metrics.jsonl``, ``best.pt`` (the unsharded state dict of
+    :class:`TorchRecMultiTask`), ``checkpoint.pt`` (model, dense and table
+    optimizer states, schedule, position: ``resume=True`` continues exactly, with
+    any process count) and ``results.json`` (the trainer's keys plus the sharding
+    plan, ``epoch_train_loss`` and the table optimizer).
+    """
+    from adatt.data.batch import TensorDataset, regression_label_variance
+    from adatt.train.evaluation import evaluate
+    from adatt.train.optim import make_optimizer, make_schedule
+    from adatt.train.progress import Progress
+    from adatt.train.results import build_results
+    from adatt.train.rundir import RunDir
+    from adatt.train.runs import load_splits_for
+    from adatt.train.seeding import rng_state, set_rng_state
+    from adatt.train.selection import Selection, selection_score
+
+    # ---------------------------------------------------------------- setup
     t_start = time.perf_counter()
     require_torchrec()
     tc = cfg.train
@@ -571,13 +637,17 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         log = (tc.progress if log is None else log) and rank == 0
         local_world = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
         torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // local_world))
-        run_dir = Path(cfg.out_dir) / cfg.name
-        taken = torch.tensor([float(rank == 0 and not overwrite and run_dir.exists()
-                                    and any(run_dir.iterdir()))], device=device)
-        dist.all_reduce(taken)
-        if taken.item():
-            raise RunError(f"{run_dir} already exists: pass --overwrite to replace it, or "
-                           "name=... for a new run")
+        run = RunDir(Path(cfg.out_dir) / cfg.name, writes=rank == 0)
+        refusal: list[str | None] = [None]
+        if rank == 0:  # one rank checks the directory, every rank raises the same error
+            try:
+                run.check_new(resume, overwrite, "pass --resume to continue it, --overwrite to "
+                              "replace it, or name=... for a new run")
+            except RunError as e:
+                refusal[0] = str(e)
+        dist.broadcast_object_list(refusal, src=0)
+        if refusal[0] is not None:
+            raise RunError(refusal[0])
         if tc.batch_size % world:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be a multiple of the "
                               f"{world} processes")
@@ -595,6 +665,7 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
             raise ConfigError(f"model: {e}") from None
         apply_sparse_optimizer(module, sparse_optimizer, sparse_lr, device.type)
         model, plan = shard(module, sharding, device)
+        scored = _CatInput(model, schema.categorical, device)  # (dense, cat) -> logits
         dense_params = [p for n, p in model.named_parameters() if not n.startswith("ebc.")]
         opt = make_optimizer(dense_params, tc)
         train, B = splits.train.to(device), tc.batch_size
@@ -605,54 +676,102 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         budget = min(tc.max_examples or n_train * tc.epochs, n_train * tc.epochs)
         total_steps = min(steps_per_epoch * tc.epochs, math.ceil(budget / B))
         sched = make_schedule(opt, tc, total_steps)
-        kinds, keys = schema.task_kinds, schema.categorical
-        task_w = None if tc.task_weights is None else torch.tensor(tc.task_weights, device=device)
+        loss_fn = TaskLoss(schema.task_kinds, tc.task_weights).to(device)
+        keys = schema.categorical
+        label_var = regression_label_variance(train, schema)
+        eval_every = tc.eval_every or steps_per_epoch * B  # default: once per epoch
 
+        progress, selection = Progress(next_eval=eval_every), Selection()
+        epoch_losses: list[list[float]] = []  # mean training loss of every epoch
+        if resume:
+            ck = run.load_checkpoint("cpu")
+            load_full_state(model, ck["model"])
+            load_sparse_optimizer_state(model, ck["sparse_optimizer"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["schedule"])
+            progress = Progress.from_state_dict(ck["state"])
+            selection = Selection.from_state_dict(ck["state"])
+            epoch_losses = ck["epoch_train_loss"]
+            set_rng_state(ck["rng"])
+            run.restart_metrics(progress.evals)
+        else:
+            run.start(cfg, splits)
+        epoch_loss = (torch.as_tensor(progress.epoch_loss, device=device)
+                      if progress.epoch_steps else None)
+
+        def evaluate_and_checkpoint(losses: Tensor) -> None:
+            """Score validation, update the selection, log, save best.pt and checkpoint.pt
+            (every process: the full state is gathered to rank 0, which writes)."""
+            metrics = evaluate(scored, splits.valid, schema, tc.eval_batch_size, distributed=True)
+            score, higher = selection_score(metrics, schema, tc.selection.metric, label_var)
+            progress.evals += 1
+            full = full_state_dict(model)
+            if selection.update(score, higher, progress.at(), tc.selection.patience):
+                run.save_best(full)
+            run.append_metrics({**progress.at(), "train_loss": losses.tolist(), "score": score,
+                                "improved": selection.improved, "valid": metrics,
+                                "lr": sched.get_last_lr()[0]})
+            state = progress.state_dict()
+            state["wall_time"] = progress.wall_time + time.perf_counter() - t_start
+            state.update(selection.state_dict())
+            run.save_checkpoint({"model": full, "sparse_optimizer": full_sparse_optimizer_state(
+                model), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+                "state": state, "epoch_train_loss": epoch_losses, "rng": rng_state()})
+
+        # ---------------------------------------------------------------- train
         model.train()
-        step, train_time, epoch_losses = 0, 0.0, []
-        for epoch in range(tc.epochs):
-            if step >= total_steps:
-                break
-            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
+        while not selection.done and progress.step < total_steps:
+            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + progress.epoch)
             perm = torch.randperm(n_train, generator=gen).to(device)
-            loss_sum, steps = torch.zeros(schema.num_tasks, device=device), 0
-            t0 = time.perf_counter()
-            for s in range(steps_per_epoch):
-                if step >= total_steps:
-                    break
+            for s in range(progress.batch_in_epoch, steps_per_epoch):
+                t0 = time.perf_counter()
                 idx = perm[s * B + rank * local: s * B + (rank + 1) * local]
-                b = train.batch(idx)
-                loss_sum += train_step(model, opt, b.dense, cat_to_kjt(b.cat, keys), b.labels,
-                                       b.weight, kinds, task_w)
+                b = train.batch(idx)  # this process's part of global batch s
+                losses = train_step(model, opt, b.dense, cat_to_kjt(b.cat, keys), b.labels,
+                                    b.weight, loss_fn)  # [T] of the global batch
                 sched.step()
-                step, steps = step + 1, steps + 1
-            train_time += time.perf_counter() - t0
-            epoch_losses.append((loss_sum / max(steps, 1)).tolist())
-            if log:
-                print(f"epoch {epoch + 1}: loss {[round(v, 5) for v in epoch_losses[-1]]}, "
-                      f"{step * B / max(train_time, 1e-9):,.0f} ex/s", file=sys.stderr)
+                progress.step += 1
+                progress.examples += B
+                progress.batch_in_epoch = s + 1
+                progress.train_time += time.perf_counter() - t0
+                progress.epoch_steps += 1
+                epoch_loss = losses if progress.epoch_steps == 1 else epoch_loss + losses
+                progress.epoch_loss = epoch_loss
+                epoch_end = s + 1 >= steps_per_epoch
+                last = progress.step >= total_steps
+                if epoch_end or last:  # an epoch's mean loss (the last one may be partial)
+                    epoch_losses.append((epoch_loss / progress.epoch_steps).tolist())
+                    if log:
+                        rate = progress.examples / max(progress.train_time, 1e-9)
+                        print(f"epoch {progress.epoch + 1}: loss "
+                              f"{[round(v, 5) for v in epoch_losses[-1]]}, {rate:,.0f} ex/s",
+                              file=sys.stderr)
+                if epoch_end:
+                    progress.epoch += 1
+                    progress.batch_in_epoch = progress.epoch_steps = 0
+                if progress.examples >= progress.next_eval or last:
+                    progress.next_eval += eval_every
+                    evaluate_and_checkpoint(losses)
+                if epoch_end or last or selection.done:
+                    break
 
-        valid = evaluate_sharded(model, splits.valid, schema, tc.eval_batch_size)
-        test = evaluate_sharded(model, splits.test, schema, tc.eval_batch_size)
-        state = full_state_dict(model)
+        # ---------------------------------------------------------------- evaluate selected
+        dist.barrier()  # rank 0 has written best.pt
+        load_full_state(model, run.load_best("cpu"))
         num_params = sum(p.numel() for p in dense_params) + sum(
             t.num_embeddings * t.embedding_dim for t in tables)
-        results = {
-            "name": cfg.name, "model": model_name, "data": cfg.data.source,
-            "tasks": {t.name: t.kind for t in schema.tasks},
-            "world_size": world, "sharding": sharding, "plan": plan_placement(plan),
-            "sparse_optimizer": sparse_optimizer, "sparse_lr": sparse_lr,
-            "embedding_dim": dim, "epoch_train_loss": epoch_losses,
-            "valid": valid, "test": test, "num_parameters": num_params,
-            "train_examples": step * B,
-            "train_examples_per_s": step * B / max(train_time, 1e-9),
-            "wall_time_s": time.perf_counter() - t_start, "seed": tc.seed,
-        }
-        if rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(dump_config(cfg))
-            torch.save(state, run_dir / "model.pt")
-            (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        results = build_results(
+            cfg, schema, selection, model=model_name,
+            valid=evaluate(scored, splits.valid, schema, tc.eval_batch_size, distributed=True),
+            test=evaluate(scored, splits.test, schema, tc.eval_batch_size, distributed=True),
+            num_parameters=num_params, examples=progress.examples,
+            examples_per_s=progress.examples / max(progress.train_time, 1e-9),
+            wall_time_s=progress.wall_time + time.perf_counter() - t_start,
+            world_size=world, sharding=sharding, plan=plan_placement(plan),
+            sparse_optimizer=sparse_optimizer, sparse_lr=sparse_lr, embedding_dim=dim,
+            epoch_train_loss=epoch_losses)
+        # ---------------------------------------------------------------- save
+        run.write_results(results)
         results["rank"] = rank
         return results
     finally:
@@ -674,11 +793,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sparse-optimizer", default="rowwise_adagrad", choices=SPARSE_OPTIMIZERS)
     p.add_argument("--sparse-lr", type=float, default=0.05)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its "
+                   "checkpoint.pt")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         res = train_torchrec(cfg, sharding=args.sharding, sparse_optimizer=args.sparse_optimizer,
-                             sparse_lr=args.sparse_lr, overwrite=args.overwrite)
+                             sparse_lr=args.sparse_lr, overwrite=args.overwrite,
+                             resume=args.resume)
     except (ConfigError, DataError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

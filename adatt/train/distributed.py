@@ -32,10 +32,10 @@ global batch (``train.batch_size`` is the global batch), up to float rounding:
 * loss weightings linear in the task losses (``equal``, ``uncertainty``,
   ``dwa``) are supported; ``gradnorm`` and ``pcgrad`` need per-task gradients
   of the global batch and are rejected with a :class:`ConfigError`;
-* evaluation is sharded: each rank scores a contiguous part of the split, the
-  logits are gathered, rank 0 computes the metrics over the whole split in the
-  single-process batch order and broadcasts them, so every rank takes the same
-  selection decisions;
+* evaluation is sharded (:func:`adatt.train.evaluation.evaluate`): each rank
+  scores a contiguous part of the split, the logits are gathered, rank 0
+  computes the metrics over the whole split in the single-process batch order
+  and broadcasts them, so every rank takes the same selection decisions;
 * only rank 0 writes the run directory and shows the progress bar; checkpoints
   hold the unwrapped model's ``state_dict``, so a run can be resumed with any
   number of processes.
@@ -83,12 +83,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from adatt.config import ConfigError
+from adatt.train.losses import global_batch_losses
 
 if TYPE_CHECKING:
     from adatt.data.sources import BatchSource
 
 __all__ = ["init", "shutdown", "is_active", "is_main", "rank", "world_size", "default_threads",
-           "local_device", "wrap", "row_range", "Shard", "shard", "barrier", "evaluate",
+           "local_device", "wrap", "row_range", "Shard", "shard", "barrier",
            "batch_source", "RankShards", "rank_plan", "UNSUPPORTED_WEIGHTINGS"]
 
 # Weightings that need per-task gradients of the global batch (not a sum over ranks).
@@ -240,10 +241,10 @@ class Shard:
             self.rows = self.index.numel()
 
     def losses(self, loss_fn: nn.Module, logits: Tensor, batch: Any) -> Tensor:
-        """Per-task losses ``[T]`` of the global batch: in one process
+        """Per-task losses ``[T]`` of the global batch
+        (:func:`~adatt.train.losses.global_batch_losses`): in one process
         ``loss_fn(logits, batch.labels, batch.weight)``; under DDP valued as on
-        the whole global batch, with the gradient of this rank's share (see the
-        module docstring).
+        the whole global batch, with the gradient of this rank's share.
 
         Args:
             loss_fn: a :class:`~adatt.train.losses.TaskLoss`.
@@ -251,23 +252,8 @@ class Shard:
             batch: this rank's :class:`~adatt.data.batch.Batch` (``labels [B_r, T]``,
                 ``weight [B_r]`` or None).
         """
-        if not _active:
-            return loss_fn(logits, batch.labels, batch.weight)
-        w = batch.weight
-        if w is None:
-            mass = logits.new_tensor(float(len(batch)) if self.live else 0.0, dtype=torch.float64)
-            local = loss_fn(logits, batch.labels, None)  # [T] mean over this rank's rows
-        else:
-            mass = w.detach().double().sum() if self.live else w.new_zeros((), dtype=torch.float64)
-            # all-zero local weights (or a stand-in row): any finite mean, times mass 0
-            local = loss_fn(logits, batch.labels, torch.where(mass > 0, w, torch.ones_like(w)))
-        # [T] local sums of w*l, then [1] local weight sum -> [T+1], summed over ranks
-        buf = torch.cat([local.detach().double() * mass, mass.reshape(1)])
-        dist.all_reduce(buf)
-        total = buf[-1].clamp_min(torch.finfo(buf.dtype).tiny)  # all weights 0: loss 0
-        value = (buf[:-1] / total).to(local.dtype)  # [T] global-batch losses
-        share = local * (mass / total).to(local.dtype)  # [T] sum_{b in B_r} w_b l_bt / sum_b w_b
-        return share + (value - share.detach())
+        return global_batch_losses(loss_fn, logits, batch.labels, batch.weight,
+                                   distributed=_active, live=self.live)
 
 
 def shard(index: Tensor, source: Any = None) -> Shard:
@@ -281,48 +267,6 @@ def shard(index: Tensor, source: Any = None) -> Shard:
     if start == stop:
         return Shard(index[:1], live=False, rows=index.numel())
     return Shard(index[start:stop], rows=index.numel())
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Any, schema: Any, batch_size: int = 8192,
-             bf16: bool = False) -> dict[str, dict[str, float]]:
-    """Every metric of every task over the whole of ``data``, computed by all
-    ranks together (a collective call: every rank must make it).
-
-    Rank r scores rows :func:`row_range` ``(N, r, W)``; the logits ``[N, T]``
-    are gathered, rank 0 accumulates the metrics in the single-process batch
-    order and every rank returns its result.
-    """
-    from adatt.train.metrics import MetricAccumulator
-
-    n, t, w, r = len(data), schema.num_tasks, world_size(), rank()
-    device = next(model.parameters()).device
-    start, stop = row_range(n, r, w)
-    was_training = model.training
-    model.eval()
-    parts = []
-    for s in range(start, stop, batch_size):
-        b = data.batch(slice(s, min(s + batch_size, stop))).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            parts.append(model(b.dense, b.cat).float())  # [b, T]
-    model.train(was_training)
-    longest = max(hi - lo for lo, hi in (row_range(n, k, w) for k in range(w)))
-    mine = torch.zeros(longest, t, device=device)
-    if parts:
-        mine[: stop - start] = torch.cat(parts)  # [B_r, T] into [longest, T]
-    gathered = [torch.empty_like(mine) for _ in range(w)]
-    dist.all_gather(gathered, mine)
-    out: list[Any] = [None]
-    if r == 0:
-        logits = torch.cat([g[: hi - lo] for g, (lo, hi) in
-                            zip(gathered, (row_range(n, k, w) for k in range(w)), strict=True)])
-        acc = MetricAccumulator(schema.task_names, schema.task_kinds)  # logits [N, T]
-        for s in range(0, n, batch_size):
-            b = data.batch(slice(s, s + batch_size)).to(device)
-            acc.update(logits[s : s + batch_size], b.labels, b.weight)
-        out[0] = acc.compute()
-    dist.broadcast_object_list(out, src=0)
-    return out[0]
 
 
 # --------------------------------------------------------------------------- per-rank shards

@@ -9,7 +9,7 @@ The paper reports means over 100 trainings from different initialisations.
 vectorised model, and gives each copy exactly what a separate
 :func:`~adatt.train.trainer.train` run with ``train.seed=seeds[k]`` would do:
 
-* **initialisation**: copy k is built by ``_seed_everything(seeds[k])`` then
+* **initialisation**: copy k is built by ``seed_everything(seeds[k])`` then
   ``build_model`` (the same two calls as ``train()``); its parameters become
   slice k of stacked parameters ``[S, ...]``;
 * **data order**: copy k draws its own permutation per epoch from
@@ -19,23 +19,30 @@ vectorised model, and gives each copy exactly what a separate
   ``S*B`` bags (the S tables flattened to ``[S*C, N]``, indices shifted by
   ``s*C``) plus one ``baddbmm`` for the dense part; the rest of the model runs
   under ``torch.func.vmap`` over ``functional_call`` of ``forward_from_input``;
-* **loss**: the sum over copies of each copy's static-weighted task-loss sum
-  (``train.weighting=equal``), so copy k's gradient is its own run's gradient;
+* **loss**: the sum over copies of each copy's weighted task-loss sum, so copy
+  k's gradient is its own run's gradient. The loss weightings that only scale
+  the task losses hold one state per copy (``equal``; ``uncertainty``:
+  log-variances ``[S,T]``; ``dwa``: loss histories and weights ``[S,T]``,
+  see :meth:`~adatt.train.weighting.Weighting.expand_copies`);
+* **gradient clipping** (``train.grad_clip``): each copy's gradient norm is
+  clipped on its own (:func:`clip_grad_norm_per_copy`);
 * **optimizer and schedule**: one fused Adam/AdamW (or SGD/Adagrad) over the
   stacked parameters -- every update is elementwise, so it is S separate updates;
   the learning-rate schedule depends on the step only, shared by all copies;
 * **selection**: the validation set is scored for all copies in one vectorised
-  pass (:class:`~adatt.train.metrics.EnsembleMetricAccumulator`); each copy
-  keeps its own best score, best evaluation and patience counter, and a stacked
-  best-parameter buffer takes the improved copies' slices through a mask.
+  pass (:func:`~adatt.train.evaluation.evaluate`); each copy keeps its own
+  :class:`~adatt.train.selection.Selection` (best score, best evaluation,
+  patience counter), and a stacked best-parameter buffer takes the improved
+  copies' slices through a mask.
 
 Results match separate runs up to floating-point summation order (batched
 products add in a different order than single ones). Not supported, with a
-:class:`~adatt.config.ConfigError` saying so: loss weightings other than
-``equal`` (they couple tasks through per-copy state the stacked loss does not
-carry), ``train.grad_clip`` (a global norm over the stacked parameters would
-couple the copies) and ``train.tensorboard``. There is no ``--resume``: an
-ensemble run that is killed is started again.
+:class:`~adatt.config.ConfigError` saying so: ``gradnorm`` and ``pcgrad``
+(they need each copy's per-task gradients of the shared layers, which one
+stacked backward pass does not separate), ``train.tensorboard``,
+``train.distributed`` and ``data.source=stream``. There is
+no ``--resume`` inside a group of copies: an ensemble that is killed keeps its
+finished seeds (``resume=True``) and trains the others again.
 
 ``train_ensemble(cfg, seeds)`` writes, under ``<out_dir>/<name>/``:
 
@@ -87,34 +94,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from adatt.config import ConfigError, RunConfig, dump_config
+from adatt.config import ConfigError, RunConfig
 from adatt.data.batch import TensorDataset, regression_label_variance
 from adatt.data.schema import FeatureSchema
 from adatt.models.base import MultiTaskModel
 from adatt.modules.layers import bag_sum
-from adatt.train.losses import _elementwise
-from adatt.train.metrics import EnsembleMetricAccumulator
-from adatt.train.trainer import (
-    RunError,
-    _atomic_save,
-    _atomic_write,
-    _seed_everything,
-    build_model,
-    finished_results,
-    make_optimizer,
-    make_schedule,
-    selection_score,
-    setup_runtime,
-    training_plan,
-    write_data_json,
-)
+from adatt.train.atomic import atomic_write
+from adatt.train.evaluation import evaluate
+from adatt.train.losses import masked_elementwise
+from adatt.train.optim import make_optimizer, make_schedule, training_plan
+from adatt.train.progress import Progress
+from adatt.train.results import build_results
+from adatt.train.rundir import RunDir
+from adatt.train.runs import build_model, finished_results
+from adatt.train.seeding import seed_everything
+from adatt.train.selection import Selection, selection_score
+from adatt.train.trainer import make_weighting, setup_runtime
+from adatt.train.weighting import WEIGHTINGS, Weighting
 
 __all__ = ["EnsembleModel", "EnsembleLoss", "train_ensemble", "evaluate_ensemble",
-           "train_step", "check_ensemble_config", "auto_chunk", "seed_config"]
+           "train_step", "clip_grad_norm_per_copy", "check_ensemble_config", "auto_chunk",
+           "seed_config"]
 
 _CPU_ACTIVATION_BYTES = 16 * 2**20  # auto_chunk's budget for one [S,B,N] activation on CPU
-_RUN_FILES = ("config.yaml", "data.json", "metrics.jsonl", "results.json", "best.pt",
-              "checkpoint.pt")
 
 
 # ----------------------------------------------------------------------------- the model
@@ -180,7 +182,7 @@ class EnsembleModel:
         """Copy k built exactly as ``train()`` builds the model of ``train.seed=seeds[k]``."""
         models = []
         for s in seeds:
-            _seed_everything(int(s))
+            seed_everything(int(s))
             models.append(build_model(model_cfg, schema))
         ens = cls(models)
         del models
@@ -299,8 +301,8 @@ class EnsembleLoss(nn.Module):
         self._all_regression = all(k == "regression" for k in kinds)
 
     def forward(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
-        per = _elementwise(logits, labels, self.is_binary, self._all_binary,
-                           self._all_regression)  # [S,B,T]
+        per = masked_elementwise(logits, labels, self.is_binary, self._all_binary,
+                                 self._all_regression)  # [S,B,T]
         if weight is None:
             return per.mean(dim=-2)  # [S,B,T] -> [S,T]
         w = weight.to(per.dtype)  # [S,B]
@@ -311,58 +313,90 @@ class EnsembleLoss(nn.Module):
         return (losses * self.task_weights.to(losses)).sum()  # [S,T] * [T] -> []
 
 
-@torch.no_grad()
 def evaluate_ensemble(model: EnsembleModel, data: TensorDataset, schema: FeatureSchema,
                       batch_size: int = 8192,
                       params: dict[str, Tensor] | None = None) -> list[dict[str, dict[str, float]]]:
-    """Every metric of every task for every copy over the whole of ``data`` (one pass).
+    """Every metric of every task for every copy over the whole of ``data`` (one pass of
+    :func:`~adatt.train.evaluation.evaluate`).
 
     A batch holds ``max(1, batch_size // S)`` rows, so ``S`` times that many rows
     go through the model at once (the memory of one ordinary evaluation batch).
     """
-    S = model.num_copies
-    device = model.params["input.bias"].device
-    acc = EnsembleMetricAccumulator(schema.task_names, schema.task_kinds)
-    model.train(False)
-    for b in data.batches(max(1, batch_size // S)):
-        b = b.to(device)
-        acc.update(model(b.dense, b.cat, params).float(), b.labels, b.weight)  # [S,B,T]
-    model.train(True)
-    return acc.compute()
+    return evaluate(model, data, schema, batch_size, params=params, distributed=False)
 
 
 # ----------------------------------------------------------------------------- training
 
 
 def train_step(model: EnsembleModel, loss_fn: EnsembleLoss, opt: torch.optim.Optimizer,
-               sched, data: TensorDataset, idx: Tensor, bf16: bool = False) -> Tensor:
-    """One optimizer step of every copy on its own rows ``idx [S,B]``; losses ``[S,T]``."""
+               sched, data: TensorDataset, idx: Tensor, bf16: bool = False,
+               weighting: Any = None, grad_clip: float | None = None) -> Tensor:
+    """One optimizer step of every copy on its own rows ``idx [S,B]``; losses ``[S,T]``.
+
+    ``weighting``: a per-copy :class:`~adatt.train.weighting.Weighting`
+    (``expand_copies(S)``; default the static-weighted sum ``loss_fn.total``);
+    ``grad_clip``: every copy's gradient norm clipped on its own
+    (:func:`clip_grad_norm_per_copy`).
+    """
     batch = data.batch(idx)  # dense [S,B,Dd], cat [S,B,F], labels [S,B,T], weight [S,B]
     device_type = idx.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(batch.dense, batch.cat)  # [S,B,T]
     losses = loss_fn(logits.float(), batch.labels, batch.weight)  # [S,T]
     opt.zero_grad(set_to_none=True)
-    loss_fn.total(losses).backward()
+    if weighting is None:
+        loss_fn.total(losses).backward()
+    else:
+        weighting.backward(losses, [])  # per-copy methods scale losses: no shared gradients
+    if grad_clip is not None:
+        clip_grad_norm_per_copy(model.parameters(), grad_clip)
     opt.step()
     sched.step()
     return losses
 
 
+@torch.no_grad()
+def clip_grad_norm_per_copy(params: Sequence[Tensor], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for each copy of stacked parameters ``[S, ...]``:
+    copy k's gradients (slices ``[k]``) are scaled by ``min(1, max_norm / (norm_k + 1e-6))``
+    with ``norm_k`` the L2 norm of all of them. Returns the norms ``[S]`` (no host sync).
+
+    >>> p = torch.nn.Parameter(torch.zeros(2, 3))
+    >>> p.grad = torch.tensor([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]])
+    >>> clip_grad_norm_per_copy([p], 1.0).tolist()
+    [5.0, 0.5]
+    >>> [round(float(x), 4) for x in p.grad.norm(dim=1)]
+    [1.0, 0.5]
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    per_param = [torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]  # n x [S]
+    norms = torch.linalg.vector_norm(torch.stack(per_param), dim=0)  # [n,S] -> [S]
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [S]
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))  # [S] -> [S,1,...] per copy
+    return norms
+
+
 def check_ensemble_config(cfg: RunConfig) -> None:
     """Raise :class:`ConfigError` for the options ``train_ensemble`` cannot honour."""
     tc = cfg.train
-    if tc.weighting != "equal":
-        raise ConfigError(f"train.weighting={tc.weighting}: train_ensemble supports only "
-                          "train.weighting=equal (other methods keep per-run state and "
-                          "per-task gradients the stacked copies do not carry); train those "
-                          "runs separately with `adatt train`")
-    if tc.grad_clip is not None:
-        raise ConfigError("train.grad_clip: not supported by train_ensemble (a global gradient "
-                          "norm over the stacked copies would couple them); set "
-                          "train.grad_clip=null or train the runs separately")
+    cls = WEIGHTINGS.get(tc.weighting)
+    if cls is not None and not cls.per_copy:
+        per_copy = ", ".join(n for n, c in WEIGHTINGS.items() if c.per_copy)
+        raise ConfigError(f"train.weighting={tc.weighting}: not supported by train_ensemble (it "
+                          "needs each copy's per-task gradients of the shared layers, which one "
+                          f"stacked backward pass does not separate); use {per_copy}, or train "
+                          "those runs separately with `adatt train`")
     if tc.tensorboard:
-        raise ConfigError("train.tensorboard: not supported by train_ensemble")
+        raise ConfigError("train.tensorboard: not supported by train_ensemble (it writes no "
+                          "per-copy event logs); read each seed's metrics.jsonl, or train the "
+                          "runs separately with `adatt train`")
+    if tc.distributed:
+        raise ConfigError("train.distributed=true: not supported by train_ensemble (its copies "
+                          "are vectorised in one process)")
+    if cfg.data.source == "stream":
+        raise ConfigError("data.source=stream: train_ensemble needs in-memory training data "
+                          "(each copy gathers its own rows of every step)")
 
 
 def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
@@ -406,9 +440,9 @@ def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite:
         raise ConfigError(f"train_ensemble: chunk must be >= 1, got {chunk}")
     check_ensemble_config(cfg)
     ens_dir = Path(cfg.out_dir) / cfg.name
-    if ens_dir.exists() and not overwrite and not resume and any(ens_dir.iterdir()):
-        raise RunError(f"{ens_dir} already exists: pass resume=True to keep its finished "
-                       "seeds, overwrite=True to replace it, or name=... for a new run")
+    RunDir(ens_dir).check_new(resume=False, overwrite=overwrite or resume,
+                              advice="pass resume=True to keep its finished seeds, "
+                              "overwrite=True to replace it, or name=... for a new run")
     done: dict[int, dict[str, Any]] = {}
     if resume:
         for s in seeds:
@@ -444,7 +478,7 @@ def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite:
         "valid": _summarise([r["valid"] for r in results]),
         "test": _summarise([r["test"] for r in results]),
     }
-    _atomic_write(json.dumps(summary, indent=2), ens_dir / "ensemble.json")
+    atomic_write(json.dumps(summary, indent=2), ens_dir / "ensemble.json")
     return results
 
 
@@ -480,140 +514,117 @@ def _summarise(per_copy: Sequence[dict[str, dict[str, float]]]) -> dict[str, Any
 def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
                  t_start: float) -> tuple[list[dict[str, Any]], float, float]:
     """Train S = len(seeds) copies together; (results, examples summed over copies, train s)."""
+    # ---------------------------------------------------------------- setup
     tc = cfg.train
     schema = splits.schema
     S = len(seeds)
     model = EnsembleModel.build(cfg.model, schema, seeds, device)
     loss_fn = EnsembleLoss(schema.task_kinds, tc.task_weights).to(device)
-    opt = make_optimizer([{"params": model.parameters()}], tc)
+    weighting = make_weighting(cfg, schema, copies=S).to(device)
+    groups = [{"params": model.parameters()}]
+    if list(weighting.parameters()):  # e.g. uncertainty log-variances [S,T]: no weight decay
+        groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
+    opt = make_optimizer(groups, tc)
     train_data = splits.train.to(device)
     n_train, steps_per_epoch, budget, total_steps = training_plan(len(train_data), tc)
     sched = make_schedule(opt, tc, total_steps)
     label_var = regression_label_variance(train_data, schema)
-    eval_every = tc.eval_every or n_train
     with torch.no_grad():
         best = {n: p.detach().clone() for n, p in model.params.items()}  # [S,...] selected
 
-    run_dirs = [Path(cfg.out_dir) / cfg.name / f"seed_{s}" for s in seeds]
-    for s, d in zip(seeds, run_dirs, strict=True):
-        d.mkdir(parents=True, exist_ok=True)
-        for stale in _RUN_FILES:
-            (d / stale).unlink(missing_ok=True)
-        _atomic_write(dump_config(seed_config(cfg, s)), d / "config.yaml")
-        write_data_json(splits, d)
-        _atomic_write("", d / "metrics.jsonl")
+    runs = [RunDir(Path(cfg.out_dir) / cfg.name / f"seed_{s}") for s in seeds]
+    for s, run in zip(seeds, runs, strict=True):
+        run.start(seed_config(cfg, s), splits)
+    progress = Progress(next_eval=tc.eval_every or n_train)
+    selections = [Selection() for _ in seeds]  # one per copy
+    stop_examples = [0] * S  # examples seen when a copy's selection stopped
 
-    st = {"step": 0, "examples": 0, "epoch": 0, "evals": 0, "train_time": 0.0,
-          "next_eval": eval_every}
-    best_score: list[float | None] = [None] * S
-    best_eval: list[dict[str, int] | None] = [None] * S
-    bad_evals, done, stop_examples = [0] * S, [False] * S, [0] * S
+    def evaluate_and_select(losses: Tensor) -> None:
+        """Score all copies on validation; update each live copy's selection and log."""
+        metrics = evaluate_ensemble(model, splits.valid, schema, tc.eval_batch_size)
+        progress.evals += 1
+        train_loss = losses.detach().tolist()  # [S,T]
+        lr = sched.get_last_lr()[0]
+        for k, (sel, run) in enumerate(zip(selections, runs, strict=True)):
+            if sel.done:
+                sel.improved = False
+                continue
+            score, higher = selection_score(metrics[k], schema, tc.selection.metric, label_var)
+            if not sel.update(score, higher, progress.at(), tc.selection.patience) and sel.done:
+                stop_examples[k] = progress.examples
+            run.append_metrics({**progress.at(), "train_loss": train_loss[k], "score": score,
+                                "improved": sel.improved, "valid": metrics[k], "lr": lr})
+        improved = [sel.improved for sel in selections]
+        if any(improved):
+            mask = torch.tensor(improved, device=best["input.bias"].device)  # [S]
+            with torch.no_grad():
+                for n, p in model.params.items():
+                    m = mask.view(S, *([1] * (p.dim() - 1)))  # [S] -> [S,1,...]
+                    best[n].copy_(torch.where(m, p.detach(), best[n]))  # improved slices only
 
     from tqdm import tqdm
 
     bar = tqdm(total=budget, unit="ex", unit_scale=True, disable=not tc.progress,
                desc=f"{cfg.name} x{S}", dynamic_ncols=True)
+
+    # ---------------------------------------------------------------- train
     model.train()
-    while not all(done) and st["examples"] < budget:
-        epoch = st["epoch"]
+    scaling = None if tc.weighting == "equal" else weighting  # equal: loss_fn.total
+    epoch_means = type(weighting).epoch_end is not Weighting.epoch_end  # e.g. DWA's history
+    epoch_loss = None
+    while not all(sel.done for sel in selections) and progress.examples < budget:
+        epoch = progress.epoch
         perms = torch.stack([  # once per epoch: each copy's own order, as train() draws it
             torch.randperm(n_train, generator=torch.Generator().manual_seed(s * 1_000_003 + epoch))
             for s in seeds
         ]).to(device)  # S x [n] -> [S,n]
         for b_idx in range(steps_per_epoch):
-            if st["examples"] >= budget:
+            if progress.examples >= budget:
                 break
             t0 = time.perf_counter()
             idx = perms[:, b_idx * tc.batch_size : (b_idx + 1) * tc.batch_size]  # [S,B]
-            idx = idx[:, : budget - st["examples"]]  # [S,B] -> [S,B'] (budget cut)
-            losses = train_step(model, loss_fn, opt, sched, train_data, idx, tc.bf16)  # [S,T]
+            idx = idx[:, : budget - progress.examples]  # [S,B] -> [S,B'] (budget cut)
+            losses = train_step(model, loss_fn, opt, sched, train_data, idx, tc.bf16,
+                                scaling, tc.grad_clip)  # [S,T]
             n = idx.shape[1]
-            st["step"] += 1
-            st["examples"] += n
-            st["train_time"] += time.perf_counter() - t0
+            progress.step += 1
+            progress.examples += n
+            progress.train_time += time.perf_counter() - t0
+            progress.epoch_steps += 1
+            if epoch_means:
+                detached = losses.detach()
+                epoch_loss = detached if progress.epoch_steps == 1 else epoch_loss + detached
             bar.update(n)
             epoch_end = b_idx + 1 >= steps_per_epoch
             if epoch_end:
-                st["epoch"] += 1
-            if st["examples"] >= st["next_eval"] or st["examples"] >= budget:
-                st["next_eval"] += eval_every
-                _evaluate_and_select(cfg, schema, model, splits.valid, sched, st, best,
-                                     best_score, best_eval, bad_evals, done, stop_examples,
-                                     run_dirs, label_var, losses)
-                if all(done):
+                progress.epoch += 1
+                if epoch_means:
+                    weighting.epoch_end(epoch_loss / progress.epoch_steps)  # [S,T] means
+                progress.epoch_steps = 0
+            if progress.examples >= progress.next_eval or progress.examples >= budget:
+                progress.next_eval += tc.eval_every or n_train
+                evaluate_and_select(losses)
+                if all(sel.done for sel in selections):
                     break
     bar.close()
-    for k in range(S):
-        if not done[k]:
-            stop_examples[k] = st["examples"]
+    for k, sel in enumerate(selections):
+        if not sel.done:
+            stop_examples[k] = progress.examples
 
     # ---------------------------------------------------------------- evaluate selected
     valid = evaluate_ensemble(model, splits.valid, schema, tc.eval_batch_size, best)
     test = evaluate_ensemble(model, splits.test, schema, tc.eval_batch_size, best)
-    rate = st["examples"] * S / max(st["train_time"], 1e-9)
+    rate = progress.examples * S / max(progress.train_time, 1e-9)
     wall = time.perf_counter() - t_start
+
+    # ---------------------------------------------------------------- save
     results = []
-    for k, (s, d) in enumerate(zip(seeds, run_dirs, strict=True)):
-        _atomic_save(model.state_dict_of(k, best), d / "best.pt")
-        res = {
-            "name": f"{cfg.name}/seed_{s}",
-            "model": cfg.model["name"],
-            "data": cfg.data.source,
-            "tasks": {t.name: t.kind for t in schema.tasks},
-            "selected": best_eval[k],
-            "selection_metric": tc.selection.metric,
-            "selection_score": best_score[k],
-            "valid": valid[k],
-            "test": test[k],
-            "num_parameters": model.num_parameters(),
-            "train_examples": stop_examples[k],
-            "train_examples_per_s": rate / S,
-            "wall_time_s": wall,
-            "seed": s,
-            "ensemble_size": S,
-            "ensemble_examples_per_s": rate,
-        }
-        _atomic_write(json.dumps(res, indent=2), d / "results.json")
+    for k, (s, run) in enumerate(zip(seeds, runs, strict=True)):
+        run.save_best(model.state_dict_of(k, best))
+        res = build_results(seed_config(cfg, s), schema, selections[k], valid=valid[k],
+                            test=test[k], num_parameters=model.num_parameters(),
+                            examples=stop_examples[k], examples_per_s=rate / S,
+                            wall_time_s=wall, ensemble_size=S, ensemble_examples_per_s=rate)
+        run.write_results(res)
         results.append(res)
-    return results, float(st["examples"] * S), float(st["train_time"])
-
-
-def _evaluate_and_select(cfg: RunConfig, schema: FeatureSchema, model: EnsembleModel,
-                         valid: TensorDataset, sched, st: dict[str, Any],
-                         best: dict[str, Tensor], best_score: list, best_eval: list,
-                         bad_evals: list[int], done: list[bool], stop_examples: list[int],
-                         run_dirs: list[Path], label_var: dict[str, float],
-                         losses: Tensor) -> None:
-    """Score all copies on validation; update each live copy's selection (train()'s rule)."""
-    tc = cfg.train
-    S = model.num_copies
-    metrics = evaluate_ensemble(model, valid, schema, tc.eval_batch_size)
-    st["evals"] += 1
-    improved = [False] * S
-    train_loss = losses.detach().tolist()  # [S,T]
-    lr = sched.get_last_lr()[0]
-    for k in range(S):  # bookkeeping per copy at evaluation time only, never in a step
-        if done[k]:
-            continue
-        score, higher = selection_score(metrics[k], schema, tc.selection.metric, label_var)
-        improved[k] = best_score[k] is None or (score > best_score[k] if higher
-                                                else score < best_score[k])
-        if improved[k]:
-            best_score[k], bad_evals[k] = score, 0
-            best_eval[k] = dict(eval=st["evals"], epoch=st["epoch"], step=st["step"],
-                                examples=st["examples"])
-        else:
-            bad_evals[k] += 1
-            if tc.selection.patience is not None and bad_evals[k] >= tc.selection.patience:
-                done[k], stop_examples[k] = True, st["examples"]
-        info = {"eval": st["evals"], "epoch": st["epoch"], "step": st["step"],
-                "examples": st["examples"], "train_loss": train_loss[k], "score": score,
-                "improved": improved[k], "valid": metrics[k], "lr": lr}
-        with open(run_dirs[k] / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(info) + "\n")
-    if any(improved):
-        mask = torch.tensor(improved, device=best["input.bias"].device)  # [S]
-        with torch.no_grad():
-            for n, p in model.params.items():
-                m = mask.view(S, *([1] * (p.dim() - 1)))  # [S] -> [S,1,...]
-                best[n].copy_(torch.where(m, p.detach(), best[n]))  # improved slices only
+    return results, float(progress.examples * S), float(progress.train_time)

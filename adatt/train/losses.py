@@ -37,10 +37,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TASK_KINDS", "TaskLoss", "task_losses", "elementwise_losses"]
+__all__ = ["TASK_KINDS", "TaskLoss", "task_losses", "elementwise_losses", "masked_elementwise",
+           "global_batch_losses"]
 
 TASK_KINDS = ("binary", "regression")
 
@@ -68,12 +70,15 @@ def elementwise_losses(logits: Tensor, labels: Tensor, kinds: Sequence[str]) -> 
     """
     kinds = _check_kinds(kinds)
     mask = torch.tensor([k == "binary" for k in kinds], device=logits.device)
-    return _elementwise(logits, labels, mask, all(mask.tolist()), not any(mask.tolist()))
+    return masked_elementwise(logits, labels, mask, all(mask.tolist()), not any(mask.tolist()))
 
 
-def _elementwise(
+def masked_elementwise(
     logits: Tensor, labels: Tensor, is_binary: Tensor, all_binary: bool, all_regression: bool
 ) -> Tensor:
+    """:func:`elementwise_losses` with the kind mask ``is_binary [T]`` precomputed
+    (``all_binary``/``all_regression``: every task of one kind, only that form computed);
+    ``labels`` broadcast to ``logits [..., B, T]``."""
     labels = labels.to(logits.dtype).expand_as(logits)  # [B,T] -> [...,B,T]
     if all_binary:
         return F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
@@ -170,7 +175,7 @@ class TaskLoss(nn.Module):
         _check_shapes(logits, labels, self.num_tasks)
         # Same-kind fast paths decided at construction: no device sync per step.
         mask = self.is_binary.to(logits.device)
-        per = _elementwise(logits, labels, mask, self._all_binary, self._all_regression)
+        per = masked_elementwise(logits, labels, mask, self._all_binary, self._all_regression)
         return _batch_mean(per, weight)  # [...,B,T] -> [...,T]
 
     def total(self, losses: Tensor) -> Tensor:
@@ -179,3 +184,52 @@ class TaskLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kinds={self.kinds}, task_weights={self.task_weights.tolist()}"
+
+
+def global_batch_losses(loss_fn: TaskLoss, logits: Tensor, labels: Tensor,
+                        weight: Tensor | None, *, distributed: bool = False,
+                        live: bool = True) -> Tensor:
+    """Per-task losses ``[T]`` of the global batch when each process holds part of it.
+
+    In one process (``distributed=False``): ``loss_fn(logits, labels, weight)``.
+    Distributed, per task the global-batch loss is ``L_t = sum_b w_b l_bt / sum_b
+    w_b`` over the rows of every process (``w_b = 1`` without weights). This
+    process's share is ``L_t^r = sum_{b in B_r} w_b l_bt / sum_b w_b``; one
+    all-reduce of ``[T + 1]`` numbers per step gives the numerators and the global
+    weight sum. The result has the value ``L_t`` and the gradient of the share
+    (``share + (L_t - share).detach()``): summing gradients over processes gives
+    ``d L_t / d theta`` (averaging them: multiply the loss by the process count),
+    and whatever reads the values (a weighting, the logged loss) sees the
+    single-process numbers on every process.
+
+    Args:
+        loss_fn: the run's :class:`TaskLoss`.
+        logits: ``[B_r, T]`` this process's outputs.
+        labels: ``[B_r, T]``; weight: ``[B_r]`` or None.
+        distributed: a collective call over the default process group.
+        live: False when this process has no row of the batch and computes one
+            stand-in row whose loss counts for nothing.
+
+    Example:
+        >>> import torch
+        >>> loss = TaskLoss(["regression"])
+        >>> global_batch_losses(loss, torch.ones(2, 1), torch.zeros(2, 1), None)
+        tensor([1.])
+    """
+    if not distributed:
+        return loss_fn(logits, labels, weight)
+    w = weight
+    if w is None:
+        mass = logits.new_tensor(float(labels.shape[0]) if live else 0.0, dtype=torch.float64)
+        local = loss_fn(logits, labels, None)  # [T] mean over this process's rows
+    else:
+        mass = w.detach().double().sum() if live else w.new_zeros((), dtype=torch.float64)
+        # all-zero local weights (or a stand-in row): any finite mean, times mass 0
+        local = loss_fn(logits, labels, torch.where(mass > 0, w, torch.ones_like(w)))
+    # [T] local sums of w*l, then [1] local weight sum -> [T+1], summed over processes
+    buf = torch.cat([local.detach().double() * mass, mass.reshape(1)])
+    dist.all_reduce(buf)
+    total = buf[-1].clamp_min(torch.finfo(buf.dtype).tiny)  # all weights 0: loss 0
+    value = (buf[:-1] / total).to(local.dtype)  # [T] global-batch losses
+    share = local * (mass / total).to(local.dtype)  # [T] sum_{b in B_r} w_b l_bt / sum_b w_b
+    return share + (value - share.detach())

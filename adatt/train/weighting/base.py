@@ -115,6 +115,10 @@ class Weighting(nn.Module):
     """
 
     name: ClassVar[str]
+    # Whether the method can hold one state per ensemble copy (expand_copies): true for
+    # methods that only scale the task losses; false for those that need each task's
+    # gradient of the shared parameters (gradient norms, projections).
+    per_copy: ClassVar[bool] = False
     task_weights: Tensor
 
     def __init__(
@@ -135,10 +139,24 @@ class Weighting(nn.Module):
         if len(kinds) != num_tasks or any(k not in ("binary", "regression") for k in kinds):
             raise ValueError(f"task_kinds must be {num_tasks} of binary/regression, got {kinds}")
         self.task_kinds = kinds
+        self.copies: int | None = None
+
+    def expand_copies(self, copies: int) -> None:
+        """Hold one state per copy of a seed ensemble: :meth:`backward` then takes
+        losses ``[S, T]`` (S = ``copies``, each copy its own task losses) and
+        :meth:`epoch_end` ``[S, T]`` means; copy k's state evolves as a single
+        run's would. Only for methods with ``per_copy``; call before training."""
+        if not self.per_copy:
+            raise ValueError(f"weighting {self.name} has no per-copy form")
+        self.copies = int(copies)
+
+    def _loss_shape(self) -> tuple[int, ...]:
+        return (self.num_tasks,) if self.copies is None else (self.copies, self.num_tasks)
 
     def _check_losses(self, losses: Tensor) -> None:
-        if losses.dim() != 1 or losses.shape[0] != self.num_tasks:
-            raise ValueError(f"losses must be [{self.num_tasks}], got {tuple(losses.shape)}")
+        if tuple(losses.shape) != self._loss_shape():
+            raise ValueError(f"losses must be {list(self._loss_shape())}, "
+                             f"got {tuple(losses.shape)}")
 
     def _static(self, losses: Tensor) -> Tensor:
         """Static-weighted losses ``c_t L_t``: ``[T] -> [T]``."""

@@ -44,6 +44,7 @@ class DWA(Weighting):
     """
 
     name = "dwa"
+    per_copy = True
     weights: Tensor
     last_losses: Tensor
     previous_losses: Tensor
@@ -65,27 +66,34 @@ class DWA(Weighting):
         self.register_buffer("previous_losses", torch.ones(num_tasks, dtype=torch.float64))
         self.register_buffer("epochs_seen", torch.tensor(0))
 
+    def expand_copies(self, copies: int) -> None:
+        """One loss history and weight vector per copy: ``[S, T]`` buffers."""
+        super().expand_copies(copies)
+        for name in ("weights", "last_losses", "previous_losses"):
+            b = getattr(self, name)
+            setattr(self, name, b.expand(copies, self.num_tasks).clone())  # [T] -> [S,T]
+
     def current_weights(self) -> Tensor:
         """``[T]`` DWA weights for the coming epoch (static weights not included)."""
         return self.weights.clone()
 
     def epoch_end(self, mean_losses: Tensor) -> None:
         mean_losses = mean_losses.detach().to(self.last_losses)
-        if mean_losses.shape != (self.num_tasks,):
+        if tuple(mean_losses.shape) != self._loss_shape():
             raise ValueError(
-                f"mean_losses must be [{self.num_tasks}], got {tuple(mean_losses.shape)}"
+                f"mean_losses must be {list(self._loss_shape())}, got {tuple(mean_losses.shape)}"
             )
         self.previous_losses.copy_(self.last_losses)
         self.last_losses.copy_(mean_losses)
         self.epochs_seen += 1
         if int(self.epochs_seen) >= 2:  # once per epoch; equal weights before
-            r = self.last_losses / self.previous_losses  # [T]: r_t(k-1)
-            self.weights.copy_(self.num_tasks * torch.softmax(r / self.temperature, dim=0))
+            r = self.last_losses / self.previous_losses  # [T] | [S,T]: r_t(k-1)
+            self.weights.copy_(self.num_tasks * torch.softmax(r / self.temperature, dim=-1))
 
     def backward(self, losses: Tensor, shared_params: Sequence[Tensor]) -> Tensor:
         self._check_losses(losses)
         w = self.weights * self.task_weights  # [T]
-        (w.to(losses) * losses).sum().backward()  # [T] -> scalar
+        (w.to(losses) * losses).sum().backward()  # [T] | [S,T] -> scalar
         return w.detach()
 
     def extra_repr(self) -> str:

@@ -38,6 +38,7 @@ class Equal(Weighting):
     """
 
     name = "equal"
+    per_copy = True
 
     def backward(self, losses: Tensor, shared_params: Sequence[Tensor]) -> Tensor:
         if losses.shape[-1] != self.num_tasks or losses.dim() not in (1, 2):

@@ -55,6 +55,7 @@ class Uncertainty(Weighting):
     """
 
     name = "uncertainty"
+    per_copy = True
     kind_factor: Tensor
 
     def __init__(
@@ -69,11 +70,17 @@ class Uncertainty(Weighting):
         factor = [0.5 if k == "regression" else 1.0 for k in self.task_kinds]
         self.register_buffer("kind_factor", torch.tensor(factor))
 
+    def expand_copies(self, copies: int) -> None:
+        """One log-variance per copy and task: ``log_vars [S, T]``."""
+        super().expand_copies(copies)
+        self.log_vars = nn.Parameter(torch.zeros(copies, self.num_tasks,
+                                                 device=self.log_vars.device))
+
     def backward(self, losses: Tensor, shared_params: Sequence[Tensor]) -> Tensor:
         self._check_losses(losses)
-        s = self.log_vars.to(losses)  # [T]
+        s = self.log_vars.to(losses)  # [T] | [S,T]
         h = self.kind_factor.to(losses)  # [T]
-        precision = h * torch.exp(-s)  # [T]
-        total = (precision * self._static(losses) + h * s).sum()  # [T] -> scalar
+        precision = h * torch.exp(-s)  # [T] | [S,T]
+        total = (precision * self._static(losses) + h * s).sum()  # [T] | [S,T] -> scalar
         total.backward()
         return (precision * self.task_weights.to(losses)).detach()
