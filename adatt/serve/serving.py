@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from adatt.data.encoding import FeatureEncoding
 from adatt.data.schema import FeatureSchema
-from adatt.train.trainer import RunError
+from adatt.train.rundir import RunError
 
 __all__ = [
     "ServeError",
@@ -194,7 +194,7 @@ def load_for_serving(run_dir: PathLike) -> tuple[Any, nn.Module, FeatureSchema, 
     Runs with ``data.json`` need no data; older runs load their data again for
     the schema and the encoding (:func:`encoding_for_run`).
     """
-    from adatt.train.trainer import load_run, load_run_model
+    from adatt.train.runs import load_run, load_run_model
 
     cfg, model, schema, meta = load_run_model(run_dir)
     enc = encoding_from_meta(cfg, schema, meta)
