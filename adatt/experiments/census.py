@@ -23,8 +23,8 @@ tuning runs are kept as its first seeds; ``m_s`` is then chosen as above.
 
 Each configuration trains N independently initialised copies together
 (:func:`adatt.train.ensemble.train_ensemble`); copy k equals a separate run
-with ``train.seed=k``. ``--quick`` trains 2 seeds on 20,000 training rows
-for 2 epochs, group A only.
+with ``train.seed=k`` up to floating-point summation order. ``--quick`` trains
+2 seeds on 20,000 training rows for 2 epochs, group A only.
 
 Example:
     >>> [c["label"] for c in table5_configs("A")][:4]
