@@ -204,10 +204,24 @@ def test_task_group_models_same_sizes_and_valid_configs():
             assert m["experts_per_task"] * T + m["shared_experts"] == 2 * T
         assert models["adatt_sp"]["experts_per_task"] == 1
         assert "shared_experts" not in models["adatt_sp"]
+        assert models["adatt"]["native_rule"] == models["adatt_sp"]["native_rule"] == "authors"
+        assert models["cross_stitch"]["stitch_init"] == "authors"  # pinned: see PINNED
         for name, opts in models.items():
             assert opts["tower_sizes"] == [64] and opts["embedding_dim"] == 16
             assert opts["name"] == name
             load_config(None, ["data.source=sim", *model_overrides(opts)])  # validates
+
+
+def test_pinned_options_tell_new_runs_from_runs_under_the_earlier_defaults():
+    """A resumed experiment compares saved configs (trainer.finished_results): a run made
+    before the options existed lacks them, so it is not taken for a run of today's model."""
+    from adatt.experiments.common import pinned
+
+    for opts in ({"name": "adatt", "experts_per_task": 1, "shared_experts": 3},
+                 {"name": "cross_stitch"}):
+        old = load_config(None, ["data.source=sim", *model_overrides(opts)])
+        new = load_config(None, ["data.source=sim", *model_overrides(pinned(opts))])
+        assert old.model_dump(mode="json") != new.model_dump(mode="json")
 
 
 def test_ablation_configs_are_adatt_with_and_without_native_fusion():
@@ -216,6 +230,7 @@ def test_ablation_configs_are_adatt_with_and_without_native_fusion():
     assert [c["model"]["shared_experts"] for c in census] == [0, 3]
     assert [c["model"]["experts_per_task"] for c in census] == [2, 1]
     assert all(c["model"]["expert_sizes"] == [128, 64] for c in census)
+    assert all(c["model"]["native_rule"] == "authors" for c in census)
     sim = [c for c in cs if c["source"] == "sim"]
     assert sim[0]["model"]["name"] == "adatt_sp" and sim[0]["model"]["experts_per_task"] == 3
     for c in cs:

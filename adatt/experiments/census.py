@@ -45,6 +45,7 @@ from adatt.experiments.common import (
     mean_ci,
     paired_comparison,
     per_seed,
+    pinned,
     run_line,
     seed_rows,
     write_csv,
@@ -78,8 +79,9 @@ def table5_configs(group: str, context: bool = True) -> list[dict[str, Any]]:
     for fam, name in (("PLE", "ple"), ("AdaTT", "adatt")):
         for ms in g["ms"]:
             out.append({"label": f"{fam} m_s={ms}", "family": fam, "m_s": ms,
-                        "model": {"name": name, "expert_sizes": sizes, "shared_experts": ms,
-                                  "experts_per_task": (E - ms) // 3, **common}})
+                        "model": pinned({"name": name, "expert_sizes": sizes,
+                                         "shared_experts": ms,
+                                         "experts_per_task": (E - ms) // 3, **common})})
     if context:
         out += [
             {"label": "Shared-bottom", "family": "Shared-bottom", "context": True,
@@ -87,7 +89,7 @@ def table5_configs(group: str, context: bool = True) -> list[dict[str, Any]]:
             {"label": "MMoE", "family": "MMoE", "context": True,
              "model": {"name": "mmoe", "expert_sizes": [sizes], "num_experts": E, **common}},
             {"label": "Cross-stitch", "family": "Cross-stitch", "context": True,
-             "model": {"name": "cross_stitch", "expert_sizes": sizes, **common}},
+             "model": pinned({"name": "cross_stitch", "expert_sizes": sizes, **common})},
         ]
     return out
 

@@ -15,7 +15,25 @@ from typing import Any
 
 __all__ = ["preset_models", "relative_table", "markdown_table", "mean_ci", "paired_comparison",
            "write_csv", "per_seed", "SEED_HEADER", "seed_rows", "write_seeds_csv",
-           "RunClock", "command_line", "run_line", "wins_text"]
+           "RunClock", "command_line", "run_line", "wins_text", "PINNED", "pinned"]
+
+#: model options whose defaults follow the authors' code (``mtl_lib.py``) since they were
+#: added; the experiments write them into every run's config, so that a resumed experiment
+#: never takes a run made under the earlier defaults (whose saved config lacks them) as done
+PINNED: dict[str, dict[str, str]] = {
+    "adatt": {"native_rule": "authors"}, "adatt_sp": {"native_rule": "authors"},
+    "cross_stitch": {"stitch_init": "authors"}}
+
+
+def pinned(model: dict[str, Any]) -> dict[str, Any]:
+    """``model`` (options with ``name``) with its :data:`PINNED` options written out.
+
+    >>> pinned({"name": "cross_stitch", "expert_sizes": [8]})
+    {'name': 'cross_stitch', 'expert_sizes': [8], 'stitch_init': 'authors'}
+    >>> pinned({"name": "mmoe"})
+    {'name': 'mmoe'}
+    """
+    return {**model, **PINNED.get(model["name"], {})}
 
 
 def preset_models(num_experts: int, num_tasks: int, shared: int | None = None

@@ -75,6 +75,7 @@ from adatt.experiments.common import (
     markdown_table,
     mean_ci,
     per_seed,
+    pinned,
     preset_models,
     run_line,
     seed_rows,
@@ -323,9 +324,10 @@ def task_group_models(num_tasks: int, experts_per_level: int | None = None,
         "mmoe": {"name": "mmoe", "expert_sizes": [lvl], "num_experts": E, **sizes},
         "ml_mmoe": {"name": "ml_mmoe", "expert_sizes": lvl, "num_experts": E, **sizes},
         "ple": {"name": "ple", "expert_sizes": lvl, **p["ple"], **sizes},
-        "adatt": {"name": "adatt", "expert_sizes": lvl, **p["adatt"], **sizes},
-        "cross_stitch": {"name": "cross_stitch", "expert_sizes": lvl, **sizes},
-        "adatt_sp": {"name": "adatt_sp", "expert_sizes": lvl, "experts_per_task": 1, **sizes},
+        "adatt": pinned({"name": "adatt", "expert_sizes": lvl, **p["adatt"], **sizes}),
+        "cross_stitch": pinned({"name": "cross_stitch", "expert_sizes": lvl, **sizes}),
+        "adatt_sp": pinned({"name": "adatt_sp", "expert_sizes": lvl, "experts_per_task": 1,
+                            **sizes}),
     }
 
 
