@@ -108,6 +108,12 @@ def adatt_reference(model, dense, cat, shared: bool, native: bool, act=F.relu) -
     for c in m:
         own.append(list(range(off, off + c)))
         off += c
+    # which units learn v: the authors' code fixes v = 1 only when every unit has one
+    # expert; the "per_unit" option fixes it exactly for the units with one expert
+    if model.native_rule == "authors":
+        learned = [any(c != 1 for c in m)] * U
+    else:
+        learned = [c > 1 for c in m]
     x = onehot_input(model, dense, cat)
     f = [x] * U  # Eq. 2: f^0_u = x
     L = len(model.levels)
@@ -124,8 +130,8 @@ def adatt_reference(model, dense, cat, shared: bool, native: bool, act=F.relu) -
             out = torch.einsum("be,bed->bd", G, Eall)  # AllExpertGF, Eq. 9
             if native:
                 Eu = Eall[:, own[u]]  # [B, m_u, d]  (Eq. 5)
-                if len(own[u]) == 1:
-                    v = torch.ones(1)  # the unit weight when m_u = 1
+                if not learned[u]:
+                    v = torch.ones(len(own[u]))  # the fixed unit weight
                 else:
                     v = lw.level.native_matrix()[g, own[u]]
                 out = out + torch.einsum("m,bmd->bd", v, Eu)  # NativeExpertLF, Eq. 8

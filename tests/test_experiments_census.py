@@ -37,6 +37,13 @@ def test_quick_mode_writes_report(tmp_path):
     assert summary["seeds"] == 2 and len(summary["rows"]) == 8
     text = (tmp_path / "report.md").read_text()
     assert "Paired comparison" in text and "AdaTT − PLE" in text
+    from adatt.experiments import census
+    from tests.test_experiments_sim import check_report_from_summary, seed_csv_mean
+
+    check_report_from_summary(tmp_path, census, 5, 8, 2)
+    ada = next(e for e in summary["rows"] if e["label"] == "AdaTT m_s=3")
+    assert seed_csv_mean(tmp_path, {"group": "A", "model": "AdaTT m_s=3"}, "income", "auc") == \
+        pytest.approx(ada["income"]["mean"], rel=1e-12)
 
 
 def test_context_rows_with_fewer_seeds_are_paired_on_common_seeds():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import sys
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from adatt.config import load_config
+from adatt.experiments import ablation, expert_weights, studies, task_groups
 from adatt.experiments.ablation import ablation_configs, run_ablation
+from adatt.experiments.common import command_line, per_seed
 from adatt.experiments.expert_weights import (
     _verdict,
     family_sharing,
@@ -201,10 +204,24 @@ def test_task_group_models_same_sizes_and_valid_configs():
             assert m["experts_per_task"] * T + m["shared_experts"] == 2 * T
         assert models["adatt_sp"]["experts_per_task"] == 1
         assert "shared_experts" not in models["adatt_sp"]
+        assert models["adatt"]["native_rule"] == models["adatt_sp"]["native_rule"] == "authors"
+        assert models["cross_stitch"]["stitch_init"] == "authors"  # pinned: see PINNED
         for name, opts in models.items():
             assert opts["tower_sizes"] == [64] and opts["embedding_dim"] == 16
             assert opts["name"] == name
             load_config(None, ["data.source=sim", *model_overrides(opts)])  # validates
+
+
+def test_pinned_options_tell_new_runs_from_runs_under_the_earlier_defaults():
+    """A resumed experiment compares saved configs (trainer.finished_results): a run made
+    before the options existed lacks them, so it is not taken for a run of today's model."""
+    from adatt.experiments.common import pinned
+
+    for opts in ({"name": "adatt", "experts_per_task": 1, "shared_experts": 3},
+                 {"name": "cross_stitch"}):
+        old = load_config(None, ["data.source=sim", *model_overrides(opts)])
+        new = load_config(None, ["data.source=sim", *model_overrides(pinned(opts))])
+        assert old.model_dump(mode="json") != new.model_dump(mode="json")
 
 
 def test_ablation_configs_are_adatt_with_and_without_native_fusion():
@@ -213,6 +230,7 @@ def test_ablation_configs_are_adatt_with_and_without_native_fusion():
     assert [c["model"]["shared_experts"] for c in census] == [0, 3]
     assert [c["model"]["experts_per_task"] for c in census] == [2, 1]
     assert all(c["model"]["expert_sizes"] == [128, 64] for c in census)
+    assert all(c["model"]["native_rule"] == "authors" for c in census)
     sim = [c for c in cs if c["source"] == "sim"]
     assert sim[0]["model"]["name"] == "adatt_sp" and sim[0]["model"]["experts_per_task"] == 3
     for c in cs:
@@ -270,7 +288,98 @@ def test_run_seeds_falls_back_to_one_train_per_seed(tmp_path, monkeypatch):
             assert a["test"][task]["mse"] == pytest.approx(b["test"][task]["mse"], rel=1e-4)
 
 
+# ----------------------------------------------------------------------------- report lines
+
+
+def seeds_of(per_task: dict[str, list[float]], metric_of: dict[str, str]) -> list[dict]:
+    """Per-seed entries (as in a summary) from per-task lists of test values."""
+    n = len(next(iter(per_task.values())))
+    return [{"seed": k, "test": {t: {metric_of[t]: v[k]} for t, v in per_task.items()}}
+            for k in range(n)]
+
+
+def test_task_groups_seed_lines_count_wins_and_ranks_from_the_seeds():
+    metric = {"view": "ne", "watch": "mse"}
+    models = {  # lower is better; 3 seeds
+        "shared_bottom": {"view": [0.90, 0.80, 0.85], "watch": [2.0, 1.0, 3.0]},
+        "adatt": {"view": [0.85, 0.85, 0.80], "watch": [1.5, 1.5, 1.5]},
+        "mmoe": {"view": [0.80, 0.90, 0.90], "watch": [1.0, 2.0, 1.0]},
+    }
+    summary = {"groups": {"group3": {"tasks": {"view": "binary", "watch": "regression"},
+                                     "models": {m: {"seeds": seeds_of(v, metric)}
+                                                for m, v in models.items()}}}}
+    text = task_groups.seed_lines(summary)
+    assert ("group3: seeds (of 3) in which AdaTT has a lower test NE (MSE for watch) than each "
+            "model: view: Shared-bottom 2, MMoE 2; watch: Shared-bottom 2, MMoE 1.") in text
+    assert ("group3: AdaTT's rank by test NE (MSE for watch) among the 3 models (1 = lowest), "
+            "seed by seed: view 2, 2, 1; watch 2, 2, 2.") in text
+    del summary["groups"]["group3"]["models"]["adatt"]
+    assert task_groups.seed_lines(summary) == ""  # no AdaTT row, no line
+
+
+def test_study_seed_lines_count_the_seeds_that_beat_the_reference():
+    metric = {"view": "ne", "watch": "mse"}
+    configs = [{"label": "m_t=1", "seeds": seeds_of({"view": [0.9, 0.8], "watch": [2.0, 1.0]},
+                                                    metric)},
+               {"label": "m_t=2", "seeds": seeds_of({"view": [0.8, 0.7], "watch": [3.0, 0.5]},
+                                                    metric)}]
+    summary = {"tasks": {"view": "binary", "watch": "regression"}, "seeds": 2,
+               "reference": "m_t=1", "configs": configs}
+    text = studies.seed_lines(summary)
+    assert text.startswith("Seeds (of 2) in which the configuration beats m_t=1 on the task "
+                           "(lower test NE / MSE): m_t=2: 2, 1 (view, watch).")
+    assert "a 95% interval is ± 12.7 standard errors" in text
+
+
+def test_per_seed_keeps_every_numeric_metric_of_both_splits():
+    r = {"seed": 4, "valid": {"a": {"auc": 0.7, "ne": 0.9}},
+         "test": {"a": {"auc": 0.6, "ne": 0.95, "flag": True, "name": "x"}}}
+    assert per_seed([r]) == [{"seed": 4, "valid": {"a": {"auc": 0.7, "ne": 0.9}},
+                              "test": {"a": {"auc": 0.6, "ne": 0.95}}}]
+
+
+def test_command_line_is_the_equivalent_cli_call():
+    call = {"out_dir": "x", "quick": True, "seeds": 3, "progress": False,
+            "groups": ("group1", "group3"), "models": None, "rows": 500_000, "threads": 2,
+            "experts_per_level": None, "evaluations": 7, "device": "cpu", "chunk": None}
+    assert command_line("task-groups", run_task_groups, call) == (
+        "`adatt experiment task-groups --quick --groups group1,group3 --rows 500000 "
+        "--threads 2`")
+    call = {"out_dir": "x", "census": True, "sim": False, "seeds": 5, "census_ms": (3,)}
+    assert command_line("ablation", run_ablation, call) == (
+        "`adatt experiment ablation --no-sim` (and the argument census_ms=(3,))")
+
+
 # ----------------------------------------------------------------------------- quick modes (slow)
+
+
+def check_report_from_summary(out: Path, module, group_cols: int, configs: int,
+                              seeds: int) -> None:
+    """The report is a function of summary.json alone; seeds.csv has every seed's numbers."""
+    summary = json.loads((out / "summary.json").read_text())
+    again = out / "again"
+    module.write_report(again, summary)
+    assert (again / "report.md").read_text() == (out / "report.md").read_text()
+    assert (again / "seeds.csv").read_text() == (out / "seeds.csv").read_text()
+    report = (out / "report.md").read_text()
+    assert "Command: `adatt experiment " in report and "--quick" in report
+    assert "CPU cores visible" in report and "[seeds.csv](seeds.csv)" in report
+    rows = finite_csv(out / "seeds.csv")
+    assert list(rows[0])[group_cols:] == ["seed", "split", "task", "metric", "value"]
+    keys = {tuple(list(r.values())[:group_cols]) for r in rows}
+    assert len(keys) == configs
+    assert {r["seed"] for r in rows} == {str(k) for k in range(seeds)}
+    assert {r["split"] for r in rows} == {"valid", "test"}
+    assert_finite(r["value"] for r in rows if r["value"] not in ("nan", ""))
+
+
+def seed_csv_mean(out: Path, where: dict[str, str], task: str, metric: str) -> float:
+    vals = [float(r["value"]) for r in finite_csv(out / "seeds.csv")
+            if all(r[k] == v for k, v in where.items())
+            and r["split"] == "test" and r["task"] == task and r["metric"] == metric]
+    assert vals
+    return sum(vals) / len(vals)
+
 
 
 def finite_csv(path: Path) -> list[dict[str, str]]:
@@ -308,6 +417,12 @@ def test_task_groups_quick(tmp_path):
     assert_finite(r["test_diff"] for r in rows)
     report = (tmp_path / "report.md").read_text()
     assert "paper 70B" in report and "-0.863%" in report  # group 1 paper numbers beside ours
+    check_report_from_summary(tmp_path, task_groups, 2, 3 * len(MODEL_LABELS), 2)
+    for group in ("group1", "group3"):
+        assert f"{group}: seeds (of 2) in which AdaTT has a lower test NE" in report
+        m = s["groups"][group]["models"]["adatt"]["test_metric"]["view"]
+        assert seed_csv_mean(tmp_path, {"group": group, "model": "adatt"}, "view", "ne") == \
+            pytest.approx(m, rel=1e-12)
 
 
 @pytest.mark.slow
@@ -326,6 +441,10 @@ def test_ablation_quick(tmp_path):
         assert setting["num_parameters"]["off"] < setting["num_parameters"]["on"]  # no v_t
         assert_finite(t["diff"] for t in setting["tasks"].values())
     assert_finite(r["diff_pct"] for r in finite_csv(tmp_path / "results.csv"))
+    check_report_from_summary(tmp_path, ablation, 2, 2 * len(expect), 2)
+    t = s["settings"]["sim group3"]["tasks"]["view"]
+    assert seed_csv_mean(tmp_path, {"setting": "sim group3", "native_fusion": "off"}, "view",
+                         "ne") == pytest.approx(t["off"], rel=1e-12)
 
 
 @pytest.mark.slow
@@ -341,6 +460,12 @@ def test_expert_weights_quick(tmp_path):
         np.testing.assert_allclose(w.sum(1), 2.0, rtol=1e-5)
     assert_finite(x["foreign"] for x in s["sharing"]["mean"])
     assert len(finite_csv(tmp_path / "weights.csv")) == 2 * T * T
+    check_report_from_summary(tmp_path, expert_weights, 0, 1, 2)
+    per = finite_csv(tmp_path / "weights-seeds.csv")
+    assert len(per) == 2 * 2 * T * T  # seeds x levels x T x E
+    w0 = np.mean([float(r["weight"]) for r in per if r["level"] == "0"
+                  and r["task"] == s["tasks"][0] and r["expert"] == f"e_{s['tasks'][1]}"])
+    assert w0 == pytest.approx(s["weights"][0][0][1], rel=1e-9)
 
 
 @pytest.mark.slow
@@ -358,6 +483,9 @@ def test_studies_quick(tmp_path, which):
         assert_finite(v["diff"] for v in c["diff"].values())
     assert all(v["diff"] == 0.0 for v in s["configs"][0]["diff"].values())
     assert len(finite_csv(tmp_path / "results.csv")) == 4 * len(s["tasks"])
+    check_report_from_summary(tmp_path, studies, 1, 4, 2)
+    report = (tmp_path / "report.md").read_text()
+    assert f"Seeds (of 2) in which the configuration beats {s['reference']}" in report
 
 
 def test_cli_passes_the_simulator_options_through(monkeypatch, tmp_path):

@@ -50,20 +50,22 @@ SIZES = {1: [8], 2: [8, 6], 3: [8, 6, 5], 4: [9, 8, 6, 5], 5: [9, 8, 7, 6, 5]}
 
 @pytest.mark.parametrize("levels", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("m", [1, 2, [1, 2, 3], [3, 1, 2]])
-@pytest.mark.parametrize("native", [True, False])
-def test_adatt_sp_matches_equations(levels, m, native):
+@pytest.mark.parametrize("native,rule", [(True, "authors"), (True, "per_unit"),
+                                         (False, "authors")])
+def test_adatt_sp_matches_equations(levels, m, native, rule):
     model = build("adatt_sp", num_tasks=3, expert_sizes=SIZES[levels], experts_per_task=m,
-                  native_fusion=native)
+                  native_fusion=native, native_rule=rule)
     perturb_native(model)
     check(model, lambda mo, d, c: ref.adatt_reference(mo, d, c, shared=False, native=native))
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3, 5])
 @pytest.mark.parametrize("m,ms", [(1, 1), (2, 3), ([1, 2, 3], 2), ([2, 1, 1], 0), (1, 4)])
-@pytest.mark.parametrize("native", [True, False])
-def test_adatt_general_matches_equations(levels, m, ms, native):
+@pytest.mark.parametrize("native,rule", [(True, "authors"), (True, "per_unit"),
+                                         (False, "authors")])
+def test_adatt_general_matches_equations(levels, m, ms, native, rule):
     model = build("adatt", num_tasks=3, expert_sizes=SIZES[levels], experts_per_task=m,
-                  shared_experts=ms, native_fusion=native)
+                  shared_experts=ms, native_fusion=native, native_rule=rule)
     perturb_native(model)
     check(model, lambda mo, d, c: ref.adatt_reference(mo, d, c, shared=True, native=native))
 
@@ -143,8 +145,31 @@ def test_eq7_equals_eq11_and_native_off_removes_only_v(name, kw):
             off(dense, cat), ref.adatt_reference(off, dense, cat, shared=shared, native=False))
 
 
+def test_native_rule_authors_learns_every_unit_unless_all_have_one_expert():
+    """The authors' rule (default): one unit with several experts makes every unit,
+    single-expert ones and the shared one included, learn v; all ones fix v = 1."""
+    model = build("adatt", num_tasks=3, expert_sizes=[8, 6], experts_per_task=1,
+                  shared_experts=3)
+    # level 0: 3 task units of 1 + shared unit of 3; last level: task units only
+    assert [lv.native_weight.numel() for lv in model.levels] == [6, 3]
+    assert build("adatt_sp", num_tasks=3, expert_sizes=[8], experts_per_task=[1, 2, 1]
+                 ).levels[0].native_weight.numel() == 4
+    allone = build("adatt", num_tasks=3, expert_sizes=[8, 6], experts_per_task=1,
+                   shared_experts=1)
+    assert not any("native" in n for n, _ in allone.named_parameters())
+    old = build("adatt", num_tasks=3, expert_sizes=[8, 6], experts_per_task=1,
+                shared_experts=3, native_rule="per_unit")
+    assert old.levels[0].native_weight.numel() == 3  # only the shared unit's v
+    assert old.levels[1].native_weight is None
+    with pytest.raises(ValueError, match="native_rule must be one of authors, per_unit"):
+        build("adatt", num_tasks=3, native_rule="per-unit")
+    with pytest.raises(ValueError, match="native_rule must be one of"):
+        build("adatt_sp", num_tasks=3, native_rule="paper")
+
+
 def test_single_native_expert_weight_is_constant_one():
-    model = build("adatt_sp", num_tasks=3, expert_sizes=[8, 6], experts_per_task=[1, 2, 1])
+    model = build("adatt_sp", num_tasks=3, expert_sizes=[8, 6], experts_per_task=[1, 2, 1],
+                  native_rule="per_unit")
     for lv in model.levels:
         V = lv.native_matrix()
         assert V[0, 0].item() == 1.0 and V[2, 3].item() == 1.0  # tasks 0 and 2 own one expert
@@ -259,7 +284,9 @@ def expected_params(name, T, Din, cfg, tower=(32,)):
                 K = E if u == T else counts[u] + ms
             else:
                 K = E
-                if cfg["native"] and counts[u] > 1:
+                learned = (any(c != 1 for c in counts) if cfg.get("rule", "authors")
+                           == "authors" else counts[u] > 1)
+                if cfg["native"] and learned:
                     n += counts[u]
             n += D * K + K
         D = s[-1]
@@ -273,6 +300,11 @@ def expected_params(name, T, Din, cfg, tower=(32,)):
      dict(sizes=[[8], [6], [4]], m=[2, 2, 2], native=False, d_out=4)),
     ("adatt", dict(expert_sizes=[8, 6], experts_per_task=[2, 1, 1], shared_experts=2),
      dict(sizes=[[8], [6]], m=[2, 1, 1], ms=2, native=True, d_out=6)),
+    ("adatt", dict(expert_sizes=[8, 6], experts_per_task=1, shared_experts=3,
+                   native_rule="per_unit"),
+     dict(sizes=[[8], [6]], m=[1, 1, 1], ms=3, native=True, rule="per_unit", d_out=6)),
+    ("adatt_sp", dict(expert_sizes=[8, 6], experts_per_task=[1, 2, 1], native_rule="per_unit"),
+     dict(sizes=[[8], [6]], m=[1, 2, 1], native=True, rule="per_unit", d_out=6)),
     ("ple", dict(expert_sizes=[8, 6, 4], experts_per_task=[2, 1, 3], shared_experts=2),
      dict(sizes=[[8], [6], [4]], m=[2, 1, 3], ms=2, native=False, d_out=4)),
     ("mmoe", dict(expert_sizes=[[8, 6]], num_experts=4), dict(sizes=[[8, 6]], n=4, d_out=6)),

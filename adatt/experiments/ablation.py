@@ -11,9 +11,10 @@ on the regression task. We run the same switch on two data sets:
 * **census** (UCI Census-Income, the protocol of :mod:`adatt.experiments.census`:
   its ``PROTOCOLS["paper"]`` and group A configurations, sizes (128, 64), 6
   experts per level): AdaTT with ``m_s = 0`` (AdaTT-sp, 2 native experts per
-  task, so ``v_t`` is learned) and with ``m_s = 3`` (1 native expert per task,
-  ``v_t`` fixed to 1, and 3 shared experts whose unit has its own learned
-  NativeExpertLF). Reported: test NE and AUC per task.
+  task, so ``v_t`` is learned) and with ``m_s = 3`` (1 native expert per task
+  and 3 shared experts; with the default ``native_rule="authors"`` every unit
+  learns its ``v``, with ``"per_unit"`` the task units' ``v_t`` is fixed to 1).
+  Reported: test NE and AUC per task.
 * **simulator group3** (watch_time, view, finish, dislike, follow), the paper's
   setting: AdaTT-sp with 3 experts per task, no shared expert, industrial sizes
   (experts (256, 128), towers 64, embeddings 16), Adam lr 1e-3, batch 1024,
@@ -43,13 +44,21 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adatt.experiments.common import markdown_table, write_csv
+from adatt.experiments.common import (
+    RunClock,
+    command_line,
+    markdown_table,
+    per_seed,
+    run_line,
+    seed_rows,
+    write_csv,
+    write_seeds_csv,
+)
 from adatt.experiments.task_groups import (
     QUICK_SIZES,
     SIM_SIZES,
@@ -62,7 +71,7 @@ from adatt.experiments.task_groups import (
     sim_overrides,
 )
 
-__all__ = ["run_ablation", "ablation_configs", "PAPER_TABLE6"]
+__all__ = ["write_report", "run_ablation", "ablation_configs", "PAPER_TABLE6"]
 
 #: what the paper reports (section 4.4, Table 6), five-task group: "off" versus "on"
 PAPER_TABLE6 = {"binary": "+0.107% to +0.222% NE", "regression": "+0.158% MSE"}
@@ -97,7 +106,8 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
                  census_ms: Sequence[int] | None = None, rows: int | None = None,
                  data_dir: str | None = None, device: str = "cpu", threads: int | None = None,
                  chunk: int | None = None) -> dict[str, Any]:
-    """NativeExpertLF on vs off; writes report.md, results.csv, ablation.png; returns the summary.
+    """NativeExpertLF on vs off; writes report.md, results.csv, seeds.csv, ablation.png;
+    returns the summary (the report is written from it alone).
 
     Args:
         out_dir: where the report, table, plot and runs (``runs/``) go.
@@ -120,7 +130,8 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
     from adatt.data.config import load_splits
     from adatt.experiments.census import PROTOCOLS
 
-    t0 = time.perf_counter()
+    call = dict(locals())
+    clock = RunClock()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quick:
@@ -171,9 +182,12 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
                            "auc_on": auc_on.get(task), "auc_off": auc_off.get(task)}
         summary["settings"][c["setting"]] = {
             "model": c["model"], "seconds": t_on + t_off, "tasks": tasks,
-            "num_parameters": {"on": on[0]["num_parameters"], "off": off[0]["num_parameters"]}}
-    summary["wall_time_s"] = time.perf_counter() - t0
-    _write_report(out, summary)
+            "num_parameters": {"on": on[0]["num_parameters"], "off": off[0]["num_parameters"]},
+            "seeds": {"on": per_seed(on, seed_list), "off": per_seed(off, seed_list)}}
+    summary["halves"] = {"census": census, "sim": sim}
+    summary.update(clock.facts())
+    summary["command"] = command_line("ablation", run_ablation, call)
+    write_report(out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -190,7 +204,11 @@ def _load(cfg, quick: bool, load_splits):
     return splits
 
 
-def _write_report(out: Path, summary: dict[str, Any]) -> None:
+def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+    """Write the report and its CSVs and plots into ``out`` from ``summary`` alone (what
+    the run function returns and stores as summary.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     header = ["setting", "task", "metric", "on", "off", "off vs on", "seeds off worse",
               "AUC on", "AUC off", "paper (off vs on)"]
     md, csv_rows = [], []
@@ -208,6 +226,9 @@ def _write_report(out: Path, summary: dict[str, Any]) -> None:
                              t["off_worse"], t["auc_on"], t["auc_off"]])
     write_csv(out / "results.csv", ["setting", "task", "metric", "on", "off", "diff_pct",
                                     "ci95", "seeds_off_worse", "auc_on", "auc_off"], csv_rows)
+    write_seeds_csv(out / "seeds.csv", ["setting", "native_fusion"], [
+        row for setting, v in summary["settings"].items() for state in ("on", "off")
+        for row in seed_rows([setting, state], v["seeds"][state])])
     _plot(out / "ablation.png", summary)
     models = "\n".join(f"- {k}: {json.dumps(v['model'])}; parameters on/off "
                        f"{v['num_parameters']['on']:,}/{v['num_parameters']['off']:,}; "
@@ -217,10 +238,13 @@ def _write_report(out: Path, summary: dict[str, Any]) -> None:
     notes = "".join(f"\n\nNote, {n}." for n in summary.get("notes", []))
     census_note = ("20,000 training rows, 2 epochs" if summary["quick"]
                    else "all 199,523 training rows, 10 epochs")
+    ran = [h for h in ("census", "sim") if summary["halves"][h]]
+    halves = ("both halves (census and simulator)" if len(ran) == 2 else
+              f"the {'census' if ran == ['census'] else 'simulator'} half only (the "
+              f"{'simulator' if ran == ['census'] else 'census'} half was not run)")
     text = f"""# Table 6: NativeExpertLF on versus off
 
-{mode}{summary['seeds']} seeds per configuration; wall time {summary['wall_time_s']:.0f} s
-({os.cpu_count()} CPU cores visible).
+{mode}{summary['seeds']} seeds per configuration; this call ran {halves}.
 
 "off" removes NativeExpertLF from every fusion unit (`model.native_fusion=false`:
 `f = G^T E` instead of `(pad(v) + G)^T E`). "off vs on" is the relative
@@ -246,7 +270,10 @@ Models:
 
 {models}
 
-Plot: ablation.png.
+Plot: [ablation.png](ablation.png); every seed's validation and test metrics, with and
+without NativeExpertLF: [seeds.csv](seeds.csv).
+
+{run_line(summary)}
 """
     (out / "report.md").write_text(text)
 

@@ -23,8 +23,8 @@ tuning runs are kept as its first seeds; ``m_s`` is then chosen as above.
 
 Each configuration trains N independently initialised copies together
 (:func:`adatt.train.ensemble.train_ensemble`); copy k equals a separate run
-with ``train.seed=k``. ``--quick`` trains 2 seeds on 20,000 training rows
-for 2 epochs, group A only.
+with ``train.seed=k`` up to floating-point summation order. ``--quick`` trains
+2 seeds on 20,000 training rows for 2 epochs, group A only.
 
 Example:
     >>> [c["label"] for c in table5_configs("A")][:4]
@@ -38,9 +38,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adatt.experiments.common import markdown_table, mean_ci, paired_comparison, write_csv
+from adatt.experiments.common import (
+    RunClock,
+    command_line,
+    markdown_table,
+    mean_ci,
+    paired_comparison,
+    per_seed,
+    pinned,
+    run_line,
+    seed_rows,
+    write_csv,
+    write_seeds_csv,
+)
 
-__all__ = ["table5_configs", "run_census_table5", "PAPER_TABLE5", "PROTOCOLS", "TUNED_LRS"]
+__all__ = ["write_report", "table5_configs", "run_census_table5", "PAPER_TABLE5", "PROTOCOLS",
+           "TUNED_LRS"]
 
 TASKS = ("income", "never_married", "education")
 GROUPS = {"A": dict(E=6, sizes=[128, 64], ms=[0, 3]), "B": dict(E=9, sizes=[96, 48], ms=[0, 3, 6])}
@@ -66,8 +79,9 @@ def table5_configs(group: str, context: bool = True) -> list[dict[str, Any]]:
     for fam, name in (("PLE", "ple"), ("AdaTT", "adatt")):
         for ms in g["ms"]:
             out.append({"label": f"{fam} m_s={ms}", "family": fam, "m_s": ms,
-                        "model": {"name": name, "expert_sizes": sizes, "shared_experts": ms,
-                                  "experts_per_task": (E - ms) // 3, **common}})
+                        "model": pinned({"name": name, "expert_sizes": sizes,
+                                         "shared_experts": ms,
+                                         "experts_per_task": (E - ms) // 3, **common})})
     if context:
         out += [
             {"label": "Shared-bottom", "family": "Shared-bottom", "context": True,
@@ -75,7 +89,7 @@ def table5_configs(group: str, context: bool = True) -> list[dict[str, Any]]:
             {"label": "MMoE", "family": "MMoE", "context": True,
              "model": {"name": "mmoe", "expert_sizes": [sizes], "num_experts": E, **common}},
             {"label": "Cross-stitch", "family": "Cross-stitch", "context": True,
-             "model": {"name": "cross_stitch", "expert_sizes": sizes, **common}},
+             "model": pinned({"name": "cross_stitch", "expert_sizes": sizes, **common})},
         ]
     return out
 
@@ -104,7 +118,8 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
                       resume: bool = False,
                       context_seeds: int | None = None,
                       tune_seeds: int = 3) -> dict[str, Any]:
-    """Run the Table 5 protocol; writes report.md, results.csv, table5.png; returns the summary.
+    """Run the Table 5 protocol; writes report.md, results.csv, seeds.csv, table5.png;
+    returns the summary (the report is written from it alone).
 
     ``workers > 1`` trains the (configuration, seed) runs as separate processes,
     each with ``cores // workers`` torch threads (on a small CPU, independent
@@ -121,6 +136,7 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
     """
     from adatt.config import load_config
 
+    call = dict(locals())
     bad = [g for g in groups if g not in GROUPS]
     if bad or not groups:
         raise ValueError(f"unknown census group {bad[0] if bad else ''!r}; known: "
@@ -129,7 +145,7 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if tune_seeds < 1:
         raise ValueError(f"tune_seeds must be >= 1, got {tune_seeds}")
-    t0 = time.perf_counter()
+    clock = RunClock()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quick:
@@ -172,13 +188,15 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
                                        for row in rows.values() for r in row["results"])
     # plus the tuning runs of the learning rates not chosen (the chosen ones are in rows)
     summary["run_seconds_total"] += sum(v["unchosen_seconds"] for v in tuning.values())
-    summary["wall_time_s"] = time.perf_counter() - t0
+    summary.update(clock.facts())
+    summary["command"] = command_line("census-table5", run_census_table5, call)
+    summary["workers"] = workers
     summary["protocol"] = protocol
     summary["quick"] = quick
     if tuning:
         summary["tuning"] = {"lrs": list(TUNED_LRS), "tune_seeds": min(tune_seeds, seeds),
                              "chosen": tuning}
-    _write_report(out, summary, rows, groups, protocol, quick)
+    write_report(out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -326,8 +344,10 @@ def _summarise(rows, groups, seeds) -> dict[str, Any]:
             if g != group:
                 continue
             entry = {"group": group, "label": label, "family": row["family"],
+                     "m_s": row.get("m_s"),
                      "selected": chosen.get((group, row["family"])) is row,
-                     "seconds": row["seconds"], "n": len(row["results"])}
+                     "seconds": row["seconds"], "n": len(row["results"]),
+                     "seeds": per_seed(row["results"])}
             for t in TASKS:
                 m, h = mean_ci(r["test"][t]["auc"] for r in row["results"])
                 entry[t] = {"mean": m, "ci": h}
@@ -345,7 +365,12 @@ def _summarise(rows, groups, seeds) -> dict[str, Any]:
     return summary
 
 
-def _write_report(out: Path, summary, rows, groups, protocol, quick) -> None:
+def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+    """Write report.md, results.csv, seeds.csv and table5.png into ``out`` from ``summary``
+    alone (what :func:`run_census_table5` returns and stores as summary.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    protocol, quick = summary["protocol"], summary["quick"]
     header = ["group", "model", "selected", "seeds"] + [f"{t} AUC" for t in TASKS] + \
              [f"paper col {i + 1}" for i in range(3)]
     md_rows, csv_rows = [], []
@@ -358,6 +383,10 @@ def _write_report(out: Path, summary, rows, groups, protocol, quick) -> None:
                         [e[t]["mean"] for t in TASKS] + [e[t]["ci"] for t in TASKS])
     write_csv(out / "results.csv", ["group", "model", "selected", "seeds"] +
               [f"{t}_auc" for t in TASKS] + [f"{t}_ci95" for t in TASKS], csv_rows)
+    write_seeds_csv(out / "seeds.csv", ["group", "model", "family", "m_s", "selected"], [
+        row for e in summary["rows"] for row in seed_rows(
+            [e["group"], e["label"], e["family"], "" if e["m_s"] is None else e["m_s"],
+             e["selected"]], e["seeds"])])
     paired_rows = [[p["group"], f"AdaTT − {p['vs']}", p["task"], f"{p['diff']:+.4f}",
                     f"± {p['ci']:.4f}", f"{p['p']:.3g}", f"{p['wins']}/{p['n']}"]
                    for p in summary["paired"]]
@@ -368,6 +397,8 @@ def _write_report(out: Path, summary, rows, groups, protocol, quick) -> None:
     context_note = (f" ({summary['context_seeds']} for the context rows Shared-bottom, MMoE "
                     "and Cross-stitch)" if summary.get("context_seeds", summary["seeds"])
                     != summary["seeds"] else "")
+    w = summary["workers"]
+    workers_note = "es, training side by side" if w > 1 else ", seeds trained together"
     paired_header = ["group", "comparison", "task", "mean diff", "95% CI", "p (paired t)",
                      "AdaTT wins"]
     tuning = summary.get("tuning")
@@ -395,9 +426,9 @@ def _write_report(out: Path, summary, rows, groups, protocol, quick) -> None:
     text = f"""# Census-Income, {title}
 
 {summary['seeds']} seeds per configuration{context_note}{quick_note};
-wall time of this call {summary.get('wall_time_s', 0):.0f} s on this machine; the runs'
-own wall times add up to {summary.get('run_seconds_total', 0):.0f} s (with 2 worker
-processes the machine time is about half of that; a resumed call reuses finished runs).
+wall time of this call {summary['wall_time_s']:.0f} s; the runs' own wall times add up to
+{summary['run_seconds_total']:.0f} s ({summary['workers']} worker process{workers_note};
+a resumed call reuses finished runs).
 
 Protocol ({protocol}): {protocol_text},
 batch 512, {'2' if quick else '10'} epochs, the epoch with the best mean validation AUC
@@ -416,6 +447,11 @@ education, income, marital status in that order).
 ## Paired comparison (same seeds): AdaTT (selected m_s) minus baseline, test AUC
 
 {markdown_table(paired_header, paired_rows)}
+
+Plot: [table5.png](table5.png); every seed's validation and test metrics:
+[seeds.csv](seeds.csv).
+
+{run_line(summary)}
 """
     (out / "report.md").write_text(text)
     _plot(out / "table5.png", summary)

@@ -14,7 +14,26 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["preset_models", "relative_table", "markdown_table", "mean_ci", "paired_comparison",
-           "write_csv"]
+           "write_csv", "per_seed", "SEED_HEADER", "seed_rows", "write_seeds_csv",
+           "RunClock", "command_line", "run_line", "wins_text", "PINNED", "pinned"]
+
+#: model options whose defaults follow the authors' code (``mtl_lib.py``) since they were
+#: added; the experiments write them into every run's config, so that a resumed experiment
+#: never takes a run made under the earlier defaults (whose saved config lacks them) as done
+PINNED: dict[str, dict[str, str]] = {
+    "adatt": {"native_rule": "authors"}, "adatt_sp": {"native_rule": "authors"},
+    "cross_stitch": {"stitch_init": "authors"}}
+
+
+def pinned(model: dict[str, Any]) -> dict[str, Any]:
+    """``model`` (options with ``name``) with its :data:`PINNED` options written out.
+
+    >>> pinned({"name": "cross_stitch", "expert_sizes": [8]})
+    {'name': 'cross_stitch', 'expert_sizes': [8], 'stitch_init': 'authors'}
+    >>> pinned({"name": "mmoe"})
+    {'name': 'mmoe'}
+    """
+    return {**model, **PINNED.get(model["name"], {})}
 
 
 def preset_models(num_experts: int, num_tasks: int, shared: int | None = None
@@ -107,3 +126,162 @@ def write_csv(path, header: list[str], rows: list[list[Any]]) -> None:
         w.writerow(header)
         w.writerows(rows)
     os.replace(tmp, path)
+
+
+def per_seed(results, seeds=None) -> list[dict[str, Any]]:
+    """The numbers of each seed's run, for a summary (and its per-seed CSV).
+
+    ``results`` are the training results (one dict per seed); each entry keeps
+    the seed and, per split (``valid``, ``test``), per task, every numeric metric.
+
+    >>> per_seed([{"test": {"a": {"ne": 0.9, "n": 3, "note": "x"}}}], seeds=[7])
+    [{'seed': 7, 'test': {'a': {'ne': 0.9, 'n': 3.0}}}]
+    """
+    out = []
+    for k, r in enumerate(results):
+        seed = int(seeds[k]) if seeds is not None else int(r.get("seed", k))
+        entry: dict[str, Any] = {"seed": seed}
+        for split in ("valid", "test"):
+            if isinstance(r.get(split), dict):
+                entry[split] = {
+                    task: {m: float(v) for m, v in ms.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                    for task, ms in r[split].items() if isinstance(ms, dict)}
+        out.append(entry)
+    return out
+
+
+#: columns of every experiment's per-seed CSV after its own leading columns
+SEED_HEADER = ["seed", "split", "task", "metric", "value"]
+
+
+def seed_rows(prefix: list[Any], seeds: list[dict[str, Any]]) -> list[list[Any]]:
+    """Long-format rows ``prefix + [seed, split, task, metric, value]`` of :func:`per_seed`.
+
+    >>> seed_rows(["A"], [{"seed": 0, "test": {"a": {"auc": 0.5}}}])
+    [['A', 0, 'test', 'a', 'auc', 0.5]]
+    """
+    rows = []
+    for e in seeds:
+        for split in ("valid", "test"):
+            for task, ms in e.get(split, {}).items():
+                for metric, v in ms.items():
+                    rows.append([*prefix, e["seed"], split, task, metric, v])
+    return rows
+
+
+def write_seeds_csv(path, columns: list[str], rows: list[list[Any]]) -> None:
+    """The per-seed CSV of a report: ``columns`` + :data:`SEED_HEADER`."""
+    write_csv(path, [*columns, *SEED_HEADER], rows)
+
+
+class RunClock:
+    """Wall and CPU time of an experiment call, and the machine it ran on.
+
+    CPU time is user + system time of this process and of its finished child
+    processes (worker processes included): well below ``cores x wall`` means the
+    run waited (other work on the machine, a pause).
+    """
+
+    def __init__(self) -> None:
+        import time
+
+        self.t0, self.cpu0 = time.perf_counter(), self._cpu()
+
+    @staticmethod
+    def _cpu() -> float:
+        import resource
+
+        a = resource.getrusage(resource.RUSAGE_SELF)
+        b = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    def facts(self) -> dict[str, Any]:
+        """``wall_time_s``, ``cpu_time_s``, ``cpu_cores`` (visible), ``torch_threads``."""
+        import os
+        import time
+
+        import torch
+
+        return {"wall_time_s": time.perf_counter() - self.t0,
+                "cpu_time_s": self._cpu() - self.cpu0, "cpu_cores": os.cpu_count(),
+                "torch_threads": torch.get_num_threads()}
+
+
+# run_* parameter -> command-line flag of ``adatt experiment`` (see adatt.cli)
+_FLAGS = (("quick", "--quick"), ("seeds", "--seeds"), ("context_seeds", "--context-seeds"),
+          ("protocol", "--protocol"), ("tune_seeds", "--tune-seeds"), ("groups", "--groups"),
+          ("context", "--no-context"), ("models", "--models"), ("rows", "--rows"),
+          ("census", "--no-census"), ("sim", "--no-sim"), ("workers", "--workers"),
+          ("resume", "--resume"), ("device", "--device"), ("threads", "--threads"))
+_NOT_ARGUMENTS = ("out_dir", "progress", "data_dir")
+
+
+def command_line(experiment: str, fn, values: dict[str, Any]) -> str:
+    """The ``adatt experiment`` command equivalent to calling ``fn(**values)``, in backticks.
+
+    Arguments equal to ``fn``'s defaults are left out; the output and data
+    directories and progress bars are not part of it; arguments with no
+    command-line flag are listed after it.
+
+    >>> def run(out_dir, quick=False, seeds=3, *, groups=("a", "b"), chunk=None): ...
+    >>> command_line("x", run, {"quick": False, "seeds": 5, "groups": ("a",), "chunk": 2})
+    '`adatt experiment x --seeds 5 --groups a` (and the argument chunk=2)'
+    """
+    import inspect
+
+    params = inspect.signature(fn).parameters
+
+    def same(a: Any, b: Any) -> bool:
+        return _listed(a) == _listed(b)
+
+    parts, extra = ["adatt", "experiment", experiment], []
+    flags = dict(_FLAGS)
+    for name, flag in _FLAGS:
+        if name not in values or same(values[name], params[name].default):
+            continue
+        v = values[name]
+        if isinstance(v, bool):
+            if v is (not flag.startswith("--no-")):
+                parts.append(flag)
+        elif isinstance(v, (list, tuple)):
+            parts += [flag, ",".join(str(x) for x in v)]
+        elif v is not None:
+            parts += [flag, str(v)]
+    for name, v in values.items():
+        if name in flags or name in _NOT_ARGUMENTS or name not in params:
+            continue
+        if not same(v, params[name].default):
+            extra.append(f"{name}={v!r}")
+    text = f"`{' '.join(parts)}`"
+    if extra:
+        text += f" (and the argument{'s' if len(extra) > 1 else ''} {', '.join(extra)})"
+    return text
+
+
+def _listed(v: Any) -> Any:
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def run_line(summary: dict[str, Any]) -> str:
+    """The report's last line: the command, wall and CPU time, the machine.
+
+    >>> print(run_line({"command": "`adatt experiment x`", "wall_time_s": 12.3,
+    ...                 "cpu_time_s": 20.0, "cpu_cores": 2, "torch_threads": 2}))
+    Command: `adatt experiment x`.
+    Wall time 12 s, CPU time 20 s (this process and its workers); 2 CPU cores visible, ...
+    """
+    return (f"Command: {summary['command']}.\nWall time {summary['wall_time_s']:.0f} s, "
+            f"CPU time {summary['cpu_time_s']:.0f} s (this process and its workers); "
+            f"{summary['cpu_cores']} CPU cores visible, torch threads: "
+            f"{summary['torch_threads']}.")
+
+
+def wins_text(ours: list[float], others: dict[str, list[float]]) -> str:
+    """``"label n"`` per other configuration: seeds in which ``ours`` is lower (paired by seed).
+
+    >>> wins_text([1.0, 2.0, 3.0], {"B": [2.0, 1.0, 4.0], "C": [0.0, 0.0, 0.0]})
+    'B 2, C 0'
+    """
+    return ", ".join(f"{label} {sum(a < b for a, b in zip(ours, v, strict=False))}"
+                     for label, v in others.items())

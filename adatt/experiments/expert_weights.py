@@ -56,7 +56,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from adatt.experiments.common import markdown_table, write_csv
+from adatt.experiments.common import (
+    RunClock,
+    command_line,
+    markdown_table,
+    run_line,
+    seed_rows,
+    write_csv,
+    write_seeds_csv,
+)
+from adatt.experiments.common import per_seed as seed_numbers
 from adatt.experiments.task_groups import (
     QUICK_SIZES,
     SIM_SIZES,
@@ -67,7 +76,8 @@ from adatt.experiments.task_groups import (
     sim_overrides,
 )
 
-__all__ = ["run_expert_weights", "mean_expert_weights", "family_sharing", "fig3_model"]
+__all__ = ["write_report", "run_expert_weights", "mean_expert_weights", "family_sharing",
+           "fig3_model"]
 
 QUICK_ROWS_FIG3 = 150_000  # more than the other quick modes: one cheap model, weights need data
 
@@ -148,7 +158,8 @@ def run_expert_weights(out_dir: str | Path = "results/expert-weights", quick: bo
                        seeds: int = 3, progress: bool = True, *, preset: str = "all",
                        rows: int | None = None, device: str = "cpu",
                        threads: int | None = None, chunk: int | None = None) -> dict[str, Any]:
-    """Train the Figure 3 model; write report.md, weights.csv, expert_weights.png.
+    """Train the Figure 3 model; write report.md, weights.csv, seeds.csv,
+    weights-seeds.csv, expert_weights.png.
 
     Args:
         out_dir: where the report, table, heatmaps and runs (``runs/``) go.
@@ -170,7 +181,8 @@ def run_expert_weights(out_dir: str | Path = "results/expert-weights", quick: bo
     from adatt.data.simulator import TASKS
     from adatt.train.runs import build_model
 
-    t0 = time.perf_counter()
+    call = dict(locals())
+    clock = RunClock()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quick:
@@ -210,8 +222,11 @@ def run_expert_weights(out_dir: str | Path = "results/expert-weights", quick: bo
                "families": families, "model": model_opts,
                "weights": [w.tolist() for w in mean_w], "sharing": stats,
                "test": seed_means(results), "train_s": train_s, "selection_note": note,
-               "wall_time_s": time.perf_counter() - t0}
-    _write_report(out, summary)
+               "seed_list": seed_list, "seed_metrics": seed_numbers(results, seed_list),
+               "weights_per_seed": [[w.tolist() for w in p] for p in per_seed],
+               **clock.facts(),
+               "command": command_line("expert-weights", run_expert_weights, call)}
+    write_report(out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -220,7 +235,11 @@ def _family_order(families: Sequence[str]) -> list[int]:
     return sorted(range(len(families)), key=lambda t: (families[t] != "consumption", t))
 
 
-def _write_report(out: Path, summary: dict[str, Any]) -> None:
+def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+    """Write the report and its CSVs and plots into ``out`` from ``summary`` alone (what
+    the run function returns and stores as summary.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     tasks, families = summary["tasks"], summary["families"]
     order = _family_order(families)
     csv_rows, tables = [], []
@@ -235,6 +254,13 @@ def _write_report(out: Path, summary: dict[str, Any]) -> None:
                 csv_rows.append([lv, tasks[t], families[t], f"e_{tasks[e]}", w[t, e]])
     write_csv(out / "weights.csv", ["level", "task", "family", "expert", "mean_weight"],
               csv_rows)
+    write_seeds_csv(out / "seeds.csv", [], seed_rows([], summary["seed_metrics"]))
+    write_csv(out / "weights-seeds.csv", ["seed", "level", "task", "family", "expert", "weight"],
+              [[seed, lv, tasks[t], families[t], f"e_{tasks[e]}", row[e]]
+               for seed, levels in zip(summary["seed_list"], summary["weights_per_seed"],
+                                       strict=True)
+               for lv, w in enumerate(levels) for t, row in enumerate(w)
+               for e in range(len(row))])
     _plot(out / "expert_weights.png", summary, order)
     st = summary["sharing"]
     sh_header = ["level", "same/other (mean weights)", "foreign mass", "native mass",
@@ -258,7 +284,7 @@ def _write_report(out: Path, summary: dict[str, Any]) -> None:
 {mode}Simulator preset `{summary['preset']}` ({summary['rows']:,} rows), AdaTT-sp with 2 fusion
 levels, one expert per task, no shared expert, experts {summary['model']['expert_sizes']},
 towers {summary['model']['tower_sizes']}; Adam lr 1e-3, one pass; {summary['seeds']} seeds.
-Wall time {summary['wall_time_s']:.0f} s (training {summary['train_s']:.0f} s).
+Training {summary['train_s']:.0f} s of the wall time below.
 
 Each cell: the combined weight `pad(v_t) + G_t` (Eq. 11) of the task unit (row)
 on the expert (column), averaged over the test rows and over the seeds. With one
@@ -281,7 +307,11 @@ untrained gate is near uniform, with foreign mass (E - 1) / E = {uniform:.3f}.
 Paper (Figure 3): level 0 separates the task groups; level 1 shares more broadly.
 Here: {verdict}
 
-Heatmaps: expert_weights.png.
+Heatmaps: [expert_weights.png](expert_weights.png); every seed's weights:
+[weights-seeds.csv](weights-seeds.csv); every seed's validation and test metrics:
+[seeds.csv](seeds.csv).
+
+{run_line(summary)}
 """
     (out / "report.md").write_text(text)
 

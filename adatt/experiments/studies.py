@@ -46,7 +46,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adatt.experiments.common import markdown_table, write_csv
+from adatt.experiments.common import (
+    RunClock,
+    command_line,
+    markdown_table,
+    per_seed,
+    run_line,
+    seed_rows,
+    wins_text,
+    write_csv,
+    write_seeds_csv,
+)
 from adatt.experiments.task_groups import (
     QUICK_SIZES,
     SIM_SIZES,
@@ -59,8 +69,8 @@ from adatt.experiments.task_groups import (
     sim_overrides,
 )
 
-__all__ = ["run_experts_study", "run_levels_study", "experts_configs", "levels_configs",
-           "LEVEL_SIZES", "EXPERT_COUNTS"]
+__all__ = ["write_report", "seed_lines", "run_experts_study", "run_levels_study", "experts_configs",
+           "levels_configs", "LEVEL_SIZES", "EXPERT_COUNTS"]
 
 EXPERT_COUNTS = (1, 2, 3, 4)
 LEVEL_SIZES = ([256, 128], [512, 256, 128], [1024, 512, 256, 128],
@@ -103,7 +113,8 @@ def run_experts_study(out_dir: str | Path = "results/experts-study", quick: bool
                       seeds: int = 3, progress: bool = True, *, rows: int | None = None,
                       counts: tuple[int, ...] = EXPERT_COUNTS, device: str = "cpu",
                       threads: int | None = None, chunk: int | None = None) -> dict[str, Any]:
-    """Table 7: AdaTT-sp with 1..4 native experts per task; writes report.md, results.csv, PNG.
+    """Table 7: AdaTT-sp with 1..4 native experts per task; writes report.md, results.csv,
+    seeds.csv, PNG.
 
     Args:
         out_dir: where the report, table, plot and runs (``runs/``) go.
@@ -119,30 +130,32 @@ def run_experts_study(out_dir: str | Path = "results/experts-study", quick: bool
     Returns:
         The summary: per configuration, per task the difference from the reference.
     """
+    command = command_line("experts-study", run_experts_study, dict(locals()))
     return _run_study("experts", Path(out_dir), experts_configs(quick, counts), quick, seeds,
-                      progress, rows, device, threads, chunk)
+                      progress, rows, device, threads, chunk, command)
 
 
 def run_levels_study(out_dir: str | Path = "results/levels-study", quick: bool = False,
                      seeds: int = 3, progress: bool = True, *, rows: int | None = None,
                      levels: tuple[int, ...] = (2, 3, 4, 5), device: str = "cpu",
                      threads: int | None = None, chunk: int | None = None) -> dict[str, Any]:
-    """Table 8: AdaTT-sp with 2..5 fusion levels; writes report.md, results.csv, PNG.
+    """Table 8: AdaTT-sp with 2..5 fusion levels; writes report.md, results.csv, seeds.csv, PNG.
 
     Args: as :func:`run_experts_study`, with ``levels`` (level counts; the first is
     the reference) instead of ``counts``.
     """
+    command = command_line("levels-study", run_levels_study, dict(locals()))
     return _run_study("levels", Path(out_dir), levels_configs(quick, levels), quick, seeds,
-                      progress, rows, device, threads, chunk)
+                      progress, rows, device, threads, chunk, command)
 
 
 def _run_study(kind: str, out: Path, configs: list[dict[str, Any]], quick: bool, seeds: int,
                progress: bool, rows: int | None, device: str, threads: int | None,
-               chunk: int | None) -> dict[str, Any]:
+               chunk: int | None, command: str) -> dict[str, Any]:
     from adatt.config import load_config
     from adatt.data.config import load_splits
 
-    t0 = time.perf_counter()
+    clock = RunClock()
     out.mkdir(parents=True, exist_ok=True)
     if quick:
         seeds = min(seeds, 2)
@@ -168,17 +181,21 @@ def _run_study(kind: str, out: Path, configs: list[dict[str, Any]], quick: bool,
         rows_out.append({"label": c["label"], "x": c["x"], "model": c["model"],
                          "seconds": seconds[c["label"]], "num_parameters": params[c["label"]],
                          "metric": seed_means(results[c["label"]]),
-                         "diff": {t: {"diff": v["diff"], "ci": v["ci"]} for t, v in rel.items()}})
+                         "diff": {t: {"diff": v["diff"], "ci": v["ci"]} for t, v in rel.items()},
+                         "seeds": per_seed(results[c["label"]], seed_list)})
     summary = {"study": kind, "quick": quick, "seeds": seeds, "rows": rows, "preset": PRESET,
                "reference": ref, "tasks": results[ref][0]["tasks"], "configs": rows_out,
-               "selection_note": note,
-               "wall_time_s": time.perf_counter() - t0}
-    _write_report(out, summary)
+               "selection_note": note, **clock.facts(), "command": command}
+    write_report(out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _write_report(out: Path, summary: dict[str, Any]) -> None:
+def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+    """Write the report and its CSVs and plots into ``out`` from ``summary`` alone (what
+    the run function returns and stores as summary.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     kind, tasks = summary["study"], summary["tasks"]
     header = ["configuration", "params"] + [
         f"{t} {'MSE' if k == 'regression' else 'NE'}" + (" (aux.)" if t == "follow" else "")
@@ -193,6 +210,8 @@ def _write_report(out: Path, summary: dict[str, Any]) -> None:
                              c["diff"][t]["ci"], c["num_parameters"]])
     write_csv(out / "results.csv", ["configuration", "x", "task", "test_metric", "diff_pct",
                                     "ci95", "num_parameters"], csv_rows)
+    write_seeds_csv(out / "seeds.csv", ["configuration"], [
+        row for c in summary["configs"] for row in seed_rows([c["label"]], c["seeds"])])
     png = f"{kind}_study.png"
     _plot(out / png, summary)
     ref_metric = next(c["metric"] for c in summary["configs"]
@@ -220,9 +239,37 @@ nearly always the last).{note}
 
 Paper: {PAPER_FINDING[kind]} (PAPER.md gives the direction, not the numbers.)
 
-Plot: {png}.
+{seed_lines(summary)}
+
+Plot: [{png}]({png}); every seed's validation and test metrics: [seeds.csv](seeds.csv).
+
+{run_line(summary)}
 """
     (out / "report.md").write_text(text)
+
+
+def seed_lines(summary: dict[str, Any]) -> str:
+    """Seeds in which each configuration beats the reference, per task; the interval width."""
+    from scipy import stats
+
+    tasks, S = summary["tasks"], summary["seeds"]
+    ref = next(c for c in summary["configs"] if c["label"] == summary["reference"])
+
+    def values(c: dict[str, Any], task: str) -> list[float]:
+        metric = "mse" if tasks[task] == "regression" else "ne"
+        return [e["test"][task].get(metric, float("nan")) for e in c["seeds"]]
+
+    counts = "; ".join(
+        f"{c['label']}: " + ", ".join(
+            wins_text(values(c, t), {"": values(ref, t)}).strip() for t in tasks)
+        for c in summary["configs"] if c is not ref)
+    text = (f"Seeds (of {S}) in which the configuration beats {summary['reference']} on the "
+            f"task (lower test NE / MSE): {counts} ({', '.join(tasks)}).")
+    if S >= 2:
+        t = stats.t.ppf(0.975, S - 1)
+        text += (f" With {S} seeds a 95% interval is ± {t:.1f} standard errors of the mean "
+                 "paired difference.")
+    return text
 
 
 def _plot(path: Path, summary: dict[str, Any]) -> None:

@@ -69,9 +69,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adatt.experiments.common import markdown_table, mean_ci, preset_models, write_csv
+from adatt.experiments.common import (
+    RunClock,
+    command_line,
+    markdown_table,
+    mean_ci,
+    per_seed,
+    pinned,
+    preset_models,
+    run_line,
+    seed_rows,
+    wins_text,
+    write_csv,
+    write_seeds_csv,
+)
 
-__all__ = ["run_task_groups", "task_group_models", "run_seeds", "sim_overrides",
+__all__ = ["write_report", "seed_lines", "run_task_groups", "task_group_models", "run_seeds",
+           "sim_overrides",
            "model_overrides", "selection_override", "relative_summary", "seed_means",
            "primary_metric", "read_curves", "curve_table", "SIM_SIZES", "QUICK_SIZES",
            "MODEL_LABELS", "PAPER_GROUP1"]
@@ -310,9 +324,10 @@ def task_group_models(num_tasks: int, experts_per_level: int | None = None,
         "mmoe": {"name": "mmoe", "expert_sizes": [lvl], "num_experts": E, **sizes},
         "ml_mmoe": {"name": "ml_mmoe", "expert_sizes": lvl, "num_experts": E, **sizes},
         "ple": {"name": "ple", "expert_sizes": lvl, **p["ple"], **sizes},
-        "adatt": {"name": "adatt", "expert_sizes": lvl, **p["adatt"], **sizes},
-        "cross_stitch": {"name": "cross_stitch", "expert_sizes": lvl, **sizes},
-        "adatt_sp": {"name": "adatt_sp", "expert_sizes": lvl, "experts_per_task": 1, **sizes},
+        "adatt": pinned({"name": "adatt", "expert_sizes": lvl, **p["adatt"], **sizes}),
+        "cross_stitch": pinned({"name": "cross_stitch", "expert_sizes": lvl, **sizes}),
+        "adatt_sp": pinned({"name": "adatt_sp", "expert_sizes": lvl, "experts_per_task": 1,
+                            **sizes}),
     }
 
 
@@ -322,7 +337,8 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
                     models: Sequence[str] | None = None, experts_per_level: int | None = None,
                     evaluations: int = 7, device: str = "cpu", threads: int | None = None,
                     chunk: int | None = None) -> dict[str, Any]:
-    """Train every model on each task group; write report.md, results.csv, curves.csv, PNGs.
+    """Train every model on each task group; write report.md, results.csv, seeds.csv,
+    curves.csv, PNGs.
 
     Args:
         out_dir: where the report, tables, plots and runs (``runs/``) go.
@@ -339,12 +355,14 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
         chunk: seeds trained together at most (memory).
 
     Returns:
-        The summary: per group, per model, per task the test and convergence differences.
+        The summary: per group, per model, per task the test and convergence differences,
+        and every seed's metrics (``seeds``); the report is written from it alone.
     """
     from adatt.config import load_config
     from adatt.data.config import load_splits
 
-    t0 = time.perf_counter()
+    call = dict(locals())
+    clock = RunClock()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     unknown = [g for g in groups if g not in GROUPS] + [
@@ -394,10 +412,12 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
                 "curve": conv["diff"][name],
                 "test_metric": seed_means(results[name]),
                 "auc": seed_means(results[name], metric="auc"),
+                "seeds": per_seed(results[name], seed_list),
             }
         summary["groups"][group] = g
-    summary["wall_time_s"] = time.perf_counter() - t0
-    _write_report(out, summary)
+    summary.update(clock.facts())
+    summary["command"] = command_line("task-groups", run_task_groups, call)
+    write_report(out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -410,7 +430,11 @@ def _point_index(examples: list[int], n_train: int, k: int, of: int = 7) -> int 
     return min(range(len(examples)), key=lambda i: abs(examples[i] - target))
 
 
-def _write_report(out: Path, summary: dict[str, Any]) -> None:
+def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+    """Write the report and its CSVs and plots into ``out`` from ``summary`` alone (what
+    the run function returns and stores as summary.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     csv_rows, curve_rows, sections = [], [], []
     for group, g in summary["groups"].items():
         ex, n_train = g["examples"], g["n_train"]
@@ -446,6 +470,9 @@ def _write_report(out: Path, summary: dict[str, Any]) -> None:
                                     "diff_7_7", "test_diff", "test_ci95"], csv_rows)
     write_csv(out / "curves.csv", ["group", "task", "model", "examples", "valid_diff"],
               curve_rows)
+    write_seeds_csv(out / "seeds.csv", ["group", "model"], [
+        row for group, g in summary["groups"].items() for name, m in g["models"].items()
+        for row in seed_rows([group, name], m["seeds"])])
     pngs = _plot_curves(out, summary)
     params = []
     for group, g in summary["groups"].items():
@@ -486,9 +513,41 @@ better. {paper_note} n/a: undefined (no positive in the validation split).{notes
 
 {chr(10).join(params)}
 
-Plots: {', '.join(pngs)}.
+Plots: {', '.join(f'[{p}]({p})' for p in pngs)}; every evaluation: [curves.csv](curves.csv);
+every seed's validation and test metrics: [seeds.csv](seeds.csv).
+
+{seed_lines(summary)}
+{run_line(summary)}
 """
     (out / "report.md").write_text(text)
+
+
+def seed_lines(summary: dict[str, Any]) -> str:
+    """Per group: seeds in which AdaTT beats each model, and AdaTT's rank in each seed."""
+    lines = []
+    for group, g in summary["groups"].items():
+        models = g["models"]
+        if "adatt" not in models:
+            continue
+        n = len(models["adatt"]["seeds"])
+        kinds = g["tasks"]
+        unit = "NE" if all(k != "regression" for k in kinds.values()) else \
+            "NE (MSE for " + ", ".join(t for t, k in kinds.items() if k == "regression") + ")"
+        wins, ranks = [], []
+        for task, kind in kinds.items():
+            metric = primary_metric(kind)
+            per = {m: [e["test"][task].get(metric, float("nan")) for e in models[m]["seeds"]]
+                   for m in models}
+            ours = per["adatt"]
+            others = {MODEL_LABELS[m].split(",")[0]: v for m, v in per.items() if m != "adatt"}
+            wins.append(f"{task}: {wins_text(ours, others)}")
+            rank = [1 + sum(v[k] < ours[k] for v in others.values()) for k in range(n)]
+            ranks.append(f"{task} {', '.join(map(str, rank))}")
+        lines.append(f"{group}: seeds (of {n}) in which AdaTT has a lower test {unit} than "
+                     f"each model: {'; '.join(wins)}.")
+        lines.append(f"{group}: AdaTT's rank by test {unit} among the {len(models)} models "
+                     f"(1 = lowest), seed by seed: {'; '.join(ranks)}.")
+    return "\n\n".join(lines) + ("\n" if lines else "")
 
 
 def _plot_curves(out: Path, summary: dict[str, Any]) -> list[str]:

@@ -10,11 +10,19 @@ reads the raw input, followed by :class:`~adatt.modules.towers.TowerBank`.
 
 * AdaTT-sp (Li et al., KDD'23, https://arxiv.org/abs/2304.04959, Eq. 1-11):
   units = tasks; task t's experts and gate read task t's previous output;
-  each gate weighs all experts; NativeExpertLF ``v_t`` on its own experts
-  (fixed to 1 when ``m_t = 1``).
+  each gate weighs all experts; NativeExpertLF ``v_t`` on its own experts.
 * AdaTT (general): plus one shared unit with ``m_s`` experts; the shared unit
   gates all experts with its own NativeExpertLF except at the last level,
   where it only supplies experts.
+
+NativeExpertLF weights follow the authors' code (``native_rule="authors"``,
+the default): ``v`` is fixed to 1 only when *every* unit (the shared one
+included) has exactly one expert; otherwise every unit, single-expert units
+included, learns its ``v``, drawn from U(-1/sqrt(m_u), 1/sqrt(m_u)).
+``native_rule="per_unit"`` is the earlier reading of the paper, which fixes
+``v`` to 1 per unit with ``m_u = 1`` and learns it for the others; the two
+differ only when the units' expert counts are mixed (e.g. AdaTT with
+``m_t = 1, m_s = 3``).
 * PLE (Tang et al., RecSys'20; CGC with one level): task gates weigh their own
   plus the shared experts, the shared gate weighs all, none at the last level.
 * MMoE (Ma et al., KDD'18) and ML-MMoE: ``n`` experts per level; every gate
@@ -41,7 +49,10 @@ from adatt.modules.fusion import FusionLevel, Gate, LevelPlan
 from adatt.modules.layers import InputLinear
 from adatt.modules.towers import TowerBank
 
-__all__ = ["FusedExpertModel", "AdaTTSp", "AdaTT", "PLE", "MMoE", "MLMMoE"]
+__all__ = ["FusedExpertModel", "AdaTTSp", "AdaTT", "PLE", "MMoE", "MLMMoE", "NATIVE_RULES",
+           "native_learned"]
+
+NATIVE_RULES = ("authors", "per_unit")
 
 
 class FusedExpertModel(MultiTaskModel):
@@ -114,6 +125,26 @@ def _ranges(counts: Sequence[int]) -> list[tuple[int, ...]]:
     return out
 
 
+def native_learned(counts: Sequence[int], rule: str = "authors") -> list[bool]:
+    """Per unit: is its NativeExpertLF weight ``v`` learned (True) or fixed to 1?
+
+    ``counts`` are the units' expert counts (tasks first, then the shared unit
+    if any). ``rule="authors"``: fixed only when every count is 1, else all
+    learned (the authors' ``AdaTTWSharedExps`` / ``AdaTTSp``); ``"per_unit"``:
+    learned exactly for the units with more than one expert.
+
+    >>> native_learned([1, 1, 3]), native_learned([1, 1, 3], "per_unit")
+    ([True, True, True], [False, False, True])
+    >>> native_learned([1, 1], "authors")
+    [False, False]
+    """
+    if rule not in NATIVE_RULES:
+        raise ValueError(f"native_rule must be one of {', '.join(NATIVE_RULES)}, got {rule!r}")
+    if rule == "authors":
+        return [any(c != 1 for c in counts)] * len(counts)
+    return [c > 1 for c in counts]
+
+
 @register_model
 class AdaTTSp(FusedExpertModel):
     """AdaTT-sp: task-specific fusion units only (Li et al., KDD'23, Eq. 1-11).
@@ -130,6 +161,10 @@ class AdaTTSp(FusedExpertModel):
         tower_sizes: task tower hidden widths.
         activation: activation name.
         native_fusion: NativeExpertLF on (paper) or off (Table 6 ablation).
+        native_rule: which units learn their NativeExpertLF weight ``v``:
+            ``"authors"`` (default, the authors' code: all of them unless every
+            unit has one expert, then none) or ``"per_unit"`` (the earlier
+            reading: the units with ``m_t > 1``). The same for equal counts.
     """
 
     name = "adatt_sp"
@@ -147,8 +182,10 @@ class AdaTTSp(FusedExpertModel):
         tower_sizes: Sequence[int] = (32,),
         activation: str = "relu",
         native_fusion: bool = True,
+        native_rule: str = "authors",
     ) -> None:
         m = per_task_counts(experts_per_task, num_tasks, "experts_per_task")
+        learned = native_learned(m, native_rule)
         own, E = _ranges(m), sum(m)
         plans = []
         for lvl in range(len(level_sizes(expert_sizes))):
@@ -158,22 +195,25 @@ class AdaTTSp(FusedExpertModel):
                     0 if first else t,
                     tuple(range(E)),
                     own[t] if native_fusion else (),
-                    native_learned=m[t] > 1,
+                    native_learned=learned[t],
                 )
                 for t in range(num_tasks)
             )
             src = (0,) * E if first else tuple(_owners(m))
             plans.append(LevelPlan(1 if first else num_tasks, src, gates))
         self.experts_per_task, self.native_fusion = m, native_fusion
+        self.native_rule = native_rule
         super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
                          expert_sizes, gate_hidden, tower_sizes, activation)
 
 
 def _with_shared_unit_plans(
-    num_tasks: int, m: list[int], m_s: int, num_levels: int, ple: bool, native_fusion: bool
+    num_tasks: int, m: list[int], m_s: int, num_levels: int, ple: bool, native_fusion: bool,
+    native_rule: str = "authors",
 ) -> list[LevelPlan]:
     # with no shared experts the shared unit would fuse into nothing: it is left out
     counts = [*m, m_s] if m_s else list(m)
+    learned = native_learned(counts, native_rule)
     own, E, T = _ranges(counts), sum(counts), num_tasks
     shared = own[T] if m_s else ()
     U = len(counts)
@@ -189,7 +229,7 @@ def _with_shared_unit_plans(
                 gates.append(Gate(src, experts))
             else:
                 native = own[u] if native_fusion else ()
-                gates.append(Gate(src, tuple(range(E)), native, native_learned=counts[u] > 1))
+                gates.append(Gate(src, tuple(range(E)), native, native_learned=learned[u]))
         src = (0,) * E if first else tuple(_owners(counts))
         plans.append(LevelPlan(1 if first else U, src, tuple(gates)))
     return plans
@@ -200,7 +240,9 @@ class AdaTT(FusedExpertModel):
     """General AdaTT: task units plus a shared fusion unit (Li et al., KDD'23, Sec. 3.3).
 
     Args: as :class:`AdaTTSp`, plus ``shared_experts`` (``m_s`` >= 0; with 0 there is
-    no shared unit and the model is AdaTT-sp).
+    no shared unit and the model is AdaTT-sp). ``native_rule`` counts the shared
+    unit: with the default ``"authors"`` and ``m_t = 1, m_s = 3`` every unit learns
+    its ``v``; ``"per_unit"`` fixes the task units' ``v`` to 1.
     """
 
     name = "adatt"
@@ -219,14 +261,16 @@ class AdaTT(FusedExpertModel):
         tower_sizes: Sequence[int] = (32,),
         activation: str = "relu",
         native_fusion: bool = True,
+        native_rule: str = "authors",
     ) -> None:
         m = per_task_counts(experts_per_task, num_tasks, "experts_per_task")
         if shared_experts < 0:
             raise ValueError("shared_experts must be >= 0")
         L = len(level_sizes(expert_sizes))
-        plans = _with_shared_unit_plans(num_tasks, m, shared_experts, L, False, native_fusion)
+        plans = _with_shared_unit_plans(num_tasks, m, shared_experts, L, False, native_fusion,
+                                        native_rule)
         self.experts_per_task, self.shared_experts = m, shared_experts
-        self.native_fusion = native_fusion
+        self.native_fusion, self.native_rule = native_fusion, native_rule
         super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
                          expert_sizes, gate_hidden, tower_sizes, activation)
 

@@ -5,8 +5,11 @@ Notation: B batch, T tasks, D width.
 * Shared-bottom (Caruana 1997): one shared MLP, then a tower per task.
 * Cross-stitch (Misra et al., CVPR'16): one hidden stack per task; after each
   level a learned T x T matrix ``A`` mixes the tasks' hidden layers,
-  ``h'_t = sum_s A[t, s] h_s`` (the same for all examples). ``A`` starts at
-  0.9 on the diagonal and 0.1/(T-1) elsewhere, as in the cross-stitch paper.
+  ``h'_t = sum_s A[t, s] h_s`` (the same for all examples). ``A`` starts as
+  in the AdaTT authors' code, with ``nn.Linear``'s default initialisation of a
+  T x T layer: every entry i.i.d. U(-1/sqrt(T), 1/sqrt(T)) (``stitch_init=
+  "authors"``); ``stitch_init="near_identity"`` is the earlier start, 0.9 on
+  the diagonal and 0.1/(T-1) elsewhere, as in the cross-stitch paper.
 
 Example:
     >>> import torch
@@ -26,10 +29,12 @@ from torch import Tensor, nn
 
 from adatt.models.base import MultiTaskModel, level_sizes
 from adatt.models.registry import register_model
-from adatt.modules.layers import InputLinear, SlotLinear, activation_fn
+from adatt.modules.layers import InputLinear, SlotLinear, activation_fn, uniform_init_
 from adatt.modules.towers import TowerBank
 
-__all__ = ["SharedBottom", "CrossStitch"]
+__all__ = ["SharedBottom", "CrossStitch", "STITCH_INITS"]
+
+STITCH_INITS = ("authors", "near_identity")
 
 
 @register_model
@@ -81,6 +86,10 @@ class CrossStitch(MultiTaskModel):
         expert_sizes: per level, each task stack's MLP widths.
         tower_sizes: task tower hidden widths.
         activation: activation name.
+        stitch_init: start of each level's mixing matrix ``A``: ``"authors"``
+            (default; the authors' code, ``nn.Linear(T, T)``'s default init:
+            i.i.d. U(-1/sqrt(T), 1/sqrt(T))) or ``"near_identity"`` (0.9 on the
+            diagonal, 0.1/(T-1) elsewhere; the earlier default).
 
     ``forward_with_weights`` returns each level's mixing matrix ``[1, T, T]``.
     """
@@ -97,8 +106,12 @@ class CrossStitch(MultiTaskModel):
         expert_sizes: Sequence[int | Sequence[int]] = (128, 64),
         tower_sizes: Sequence[int] = (32,),
         activation: str = "relu",
+        stitch_init: str = "authors",
     ) -> None:
         super().__init__()
+        if stitch_init not in STITCH_INITS:
+            raise ValueError(
+                f"stitch_init must be one of {', '.join(STITCH_INITS)}, got {stitch_init!r}")
         T, sizes = num_tasks, level_sizes(expert_sizes)
         self.num_tasks, self.act = T, activation_fn(activation)
         self.input = InputLinear(dense_dim, cat_cardinalities, embedding_dim, T * sizes[0][0])
@@ -111,9 +124,14 @@ class CrossStitch(MultiTaskModel):
             )
             prev = s[-1]
         self.layers = nn.ModuleList(layers)
-        off = 0.1 / (T - 1) if T > 1 else 0.0
-        init = torch.full((T, T), off) + torch.eye(T) * (0.9 - off if T > 1 else 1.0)
-        self.stitch = nn.Parameter(init.unsqueeze(0).repeat(len(sizes), 1, 1))  # [L,T,T]
+        if stitch_init == "authors":  # A[t, s] is nn.Linear(T, T).weight[t, s]: fan-in T
+            init = uniform_init_(torch.empty(len(sizes), T, T), T)  # [L,T,T]
+        else:
+            off = 0.1 / (T - 1) if T > 1 else 0.0
+            eye = torch.full((T, T), off) + torch.eye(T) * (0.9 - off if T > 1 else 1.0)
+            init = eye.unsqueeze(0).repeat(len(sizes), 1, 1)  # [T,T] -> [L,T,T]
+        self.stitch = nn.Parameter(init)  # [L,T,T]
+        self.stitch_init = stitch_init
         self.towers = TowerBank(T, sizes[-1][-1], tower_sizes, activation)
 
     def forward_from_input(self, z: Tensor, want_weights: bool = False) -> tuple[Tensor, list]:
