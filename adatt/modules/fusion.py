@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adatt.modules.layers import SlotLinear, activation_fn, gate_softmax
+from adatt.modules.kernels import gate_softmax
+from adatt.modules.layers import SlotLinear, activation_fn
 
 __all__ = ["Gate", "LevelPlan", "FusionLevel"]
 
