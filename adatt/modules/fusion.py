@@ -172,6 +172,8 @@ class LevelLayout:
     expert_width: int
     gate_first_widths: tuple[int, ...]
     experts_per_gate: tuple[int, ...]
+    #: every gate weighs as many experts (no padded logits)
+    gates_uniform: bool
     logit_index: tuple[int, ...]
     logit_mask: tuple[bool, ...]
     all_experts: bool
@@ -179,11 +181,6 @@ class LevelLayout:
     native_base: tuple[float, ...]
     native_index: tuple[int, ...]
     num_native_learned: int
-
-    @property
-    def gates_uniform(self) -> bool:
-        """Every gate weighs as many experts (no padded logits)."""
-        return len(set(self.experts_per_gate)) == 1
 
     @classmethod
     def build(cls, plan: LevelPlan, expert_width: int, gate_hidden: Sequence[int],
@@ -263,6 +260,7 @@ class LevelLayout:
             expert_slice=expert_slice, gate_slice=gate_slice,
             flat_split=[len(expert_cols), len(gate_cols)] if covers else None,
             experts_per_slot=m, expert_width=H, gate_first_widths=g1, experts_per_gate=K,
+            gates_uniform=len(set(K)) == 1,
             logit_index=tuple(logit_index), logit_mask=tuple(mask),
             all_experts=all(g.experts == tuple(range(E)) for g in plan.gates),
             comb_index=tuple(comb), native_base=tuple(base), native_index=tuple(native_idx),
