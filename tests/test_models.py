@@ -455,3 +455,30 @@ def test_slot_linear_row_split_product_changes_no_value(threads, n_threads, widt
     want = torch.autograd.grad((ref * up).sum(), [x, *lin.parameters()])
     for g, v in zip(got, want, strict=True):
         torch.testing.assert_close(g, v, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("emb, B", [(None, 64), (8, 16), (8, 64)])  # one-hot, gather, table
+@pytest.mark.parametrize("per_copy", [False, True])
+def test_input_linear_forward_copies_equals_each_copy(emb, B, per_copy):
+    """InputLinear.forward_copies: copy k's slice is the layer run with copy k's parameters
+    (one-hot bags, embedding gather, product table), for one batch or one per copy."""
+    from torch.func import functional_call
+
+    from adatt.modules.layers import InputLinear
+
+    torch.manual_seed(0)
+    cards = [3, 9, 5]
+    copies = [InputLinear(4, cards, emb, 11) for _ in range(3)]  # fp32: the table needs it
+    lin = copies[0]
+    params = {n: torch.stack([dict(c.named_parameters())[n] for c in copies])
+              for n, _ in lin.named_parameters()}  # [S, ...]
+    shape = (3, B) if per_copy else (B,)
+    dense = torch.randn(*shape, 4)
+    cat = torch.stack([torch.randint(0, c, shape) for c in cards], -1)
+    assert lin.use_product_table(cat) == (emb is not None and B == 64)
+    out = lin.forward_copies(dense, cat, params)
+    assert out.shape == (3, B, 11)
+    for k in range(3):
+        p = {n: t[k] for n, t in params.items()}
+        d, c = (dense[k], cat[k]) if per_copy else (dense, cat)
+        torch.testing.assert_close(out[k], functional_call(lin, p, (d, c)))
