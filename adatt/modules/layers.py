@@ -1,21 +1,33 @@
 """Batched linear building blocks shared by every model.
 
 Notation: B batch, S slots (independent linear maps run as one batched
-product), D input width, W output width, Dd dense width, F categorical fields.
+product), D input width, W output width, Dd dense width, F categorical fields,
+C one-hot columns (the sum of the cardinalities), k embedding size.
 
 * :class:`InputLinear` -- the first linear map applied to a raw example
   ``x = [dense, onehot(cat)]`` (or ``[dense, embed(cat)]``). In one-hot mode the
   categorical part is an embedding-bag *gather* of weight rows, never a
   product with one-hot columns: ``onehot(c) @ W == W[c]``.
+  :meth:`InputLinear.forward_copies` runs S copies of the layer at once (the
+  vectorised seed ensemble).
 * :class:`SlotLinear` -- S linear maps, slot ``s`` reading its own input
   ``x[s]``, computed as one ``baddbmm``. Slots may have different output widths;
   narrower slots are zero-padded to the widest.
 
+Both keep their plain form beside the fast one, selected by
+:func:`~adatt.modules.kernels.plain_mode`; the speed devices they use live in
+:mod:`adatt.modules.kernels`.
+
 Example:
     >>> import torch
+    >>> from adatt.modules.kernels import plain_mode
     >>> lin = InputLinear(dense_dim=2, cardinalities=[3, 4], embedding_dim=None, out_features=5)
-    >>> lin(torch.randn(8, 2), torch.zeros(8, 2, dtype=torch.long)).shape
+    >>> dense, cat = torch.randn(8, 2), torch.zeros(8, 2, dtype=torch.long)
+    >>> lin(dense, cat).shape
     torch.Size([8, 5])
+    >>> with plain_mode():
+    ...     torch.allclose(lin(dense, cat), lin(dense, cat).detach())
+    True
     >>> SlotLinear(3, 4, [2, 2, 2])(torch.randn(3, 8, 4)).shape
     torch.Size([3, 8, 2])
 """
@@ -23,16 +35,24 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "activation_fn", "align_pad", "bag_sum", "gate_softmax",
-           "InputLinear", "SlotLinear", "row_splits", "slot_baddbmm",
-           "uniform_init_"]
+from adatt.modules.kernels import (
+    MAX_TABLE_CARD,
+    align_pad,
+    bag_sum,
+    drop_pad,
+    exporting,
+    is_plain,
+    product_table,
+    slot_baddbmm,
+)
+
+__all__ = ["ACTIVATIONS", "activation_fn", "InputLinear", "SlotLinear", "uniform_init_"]
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -58,241 +78,6 @@ def uniform_init_(t: Tensor, fan_in: int) -> Tensor:
     bound = 1.0 / math.sqrt(max(fan_in, 1))
     with torch.no_grad():
         return t.uniform_(-bound, bound)
-
-
-class _BagSum(torch.autograd.Function):
-    """``out[b] = sum_f weight[idx[b, f]]`` whose weight gradient is an embedding bag itself.
-
-    On CPU, ``embedding_bag``'s own backward is about twice as slow as its
-    forward. The gradient of weight row ``r`` is the sum of the output
-    gradients of the examples that hold ``r``: after one stable sort of the
-    ``B * F`` indices that is a forward ``embedding_bag`` over the output
-    gradient, with one bag per weight row (parallel over rows). Deterministic:
-    the stable sort fixes the order of every sum.
-    """
-
-    @staticmethod
-    def forward(ctx, idx: Tensor, weight: Tensor, fields_in_order: bool = False) -> Tensor:
-        ctx.save_for_backward(idx)
-        ctx.rows, ctx.fields_in_order = weight.shape[0], fields_in_order
-        # detached: the forward-only kernel, without the bookkeeping its own backward needs
-        return F.embedding_bag(idx, weight.detach(), mode="sum")  # [B,F] -> [B,N]
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        (idx,) = ctx.saved_tensors
-        examples, starts = _pairs_by_row(idx, ctx.rows, ctx.fields_in_order)
-        # weight row r's gradient: the sum of grad_out over the examples that hold r
-        return None, F.embedding_bag(examples, grad_out, starts, mode="sum"), None  # -> [C,N]
-
-
-def _pairs_by_row(idx: Tensor, rows: int, fields_in_order: bool = False) -> tuple[Tensor, Tensor]:
-    """The ``B * F`` (example, row) pairs of ``idx [B, F]`` grouped by row, stably.
-
-    Returns ``examples [B*F]`` (the example of each pair, pairs of row 0 first,
-    each row's pairs in example order) and ``starts [C]`` (each row's first
-    pair). Up to 32,767 rows the indices fit int16, whose stable sort numpy
-    does as a radix sort, several times faster than ``torch.sort``; the
-    order is the same. ``fields_in_order``: every row of column ``f`` is
-    below every row of column ``f + 1`` (one field per column, as
-    :class:`InputLinear` lays them out); the order is then each column's own
-    stable sort, column after column: F short sorts instead of one long one,
-    whose positions are already the examples.
-    """
-    F_ = idx.shape[1]
-    if rows <= np.iinfo(np.int16).max:
-        if fields_in_order:
-            cols = idx.t().to(torch.int16).numpy()  # [B,F] -> [F,B]: field f's rows, by example
-            order = np.argsort(cols, axis=1, kind="stable")  # [F,B] examples by row, per field
-            count = np.bincount(cols.reshape(-1), minlength=rows)  # [C] pairs per weight row
-            return torch.from_numpy(order.reshape(-1)), torch.from_numpy(np.cumsum(count) - count)
-        flat = idx.reshape(-1).to(torch.int16).numpy()  # [B,F] -> [B*F], entry b*F+f
-        order = np.argsort(flat, kind="stable")  # [B*F] pairs by weight row, then example
-        count = np.bincount(flat, minlength=rows)  # [C] pairs per weight row
-        return torch.from_numpy(order // F_), torch.from_numpy(np.cumsum(count) - count)
-    flat = idx.reshape(-1)  # [B,F] -> [B*F], entry b*F+f
-    order = torch.sort(flat, stable=True).indices  # [B*F] pairs by weight row, then example
-    count = torch.bincount(flat, minlength=rows)  # [C] pairs per weight row
-    return order.div(F_, rounding_mode="floor"), count.cumsum(0) - count
-
-
-def bag_sum(idx: Tensor, weight: Tensor, fields_in_order: bool = False) -> Tensor:
-    """``sum_f weight[idx[:, f]]``: the one-hot input times ``weight``, as a gather.
-
-    Shapes: ``idx [B, F]`` int64 global row indices, ``weight [C, N]`` -> ``[B, N]``.
-    Same values as ``F.embedding_bag(idx, weight, mode="sum")``; when the
-    weight needs a gradient on CPU, the backward is one sort and one forward
-    embedding bag (:class:`_BagSum`) instead of the embedding-bag backward.
-    ``fields_in_order``: the caller promises that every index of column ``f``
-    is below every index of column ``f + 1``, which makes that sort cheaper.
-
-    Example:
-        >>> w = torch.arange(12.0).reshape(4, 3)
-        >>> bag_sum(torch.tensor([[0, 2], [1, 3]]), w)
-        tensor([[ 6.,  8., 10.],
-                [12., 14., 16.]])
-    """
-    if weight.requires_grad and torch.is_grad_enabled() and weight.device.type == "cpu":
-        return _BagSum.apply(idx, weight, fields_in_order)
-    return F.embedding_bag(idx, weight, mode="sum")  # [B,F] -> [B,N]
-
-
-#: last-dim widths up to which :func:`gate_softmax` computes with whole-tensor ops
-SMALL_SOFTMAX_MAX = 16
-
-
-#: embedding mode: largest field cardinality for which the product table may be used
-MAX_TABLE_CARD = 8192
-#: CPU products whose output width is not a multiple of this many floats (64 bytes, a
-#: cache line) run with it padded up to one (see :func:`align_pad`)
-ALIGN = 16
-
-
-class _DropPad(torch.autograd.Function):
-    """``t[..., :n]`` (a view) whose backward pads the gradient in one pass.
-
-    Autograd's own slice backward (and ``F.pad``) zero-fills a full-width
-    gradient and then copies into it; a concatenation with the zero columns
-    writes each element once.
-    """
-
-    generate_vmap_rule = True  # SlotLinear runs under the ensemble's vmap
-
-    @staticmethod
-    def forward(t: Tensor, n: int) -> Tensor:
-        return t.narrow(-1, 0, n)  # [..., n+pad] -> [..., n]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        t, n = inputs
-        ctx.pad = t.shape[-1] - n
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        zeros = grad.new_zeros((*grad.shape[:-1], ctx.pad))  # [..., pad]
-        return torch.cat([grad, zeros], -1), None  # [..., n] -> [..., n+pad]
-
-
-def align_pad(in_dim: int, out_dim: int, x: Tensor) -> int:
-    """Zero columns to add to a ``[*, in_dim] x [in_dim, out_dim]`` product's weight.
-
-    On CPU, a product whose output rows are not a whole number of 64-byte cache
-    lines runs markedly slower: ``[1024, 512] x [512, 1554]`` (six experts of
-    256 and three gates of 6, the industrial first layer) at 96 GFLOP/s
-    against 139 padded to 1568 columns, on 2 threads of the development
-    machine. Products large enough for that to matter (``in_dim * out_dim``
-    at least 65,536, each at least 128) are computed with the weight padded by
-    this many zero columns and the output sliced back, a view; the padding is
-    not a parameter and changes no value. Smaller products (census sizes)
-    gain nothing and pay for the copies, so they are left alone. 0 on GPU,
-    when exporting and when the width is already aligned.
-    """
-    if (x.device.type != "cpu" or min(in_dim, out_dim) < 128 or in_dim * out_dim < 65_536
-            or out_dim % ALIGN == 0 or _exporting()):
-        return 0
-    return -out_dim % ALIGN
-
-
-def row_splits(x: Tensor, w: Tensor) -> int:
-    """Row blocks per slot that keep a CPU batched product's threads equally busy.
-
-    PyTorch's CPU ``bmm`` / ``baddbmm`` gives each thread whole matrices of the
-    batch, so 3 slots on 2 threads take as long as 4: the industrial second
-    level of AdaTT-sp (``x [3, 1024, 256]``, ``w [3, 256, 272]``) runs at 101
-    GFLOP/s against 132-150 for 2, 4 or 1 slots, on 2 threads of the
-    development machine. Splitting each slot's rows into ``k`` blocks
-    (``S * k`` a multiple of the thread count) balances it again: forward and
-    backward 1.28x faster there, 1.09-1.13x for census-size second levels
-    (``[3, 512, 128] x [3, 128, 64]``). Returns that ``k``, or 1 where nothing
-    is gained or it does not apply: one thread or a slot count the threads
-    divide, small weights (``D * W`` under 8,192: tiny tower products got
-    slower), blocks under 64 rows, GPU, not fp32, autocast, exporting, and
-    under ``vmap`` (the ensemble's copies already fill the threads).
-
-    Shapes: ``x [S, B, D]``, ``w [S, D, W]``.
-    """
-    S, B, D = x.shape
-    threads = torch.get_num_threads()
-    k = threads // math.gcd(S, threads)
-    if (k == 1 or D * w.shape[-1] < 8192 or B % k or B // k < 64 or x.device.type != "cpu"
-            or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or _exporting()
-            or torch._C._functorch.is_batchedtensor(x)):
-        return 1
-    return k
-
-
-def slot_baddbmm(b: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    """``torch.baddbmm(b, x, w)`` with the threads balanced (see :func:`row_splits`).
-
-    Shapes: ``b [S, 1, W]``, ``x [S, B, D]``, ``w [S, D, W]`` -> ``[S, B, W]``;
-    the same values as ``baddbmm``, forward and backward.
-
-    Example:
-        >>> x, w, b = torch.randn(3, 256, 128), torch.randn(3, 128, 64), torch.randn(3, 1, 64)
-        >>> torch.allclose(slot_baddbmm(b, x, w), torch.baddbmm(b, x, w), atol=1e-5)
-        True
-    """
-    S, B, D = x.shape
-    k = row_splits(x, w)
-    if k == 1:
-        return torch.baddbmm(b, x, w)  # [S,B,D] x [S,D,W] -> [S,B,W]
-    W = w.shape[-1]
-    # each slot's weight once per row block; its gradient sums the blocks' back
-    out = torch.baddbmm(b.repeat_interleave(k, 0), x.reshape(S * k, B // k, D),  # [S*k,B/k,D]
-                        w.repeat_interleave(k, 0))  # [S*k,B/k,D] x [S*k,D,W] -> [S*k,B/k,W]
-    return out.view(S, B, W)  # [S*k,B/k,W] -> [S,B,W]
-
-
-class _SmallSoftmax(torch.autograd.Function):
-    """Softmax over a short last dimension from whole-tensor ops (see :func:`gate_softmax`)."""
-
-    generate_vmap_rule = True  # the vectorised ensemble runs models under torch.func.vmap
-
-    @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        e = (x - x.amax(-1, keepdim=True)).exp_()  # [..., K]; -inf entries -> 0
-        return e.div_(e.sum(-1, keepdim=True))  # [..., K] / [..., 1]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (p,) = ctx.saved_tensors
-        gp = grad * p  # [..., K]
-        return gp - p * gp.sum(-1, keepdim=True)  # p * (grad - <grad, p>)
-
-
-def gate_softmax(logits: Tensor) -> Tensor:
-    """Softmax over the last dimension, fast when it is short (a gate over a few experts).
-
-    On CPU PyTorch's softmax kernel works row by row; for rows of a few
-    entries (gates over 2-16 experts, ``[B, G, K]``) that costs 3-4x more
-    than whole-tensor ``amax``/``exp``/``sum``/``div`` ops, forward and
-    backward together. This function uses those for float32/float64 CPU
-    tensors with ``K <= 16`` and ``torch.softmax`` otherwise (GPU, bf16
-    under autocast, long rows). Entries at ``-inf`` get weight 0, as with
-    ``torch.softmax``; a row must hold at least one finite entry.
-
-    Shapes: ``[..., K] -> [..., K]``.
-
-    Example:
-        >>> gate_softmax(torch.tensor([[0.0, float("-inf"), 0.0]]))
-        tensor([[0.5000, 0.0000, 0.5000]])
-    """
-    if (logits.device.type == "cpu" and logits.shape[-1] <= SMALL_SOFTMAX_MAX
-            and logits.dtype in (torch.float32, torch.float64) and not _exporting()):
-        if torch.is_grad_enabled():  # (under vmap requires_grad is not visible)
-            return _SmallSoftmax.apply(logits)
-        return _SmallSoftmax.forward(logits)  # [..., K], inference
-    return torch.softmax(logits, dim=-1)  # [..., K]
-
-
-def _exporting() -> bool:
-    """Tracing, scripting, compiling or ONNX export: keep the graph's one softmax op."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
 
 
 class InputLinear(nn.Module):
@@ -366,6 +151,8 @@ class InputLinear(nn.Module):
                 uniform_init_(p, fan_in)
 
     def forward(self, dense: Tensor, cat: Tensor) -> Tensor:
+        if is_plain():
+            return self.plain_forward(dense, cat)
         pad = (align_pad(self.dense_dim, self.out_features, dense)
                if self.dense_weight is not None else 0)
         if pad:  # a large dense part: its product with cache-line rows (align_pad)
@@ -373,7 +160,7 @@ class InputLinear(nn.Module):
                               F.pad(self.dense_weight, (0, pad)))  # -> [B,N+pad]
             if self.cat_weight is not None:
                 out[:, : self.out_features] += self._categorical(cat)  # [B,N] part, in place
-            return _DropPad.apply(out, self.out_features)  # [B,N+pad] -> [B,N], a view
+            return drop_pad(out, self.out_features)  # [B,N+pad] -> [B,N], a view
         out = None
         if self.cat_weight is not None:
             idx = cat + self.offsets  # [B, F] global row indices
@@ -432,24 +219,110 @@ class InputLinear(nn.Module):
                 and cat.device.type == "cpu"
                 and self.embedding_dim >= 4 and 4 * self.pad_card <= cat.shape[-2]
                 and self.cat_weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and not _exporting())
+                and not torch.is_autocast_enabled("cpu") and not exporting())
 
     def product_table(self, emb_weight: Tensor | None = None,
                       cat_weight: Tensor | None = None) -> Tensor:
         """Per field the product of its embeddings with its slice of the weight.
 
         Shape ``[F*P, N]``: row ``f*P + c`` is ``E_f[c] @ W_f`` (rows past a
-        field's cardinality repeat its last row and are never read). The
-        vectorised ensemble passes its stacked weights (``[S, C, k]``,
-        ``[S, F*k, N]``) and gets ``[S, F*P, N]``; by default, this module's.
+        field's cardinality repeat its last row and are never read); see
+        :func:`~adatt.modules.kernels.product_table`. Stacked weights
+        (``[S, C, k]``, ``[S, F*k, N]``) give ``[S, F*P, N]``; by default,
+        this module's.
         """
         E = self.embedding.weight if emb_weight is None else emb_weight  # [..., C, k]
         W = self.cat_weight if cat_weight is None else cat_weight  # [..., F*k, N]
-        k, P, n_out = self.embedding_dim, self.pad_card, W.shape[-1]
-        emb = E[..., self.pad_rows, :].reshape(-1, P, k)  # [..., F*P, k] -> [...*F, P, k]
-        w = W.reshape(-1, k, n_out)  # [..., F*k, N] -> [...*F, k, N]
-        table = torch.bmm(emb, w)  # [...*F,P,k] x [...*F,k,N] -> [...*F,P,N]
-        return table.reshape(*W.shape[:-2], len(self.cardinalities) * P, n_out)  # [...,F*P,N]
+        return product_table(E, W, self.pad_rows, self.pad_card)  # [..., F*P, N]
+
+    def plain_forward(self, dense: Tensor, cat: Tensor) -> Tensor:
+        """The layer as written: ``[dense, onehot(cat)] @ [W_dense; W_cat] + b``.
+
+        Embedding mode: ``[dense, E[cat_1], ..., E[cat_F]] @ [W_dense; W_cat] + b``.
+        The same parameters and values as :meth:`forward` (which gathers weight
+        rows instead of multiplying by one-hot columns); what
+        :func:`~adatt.modules.kernels.plain_mode` runs.
+
+        Shapes: ``dense [B, Dd]``, ``cat [B, F]`` -> ``[B, N]``.
+        """
+        parts, weights = [], []
+        if self.dense_weight is not None:
+            parts.append(dense)
+            weights.append(self.dense_weight)
+        if self.cat_weight is not None:
+            if self.embedding is None:
+                parts += [F.one_hot(cat[:, f], c).to(self.bias.dtype)  # [B, c_f]
+                          for f, c in enumerate(self.cardinalities)]
+            else:
+                parts.append(self.embedding(cat + self.offsets).flatten(1))  # [B,F,k] -> [B,F*k]
+            weights.append(self.cat_weight)
+        x = torch.cat(parts, dim=1)  # [B, Dd + C] (or [B, Dd + F*k])
+        return x @ torch.cat(weights, dim=0) + self.bias  # [B,Dd+C] x [Dd+C,N] -> [B,N]
+
+    def forward_copies(self, dense: Tensor, cat: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        """S copies of this layer at once, each with its own parameters.
+
+        ``params`` maps this module's parameter names (``bias``, ``dense_weight``,
+        ``cat_weight``, ``embedding.weight``) to the S copies' values stacked
+        ``[S, ...]``; this module's own parameters are not read (its buffers
+        and shapes are). Inputs are per copy (``dense [S,B,Dd]``, ``cat
+        [S,B,F]``) or one batch shared by all copies (``[B,Dd]``, ``[B,F]``).
+
+        One-hot mode: one :func:`~adatt.modules.kernels.bag_sum` over ``S*B``
+        bags (the S tables flattened to ``[S*C, N]``, indices shifted by
+        ``s*C``). Embedding mode: one embedding gather plus one ``baddbmm``, or,
+        where :meth:`use_product_table` decides so for the single layer, the
+        copies' product tables and one gather-sum. Then one batched product
+        for the dense part.
+
+        Shapes: -> ``[S, B, N]``.
+
+        Example:
+            >>> lin = InputLinear(2, [3, 4], None, 5)
+            >>> p = {n: torch.stack([t, t + 1]) for n, t in lin.named_parameters()}
+            >>> dense, cat = torch.randn(6, 2), torch.randint(0, 3, (6, 2))
+            >>> out = lin.forward_copies(dense, cat, p)
+            >>> out.shape, torch.allclose(out[0], lin(dense, cat))
+            (torch.Size([2, 6, 5]), True)
+        """
+        bias = params["bias"]  # [S,N]
+        S, n_out = bias.shape
+        B = cat.shape[-2]
+        out = bias.unsqueeze(1)  # [S,N] -> [S,1,N]
+        if self.cat_weight is not None:
+            C = sum(self.cardinalities)
+            shift = torch.arange(S, device=cat.device) * C  # table s starts at row s*C
+            idx = (cat + self.offsets).expand(S, B, cat.shape[-1])  # [B,F] | [S,B,F] -> [S,B,F]
+            idx = idx + shift.view(S, 1, 1)  # [S,B,F] + [S,1,1] -> [S,B,F] rows of the flat table
+            if self.embedding is None:
+                table = params["cat_weight"].reshape(S * C, n_out)  # [S,C,N] -> [S*C,N]
+                flat = idx.reshape(S * B, -1)  # [S,B,F] -> [S*B,F]: one bag per (copy, row)
+                bags = bag_sum(flat, table)  # [S*B,F] -> [S*B,N]
+                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
+            elif self.use_product_table(cat):
+                # per copy and field E_f @ W_f (product_table), then a gather-sum
+                n_f, P = len(self.cardinalities), self.pad_card
+                table = self.product_table(params["embedding.weight"], params["cat_weight"])
+                table = table.reshape(S * n_f * P, n_out)  # [S,F*P,N] -> [S*F*P,N]
+                rows = (cat + self.pad_base).expand(S, B, n_f)  # [B,F] | [S,B,F] -> [S,B,F]
+                rows = rows + (torch.arange(S, device=cat.device) * (n_f * P)).view(S, 1, 1)
+                bags = bag_sum(rows.reshape(S * B, n_f), table)  # [S*B,F] -> [S*B,N]
+                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
+            else:
+                k = self.embedding_dim
+                table = params["embedding.weight"].reshape(S * C, k)  # [S,C,k] -> [S*C,k]
+                emb = F.embedding(idx, table).flatten(2)  # [S,B,F,k] -> [S,B,F*k]
+                w = params["cat_weight"]  # [S,F*k,N]
+                out = torch.baddbmm(out, emb, w)  # [S,B,F*k] x [S,F*k,N] -> [S,B,N]
+        if self.dense_weight is not None:
+            w = params["dense_weight"]  # [S,Dd,N]
+            if dense.dim() == 2:  # one batch for every copy
+                out = out + torch.matmul(dense, w)  # [B,Dd] x [S,Dd,N] -> [S,B,N]
+            else:
+                out = torch.baddbmm(out, dense, w)  # [S,B,Dd] x [S,Dd,N] -> [S,B,N]
+        if out.shape[1] != B:
+            out = out.expand(S, B, n_out)  # [S,1,N] -> [S,B,N]
+        return out
 
 
 class SlotLinear(nn.Module):
@@ -500,10 +373,25 @@ class SlotLinear(nn.Module):
         b = F.pad(self.bias, (0, 1))[self.pad_index].view(S, 1, W)  # [S*W] -> [S,1,W]
         return w, b
 
+    def slot(self, s: int) -> tuple[Tensor, Tensor]:
+        """Slot ``s``'s own weight ``[D, widths[s]]`` and bias ``[widths[s]]`` (views).
+
+        Example:
+            >>> lin = SlotLinear(2, 4, [3, 1])
+            >>> [tuple(t.shape) for t in lin.slot(1)]
+            [(4, 1), (1,)]
+        """
+        if self.uniform:
+            return self.weight[s], self.bias[s, 0]
+        off, w = sum(self.widths[:s]), self.widths[s]
+        return self.weight[:, off:off + w], self.bias[off:off + w]
+
     def forward(self, x: Tensor) -> Tensor:
         w, b = self.padded()
+        if is_plain():
+            return torch.baddbmm(b, x, w)  # [S,B,D] x [S,D,W] -> [S,B,W]
         pad = align_pad(self.in_dim, self.out_dim, x)
         if pad:  # cache-line rows: [S,D,W+pad], the output sliced back to W (a view)
             out = slot_baddbmm(F.pad(b, (0, pad)), x, F.pad(w, (0, pad)))  # -> [S,B,W+pad]
-            return _DropPad.apply(out, self.out_dim)  # [S,B,W+pad] -> [S,B,W], a view
+            return drop_pad(out, self.out_dim)  # [S,B,W+pad] -> [S,B,W], a view
         return slot_baddbmm(b, x, w)  # [S,B,D] x [S,D,W] -> [S,B,W]

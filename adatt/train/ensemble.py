@@ -90,7 +90,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -98,7 +97,6 @@ from adatt.config import ConfigError, RunConfig
 from adatt.data.batch import TensorDataset, regression_label_variance
 from adatt.data.schema import FeatureSchema
 from adatt.models.base import MultiTaskModel
-from adatt.modules.layers import bag_sum
 from adatt.train.atomic import atomic_write
 from adatt.train.evaluation import evaluate
 from adatt.train.losses import masked_elementwise
@@ -170,6 +168,7 @@ class EnsembleModel:
                 self.params[n] = nn.Parameter(stacked)
         self._rest = _FromInput(base)
         self._rest_names = [n for n in names if not n.startswith("input.")]
+        self._input_names = [n for n in names if n.startswith("input.")]
 
         def rest(params: dict[str, Tensor], z: Tensor) -> Tensor:
             return functional_call(self._rest, params, (z,))  # [B,N] -> [B,T]
@@ -219,52 +218,12 @@ class EnsembleModel:
     def input_forward(self, dense: Tensor, cat: Tensor, p: dict[str, Tensor]) -> Tensor:
         """Input layer of all copies: ``[S,B,Dd]|[B,Dd]``, ``[S,B,F]|[B,F]`` -> ``[S,B,N]``.
 
-        One ``embedding_bag`` (one-hot mode) or one embedding gather plus ``baddbmm``
-        (embedding mode; with small vocabularies instead one batched product per copy
-        and field and one ``embedding_bag``, as
-        :meth:`~adatt.modules.layers.InputLinear.use_product_table` decides for the
-        single model) over all copies, plus one batched product for the dense part.
+        The layer builds its S copies itself
+        (:meth:`~adatt.modules.layers.InputLinear.forward_copies`) from the
+        stacked ``input.*`` parameters.
         """
-        inp = self.base.input
-        S = self.num_copies
-        bias = p["input.bias"]  # [S,N]
-        n_out = bias.shape[-1]
-        B = cat.shape[-2]
-        out = bias.unsqueeze(1)  # [S,N] -> [S,1,N]
-        if inp.cat_weight is not None:
-            C = sum(inp.cardinalities)
-            shift = torch.arange(S, device=cat.device) * C  # table s starts at row s*C
-            idx = (cat + inp.offsets).expand(S, B, cat.shape[-1])  # [B,F] | [S,B,F] -> [S,B,F]
-            idx = idx + shift.view(S, 1, 1)  # [S,B,F] + [S,1,1] -> [S,B,F] rows of the flat table
-            if inp.embedding is None:
-                table = p["input.cat_weight"].reshape(S * C, n_out)  # [S,C,N] -> [S*C,N]
-                flat = idx.reshape(S * B, -1)  # [S,B,F] -> [S*B,F]: one bag per (copy, row)
-                bags = bag_sum(flat, table)  # [S*B,F] -> [S*B,N]
-                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
-            elif inp.use_product_table(cat):
-                # per copy and field E_f @ W_f (InputLinear.product_table), then a gather-sum
-                n_f, P = len(inp.cardinalities), inp.pad_card
-                table = inp.product_table(p["input.embedding.weight"], p["input.cat_weight"])
-                table = table.reshape(S * n_f * P, n_out)  # [S,F*P,N] -> [S*F*P,N]
-                rows = (cat + inp.pad_base).expand(S, B, n_f)  # [B,F] | [S,B,F] -> [S,B,F]
-                rows = rows + (torch.arange(S, device=cat.device) * (n_f * P)).view(S, 1, 1)
-                bags = bag_sum(rows.reshape(S * B, n_f), table)  # [S*B,F] -> [S*B,N]
-                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
-            else:
-                k = inp.embedding_dim
-                table = p["input.embedding.weight"].reshape(S * C, k)  # [S,C,k] -> [S*C,k]
-                emb = F.embedding(idx, table).flatten(2)  # [S,B,F,k] -> [S,B,F*k]
-                w = p["input.cat_weight"]  # [S,F*k,N]
-                out = torch.baddbmm(out, emb, w)  # [S,B,F*k] x [S,F*k,N] -> [S,B,N]
-        if inp.dense_weight is not None:
-            w = p["input.dense_weight"]  # [S,Dd,N]
-            if dense.dim() == 2:  # one batch for every copy
-                out = out + torch.matmul(dense, w)  # [B,Dd] x [S,Dd,N] -> [S,B,N]
-            else:
-                out = torch.baddbmm(out, dense, w)  # [S,B,Dd] x [S,Dd,N] -> [S,B,N]
-        if out.shape[1] != B:
-            out = out.expand(S, B, n_out)  # [S,1,N] -> [S,B,N]
-        return out
+        own = {n[len("input."):]: p[n] for n in self._input_names}  # its own parameter names
+        return self.base.input.forward_copies(dense, cat, own)  # -> [S,B,N]
 
     def state_dict_of(self, k: int, params: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Copy k as a state dict of the ordinary model (contiguous CPU clones)."""
