@@ -214,8 +214,9 @@ def row_splits(x: Tensor, w: Tensor) -> int:
     S, B, D = x.shape
     threads = torch.get_num_threads()
     k = threads // math.gcd(S, threads)
-    if (k == 1 or D * w.shape[-1] < 8192 or B % k or B // k < 64 or x.device.type != "cpu"
-            or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or _exporting()
+    if (_exporting()  # first: no guard on the batch size in an exported graph
+            or k == 1 or D * w.shape[-1] < 8192 or B % k or B // k < 64 or x.device.type != "cpu"
+            or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
             or torch._C._functorch.is_batchedtensor(x)):
         return 1
     return k
@@ -290,9 +291,10 @@ def gate_softmax(logits: Tensor) -> Tensor:
 
 
 def _exporting() -> bool:
-    """Tracing, scripting, compiling or ONNX export: keep the graph's one softmax op."""
+    """Tracing, scripting, compiling, ``torch.export`` or ONNX export: keep the graph's
+    one softmax op and no branch on the batch size or the thread count."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 
 class InputLinear(nn.Module):
@@ -390,6 +392,8 @@ class InputLinear(nn.Module):
         if self.dense_weight is not None:
             if out is None:
                 out = torch.addmm(self.bias, dense, self.dense_weight)  # [B,Dd] x [Dd,N] -> [B,N]
+            elif out.dtype != self.dense_weight.dtype:  # bf16 autocast: addmm_ would not cast
+                out = torch.addmm(out, dense, self.dense_weight)  # [B,N] + [B,Dd] x [Dd,N]
             else:
                 out = out.addmm_(dense, self.dense_weight)  # += [B,Dd] x [Dd,N], in place
         return out
@@ -428,11 +432,12 @@ class InputLinear(nn.Module):
         embeddings of 8 this first layer trains 1.5-2.5x faster, with 16 about
         3x; with large vocabularies the table would cost more than it saves.
         """
-        return (self.embedding is not None and self.pad_card <= MAX_TABLE_CARD
+        return (not _exporting()  # first: no guard on the batch size in an exported graph
+                and self.embedding is not None and self.pad_card <= MAX_TABLE_CARD
                 and cat.device.type == "cpu"
                 and self.embedding_dim >= 4 and 4 * self.pad_card <= cat.shape[-2]
                 and self.cat_weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and not _exporting())
+                and not torch.is_autocast_enabled("cpu"))
 
     def product_table(self, emb_weight: Tensor | None = None,
                       cat_weight: Tensor | None = None) -> Tensor:

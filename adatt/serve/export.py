@@ -18,8 +18,10 @@ binary task, the model's raw output for a regression task.
 
 Each artefact is written to a temporary file next to ``output``, loaded back
 and checked against the eager model on random inputs of batch sizes other
-than the one used to export (1 and 5; 4 at export time), then renamed into
-place; a JSON sidecar ``<output>.json`` describes the inputs (names, dtypes,
+than the one used to export (1, 7 and 512; 4 at export time), then renamed into
+place. The batch dimension is dynamic in every format, at any thread count:
+the model's eager-mode shortcuts that depend on the batch size or the number
+of threads (:mod:`adatt.modules.layers`) are off while exporting; a JSON sidecar ``<output>.json`` describes the inputs (names, dtypes,
 shapes, dense column names, categorical fields and cardinalities), the
 outputs (task names, kinds, transform) and the check. For a run on raw
 columns (the user's files, streamed shards), the fitted encoding
@@ -82,7 +84,7 @@ SUFFIXES = {"torchscript": ".pt", "export": ".pt2", "onnx": ".onnx"}
 INPUT_NAMES = ("dense", "cat")
 OUTPUT_NAME = "predictions"
 EXAMPLE_BATCH = 4  # export-time batch; >= 2 so that torch.export keeps the dimension symbolic
-CHECK_BATCHES = (1, 5)  # batch sizes the saved artefact is checked on
+CHECK_BATCHES = (1, 7, 512)  # batch sizes the saved artefact is checked on
 TOLERANCE = 1e-5
 INSTALL_HINT = "pip install adatt[serve]  (onnx, onnxscript, onnxruntime)"
 
