@@ -21,10 +21,11 @@ and checked against the eager model on random inputs of batch sizes other
 than the one used to export (1, 7 and 512; 4 at export time), then renamed into
 place. The batch dimension is dynamic in every format, at any thread count:
 the model's eager-mode shortcuts that depend on the batch size or the number
-of threads (:mod:`adatt.modules.layers`) are off while exporting; a JSON sidecar ``<output>.json`` describes the inputs (names, dtypes,
-shapes, dense column names, categorical fields and cardinalities), the
-outputs (task names, kinds, transform) and the check. For a run on raw
-columns (the user's files, streamed shards), the fitted encoding
+of threads (:mod:`adatt.modules.layers`) are off while exporting. A JSON
+sidecar ``<output>.json`` describes the inputs (names, dtypes, shapes, dense
+column names, categorical fields and cardinalities), the outputs (task names,
+kinds, transform) and the check. For a run on raw columns (the user's files,
+streamed shards), the fitted encoding
 (vocabularies or hashing, dense scaling: :mod:`adatt.data.encoding`, as saved
 in the run's ``data.json``) is written to ``<output>.preprocess.json``.
 
