@@ -28,6 +28,8 @@ __all__ = ["main"]
 
 #: --rows floor: fewer leave the 10% validation and test splits too small to score the rare tasks
 MIN_SIM_ROWS = 10_000
+#: what ``adatt eval --splits`` may name
+SPLITS = ("train", "valid", "test")
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -54,9 +56,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from adatt.train.trainer import evaluate, load_run
 
+    names = [x.strip() for x in args.splits.split(",")]
+    bad = [x for x in names if x not in SPLITS]
+    if bad or not names:
+        raise _UsageError(f"--splits: unknown split {bad[0] if bad else ''!r}; "
+                          f"known: {', '.join(SPLITS)}")
+    args.splits = ",".join(names)
     cfg, model, splits = load_run(args.run)
     res = {"name": cfg.name}
-    for split in args.splits.split(","):
+    for split in names:
         res[split] = evaluate(model, getattr(splits, split), splits.schema,
                               cfg.train.eval_batch_size)
     if args.baseline:
