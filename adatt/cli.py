@@ -170,7 +170,8 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     opts = {"quick": args.quick, "progress": not args.no_progress}
     if args.seeds is not None:
         opts["seeds"] = args.seeds
-    for flag, value, low in (("--context-seeds", args.context_seeds, 1),
+    for flag, value, low in (("--seeds", args.seeds, 1), ("--workers", args.workers, 1),
+                             ("--context-seeds", args.context_seeds, 1),
                              ("--tune-seeds", args.tune_seeds, 1),
                              ("--threads", args.threads, 1),
                              ("--rows", args.rows, MIN_SIM_ROWS)):
@@ -226,6 +227,10 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
             raise _UsageError(f"experiment {args.name} does not read census (--data-dir)")
         opts["data_dir"] = args.data_dir
     out_dir = args.out_dir or f"results/{args.name}{'-quick' if args.quick else ''}"
+    from pathlib import Path
+
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise _UsageError(f"--out-dir {out_dir}: exists and is not a directory")
     summary = fn(out_dir, **opts)
     wall = summary.get("wall_time_s")
     print(f"wrote {out_dir}/report.md" + (f" ({wall:.0f} s)" if wall else ""))
