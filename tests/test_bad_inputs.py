@@ -576,3 +576,29 @@ def test_killed_write_shards_leaves_no_temporary_file_after_the_next_run(tmp_pat
 
 if __name__ == "__main__":
     sys.exit(_main())
+
+
+def _sim_configs() -> list[Path]:
+    return sorted((REPO / "configs" / "sim").glob("*.yaml"))
+
+
+def test_bf16_trains_every_shipped_sim_config(tmp_path):
+    """``train.bf16=true`` with the shipped simulator configs (learned embeddings of 16)."""
+    import math
+
+    import torch
+
+    from adatt.config import load_config
+    from adatt.train.trainer import train
+
+    threads = torch.get_num_threads()
+    try:
+        for path in _sim_configs():
+            cfg = load_config(path, ["data.rows=2000", "train.bf16=true", "train.progress=false",
+                                     "train.threads=1", f"out_dir={tmp_path}"])
+            assert cfg.model.get("embedding_dim"), path.name  # learned embeddings
+            res = train(cfg)
+            losses = [m.get("ne", m.get("mse")) for m in res["valid"].values()]
+            assert all(math.isfinite(v) for v in losses), (path.name, res["valid"])
+    finally:
+        torch.set_num_threads(threads)
