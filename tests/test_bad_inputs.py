@@ -519,14 +519,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_corpus_every_case_handled():
+def test_corpus_every_case_handled(tmp_path):
+    """Every case handled; nothing written in the working directory (tmp_path) either."""
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], capture_output=True,
-                          text=True, env=_env(), cwd=REPO, timeout=600)
+                          text=True, env=_env(), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(results) == len(CASES) >= 50
     failed = [f"{r['name']}: {r['why']}" for r in results if not r["handled"]]
     assert not failed, f"{len(failed)} of {len(results)} cases not handled: " + "; ".join(failed)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _adatt(*args: str, **kw) -> subprocess.Popen:
