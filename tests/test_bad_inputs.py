@@ -224,6 +224,7 @@ def _exported(fmt_suffix: str, run: str) -> Callable[[Path], str | None]:
     return check
 
 
+_BYTES: dict[str, bytes] = {}  # file contents a case's check compares with
 in_same = _unchanged("same.csv")
 in_rel = _unchanged("rel.csv")
 
@@ -399,6 +400,12 @@ CASES: list[Case] = [
     Case("export: --format export, learned embeddings of 16 (bf16 run)",
          ["export", "--run", "{root}/runs/bf16", "--format", "export", "--output",
           "{root}/exp_bf16.pt2"], expect="ok", check=_exported(".pt2", "bf16")),
+    Case("export: output is the run's own weights",
+         ["export", "--run", "{root}/runs/sim", "--format", "torchscript", "--output",
+          "{root}/runs/sim/best.pt"], says="best.pt",
+         setup=lambda r: _BYTES.__setitem__("best", (r / "runs/sim/best.pt").read_bytes()),
+         check=lambda r: None if (r / "runs/sim/best.pt").read_bytes() == _BYTES["best"]
+         else "the run's best.pt was replaced"),
     # ---- experiment option checks
     Case("experiment: unknown name", ["experiment", "nope"], says="nope"),
     Case("experiment: rows below the floor", ["experiment", "ablation", "--rows", "5"],

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -87,6 +88,9 @@ OUTPUT_NAME = "predictions"
 EXAMPLE_BATCH = 4  # export-time batch; >= 2 so that torch.export keeps the dimension symbolic
 CHECK_BATCHES = (1, 7, 512)  # batch sizes the saved artefact is checked on
 TOLERANCE = 1e-5
+#: files of a run directory an export must never replace
+RUN_FILES = ("config.yaml", "best.pt", "checkpoint.pt", "data.json", "results.json",
+             "metrics.jsonl")
 INSTALL_HINT = "pip install adatt[serve]  (onnx, onnxscript, onnxruntime)"
 
 
@@ -323,6 +327,10 @@ def export_run(
         require_onnx()  # before the (possibly slow) data loading
     cfg, model, schema, data_name, encoding = load_for_serving(run_dir)
     output = Path(output) if output is not None else default_output(run_dir, fmt)
+    for name in RUN_FILES:  # the run's own files: the model being exported, its config, ...
+        mine = Path(run_dir) / name
+        if mine.exists() and output.exists() and os.path.samefile(mine, output):
+            raise ServeError(f"{output}: is the run's {name}; write the export to another file")
     extra: dict[str, Any] = {
         "run": str(run_dir),
         "model": cfg.model["name"],
