@@ -30,6 +30,8 @@ __all__ = ["main"]
 
 #: --rows floor: fewer leave the 10% validation and test splits too small to score the rare tasks
 MIN_SIM_ROWS = 10_000
+#: what ``adatt eval --splits`` may name
+SPLITS = ("train", "valid", "test")
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -66,9 +68,15 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from adatt.train.evaluation import evaluate
     from adatt.train.runs import load_run
 
+    names = [x.strip() for x in args.splits.split(",")]
+    bad = [x for x in names if x not in SPLITS]
+    if bad or not names:
+        raise _UsageError(f"--splits: unknown split {bad[0] if bad else ''!r}; "
+                          f"known: {', '.join(SPLITS)}")
+    args.splits = ",".join(names)
     cfg, model, splits = load_run(args.run)
     res = {"name": cfg.name}
-    for split in args.splits.split(","):
+    for split in names:
         res[split] = evaluate(model, getattr(splits, split), splits.schema,
                               cfg.train.eval_batch_size)
     if args.baseline:
@@ -174,7 +182,8 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     opts = {"quick": args.quick, "progress": not args.no_progress}
     if args.seeds is not None:
         opts["seeds"] = args.seeds
-    for flag, value, low in (("--context-seeds", args.context_seeds, 1),
+    for flag, value, low in (("--seeds", args.seeds, 1), ("--workers", args.workers, 1),
+                             ("--context-seeds", args.context_seeds, 1),
                              ("--tune-seeds", args.tune_seeds, 1),
                              ("--threads", args.threads, 1),
                              ("--rows", args.rows, MIN_SIM_ROWS)):
@@ -230,6 +239,10 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
             raise _UsageError(f"experiment {args.name} does not read census (--data-dir)")
         opts["data_dir"] = args.data_dir
     out_dir = args.out_dir or f"results/{args.name}{'-quick' if args.quick else ''}"
+    from pathlib import Path
+
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise _UsageError(f"--out-dir {out_dir}: exists and is not a directory")
     summary = fn(out_dir, **opts)
     wall = summary.get("wall_time_s")
     print(f"wrote {out_dir}/report.md" + (f" ({wall:.0f} s)" if wall else ""))

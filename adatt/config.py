@@ -11,9 +11,14 @@ A run config has four sections::
 Overrides are ``dotted.key=value`` with the value parsed as YAML
 (``train.optimizer.lr=3e-4``, ``model.expert_sizes=[96,48]``). Every key is
 checked: an unknown key or a value of the wrong type is a :class:`ConfigError`
-naming the key. Model options are checked against the model constructor's
-signature and type hints (``num_tasks``, ``dense_dim`` and
-``cat_cardinalities`` come from the data and may not be set).
+naming the key. Numbers that cannot train are refused at load time: any
+non-finite number (``inf``, ``nan``: learning rate, weight decay, clip norm,
+task weights, weighting and model options, ...), a negative integer in a model
+option (sizes and counts), an invalid ``train.device`` string, and a ``name``
+that would leave ``out_dir`` (an absolute path or a ``..`` component). Model
+options are checked against the model constructor's signature and type hints
+(``num_tasks``, ``dense_dim`` and ``cat_cardinalities`` come from the data and
+may not be set).
 
 A config is a YAML file given by path, or one of the configs shipped inside
 the package given by name (``census/adatt_sp``; :func:`packaged_configs`
@@ -28,14 +33,23 @@ Example:
     Traceback (most recent call last):
     ...
     adatt.config.ConfigError: train.epoch: unknown key (train has: ...)
+    >>> load_config(None, ["train.optimizer.lr=.inf"])
+    Traceback (most recent call last):
+    ...
+    adatt.config.ConfigError: train.optimizer.lr: must be a finite number (got inf)
+    >>> load_config(None, ["name=../elsewhere"])
+    Traceback (most recent call last):
+    ...
+    adatt.config.ConfigError: name: '../elsewhere' leaves out_dir (no '..' or absolute path)
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import yaml
@@ -45,7 +59,8 @@ from adatt.data.config import DataConfig
 
 __all__ = ["ConfigError", "OptimizerConfig", "ScheduleConfig", "SelectionConfig", "TrainConfig",
            "RunConfig", "load_config", "apply_overrides", "validate_model_options", "dump_config",
-           "CONFIG_DIR", "packaged_configs", "resolve_config"]
+           "CONFIG_DIR", "packaged_configs", "resolve_config",
+           "check_finite", "check_name", "check_device"]
 
 FROM_DATA = ("num_tasks", "dense_dim", "cat_cardinalities")
 
@@ -194,6 +209,7 @@ def validate_model_options(options: dict[str, Any]) -> dict[str, Any]:
             out[key] = TypeAdapter(hints[key]).validate_python(value)
         except ValidationError as err:
             raise ConfigError(f"model.{key}: {err.errors()[0]['msg']} (got {value!r})") from None
+        _check_counts(f"model.{key}", out[key], zero_ok=key in ZERO_OK)
     return out
 
 
@@ -269,6 +285,23 @@ def resolve_config(ref: str | Path) -> Path:
                       f"({hint}all: adatt config list)")
 
 
+#: model options whose integers may be 0 (a count of optional experts)
+ZERO_OK = ("shared_experts",)
+
+
+def _check_counts(key: str, value: Any, zero_ok: bool) -> None:
+    """Integers in a model option are sizes or counts: >= 1 (>= 0 for ``ZERO_OK``)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        low = 0 if zero_ok else 1
+        if value < low:
+            raise ConfigError(f"{key}: sizes and counts must be >= {low} (got {value})")
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_counts(key, v, zero_ok)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or start from defaults), apply overrides, validate everything.
 
@@ -286,6 +319,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw = apply_overrides(raw, list(overrides or []))
     if isinstance(raw.get("model", {}), dict):
         raw.setdefault("model", {}).setdefault("name", "adatt_sp")
+    check_finite(raw)  # before the range checks, which would say "nan > 0" less clearly
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
@@ -295,7 +329,62 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             msg = _unknown_key_message(loc)
         raise ConfigError(msg) from None
     cfg.model = validate_model_options(cfg.model)
+    check_finite(cfg.model_dump(mode="python"))
+    check_name(cfg.name)
+    check_device(cfg.train.device)
     return cfg
+
+
+def check_finite(tree: Any, prefix: str = "") -> None:
+    """A :class:`ConfigError` naming the first non-finite number (inf, nan) in ``tree``.
+
+    >>> check_finite({"train": {"task_weights": [1.0, float("nan")]}})
+    Traceback (most recent call last):
+    ...
+    adatt.config.ConfigError: train.task_weights[1]: must be a finite number (got nan)
+    """
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            check_finite(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, list | tuple):
+        for i, v in enumerate(tree):
+            check_finite(v, f"{prefix}[{i}]")
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise ConfigError(f"{prefix}: must be a finite number (got {tree})")
+
+
+def check_name(name: str) -> None:
+    """A run ``name`` is a relative path that stays inside ``out_dir``.
+
+    >>> check_name("census/seed_0")
+    >>> check_name("/tmp/x")
+    Traceback (most recent call last):
+    ...
+    adatt.config.ConfigError: name: '/tmp/x' leaves out_dir (no '..' or absolute path)
+    """
+    p = PurePath(name)
+    if not name.strip() or p.parts in ((), (".",)):
+        raise ConfigError(f"name: {name!r} is empty; give the run directory's name")
+    if p.is_absolute() or ".." in p.parts or "\\" in name or p.drive:
+        raise ConfigError(f"name: {name!r} leaves out_dir (no '..' or absolute path)")
+
+
+def check_device(device: str) -> None:
+    """``train.device`` must be a device string torch understands (``cpu``, ``cuda``,
+    ``cuda:1``, ...); whether it is available is checked when the run starts.
+
+    >>> check_device("gpu0")
+    Traceback (most recent call last):
+    ...
+    adatt.config.ConfigError: train.device: 'gpu0' is not a device (cpu, cuda, cuda:N, ...)
+    """
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"train.device: {device!r} is not a device (cpu, cuda, cuda:N, ...)"
+                          ) from None
 
 
 def _unknown_key_message(loc: str) -> str:

@@ -62,3 +62,48 @@ def test_resolved_config_round_trips(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.optimizer.lr=.inf", "train.optimizer.lr: must be a finite number (got inf)"),
+    ("train.optimizer.weight_decay=.nan", "train.optimizer.weight_decay: must be a finite"),
+    ("train.optimizer.momentum=.inf", "train.optimizer.momentum: must be a finite"),
+    ("train.optimizer.betas=[0.9,.inf]", "train.optimizer.betas[1]: must be a finite"),
+    ("train.grad_clip=.inf", "train.grad_clip: must be a finite number"),
+    ("train.schedule.gamma=.inf", "train.schedule.gamma: must be a finite"),
+    ("train.task_weights=[1.0,.nan]", "train.task_weights[1]: must be a finite number (got nan)"),
+    ("train.weighting_options.alpha=.inf", "train.weighting_options.alpha: must be a finite"),
+    ("train.optimizer.lr=-.inf", "train.optimizer.lr"),
+])
+def test_non_finite_hyperparameters_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, [override])
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/tmp/elsewhere", "..", ".", " "])
+def test_names_that_leave_out_dir_are_refused(name):
+    with pytest.raises(ConfigError, match=r"^name: "):
+        load_config(None, [f"name={name}"])
+
+
+def test_names_inside_out_dir_are_kept():
+    assert load_config(None, ["name=group1/seed_0"]).name == "group1/seed_0"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.device=gpu0", "train.device: 'gpu0' is not a device"),
+    ("train.device=cuda:x", "train.device: 'cuda:x' is not a device"),
+    ("model.gate_hidden=[-3]", "model.gate_hidden: sizes and counts must be >= 1 (got -3)"),
+    ("model.expert_sizes=[[8,-1]]", "model.expert_sizes: sizes and counts must be >= 1"),
+    ("model.embedding_dim=0", "model.embedding_dim: sizes and counts must be >= 1 (got 0)"),
+])
+def test_bad_devices_and_negative_sizes_are_config_errors(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, [override])
+    assert str(exc.value).startswith(message)
+
+
+def test_zero_shared_experts_and_gpu_strings_are_accepted():
+    cfg = load_config(None, ["model.name=ple", "model.shared_experts=0", "train.device=cuda:1"])
+    assert cfg.model["shared_experts"] == 0 and cfg.train.device == "cuda:1"

@@ -119,6 +119,33 @@ def test_missing_column(files: Path):
         load(files, "bad.csv")
 
 
+@pytest.mark.parametrize("header,column,where", [
+    ("age,price,user,item,click,watch,age", "age", "columns 1 and 7"),  # a used column twice
+    ("age,price,user,item,click,watch,w,x,x", "x", "columns 8 and 9"),  # an unused one
+])
+def test_repeated_header_name_is_an_error_naming_file_and_column(files, header, column, where):
+    lines = TRAIN.splitlines()
+    extra = header.count(",") - lines[0].count(",")
+    body = [ln + ",0" * extra for ln in lines[1:]]
+    write(files, "dup.csv", "\n".join([header, *body]) + "\n")
+    with pytest.raises(DataError, match=rf"dup\.csv: column '{column}' appears twice in the "
+                                        rf"header \({where}\)"):
+        load(files, "dup.csv")
+
+
+def test_repeated_column_name_in_parquet(files: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.table([pa.array([1.0, 2.0])] * 2 + [pa.array(["a", "b"])] * 2
+                 + [pa.array([0, 1]), pa.array([1.0, 2.0]), pa.array([1.0, 1.0]),
+                    pa.array([3.0, 4.0])],
+                 names=["age", "price", "user", "item", "click", "watch", "w", "price"])
+    pq.write_table(t, files / "dup.parquet")
+    with pytest.raises(DataError, match=r"dup\.parquet: column 'price' appears twice"):
+        load(files, "dup.parquet")
+
+
 def test_list_typed_categorical_column(files: Path):
     import pyarrow as pa
     import pyarrow.csv as pacsv

@@ -92,8 +92,10 @@ def test_write_sim_shards(tmp_path):
 
     out = write_sim_shards(tmp_path / "sim", "group1", rows=2_500, shard_rows=1_000,
                            valid_rows=200, test_rows=300, row_group_rows=400)
-    shards = sorted((out / "train").iterdir())
+    shards = sorted((out / "train").glob("*.parquet"))
     assert [p.name for p in shards] == [f"part-0000{i}.parquet" for i in range(3)]
+    assert sorted(p.name for p in (out / "train").iterdir() if p.suffix != ".parquet") == [
+        "adatt-manifest.json"]
     md = [pq.ParquetFile(p).metadata for p in shards]
     assert [m.num_rows for m in md] == [1000, 1000, 500]
     assert [md[0].row_group(i).num_rows for i in range(md[0].num_row_groups)] == [400, 400, 200]
@@ -368,3 +370,104 @@ def test_trainer_max_examples(toy, tmp_path):
     dense, cat = enc.encode(enc.read(toy / "valid.parquet"), toy / "valid.parquet")
     s = load(toy)
     assert np.array_equal(cat, s.valid.cat.numpy()) and np.array_equal(dense, s.valid.dense.numpy())
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def _damage(path: Path, offset: int, data: bytes) -> None:
+    """Overwrite bytes of ``path`` in place (its size unchanged)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def _flip_in_values(path: Path) -> None:
+    """Flip bytes inside the first data page's values (the page header intact)."""
+    col = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    start = col.data_page_offset
+    _damage(path, start + col.total_compressed_size // 2, b"\x5a\xa5\x5a\xa5")
+
+
+def _epoch(out: Path, fit_rows: int = 1_000_000):
+    s = load_stream(out / "schema.yaml", out / "train", out / "valid.parquet",
+                    out / "test.parquet", fit_rows=fit_rows)
+    return list(s.train.stream(256, seed=0, shuffle_buffer=512).epoch_batches(0))
+
+
+@pytest.fixture
+def shards_dir(tmp_path):
+    from adatt.data import manifest
+
+    out = write_sim_shards(tmp_path / "sim", "group1", rows=2_000, shard_rows=1_000,
+                           valid_rows=200, test_rows=200, row_group_rows=500)
+    yield out
+    for p in out.rglob("*.parquet"):
+        manifest.forget(p)
+
+
+def test_manifest_lists_every_file_with_its_checksum(shards_dir):
+    import hashlib
+    import json
+
+    doc = json.loads((shards_dir / "train" / "adatt-manifest.json").read_text())
+    assert doc["format"] == "adatt-manifest" and doc["algorithm"] == "sha256"
+    assert sorted(doc["files"]) == ["part-00000.parquet", "part-00001.parquet"]
+    p = shards_dir / "train" / "part-00001.parquet"
+    assert doc["files"][p.name] == {"bytes": p.stat().st_size,
+                                    "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    top = json.loads((shards_dir / "adatt-manifest.json").read_text())
+    assert sorted(top["files"]) == ["schema.yaml", "test.parquet", "valid.parquet"]
+
+
+def test_flipped_bytes_in_a_shard_are_an_error_naming_it(shards_dir):
+    clean = _epoch(shards_dir)
+    bad = shards_dir / "train" / "part-00001.parquet"
+    _flip_in_values(bad)
+    with pytest.raises(DataError, match=r"part-00001\.parquet: damaged: its SHA-256 differs"):
+        _epoch(shards_dir)
+    # without the manifest (shards of another tool) the same bytes are read unverified
+    (shards_dir / "train" / "adatt-manifest.json").unlink()
+    try:
+        got = _epoch(shards_dir)
+    except DataError as e:  # or the damage breaks decoding: still named
+        assert "part-00001.parquet" in str(e)
+    else:
+        assert not same(got, clean)
+
+
+def test_damaged_page_header_is_named_without_a_manifest(shards_dir):
+    (shards_dir / "train" / "adatt-manifest.json").unlink()
+    bad = shards_dir / "train" / "part-00000.parquet"
+    col = pq.ParquetFile(bad).metadata.row_group(1).column(3)
+    _damage(bad, col.data_page_offset, b"\xff" * 12)
+    with pytest.raises(DataError, match=r"part-00000\.parquet: damaged, cannot decode"):
+        _epoch(shards_dir)  # the encoding's sample reads it
+    with pytest.raises(DataError, match=r"part-00000\.parquet, row group 1: damaged, cannot "
+                                        r"decode \(.*page header") as e:
+        _epoch(shards_dir, fit_rows=10)  # the sample stops in row group 0: the stream finds it
+    assert "\n" not in str(e.value)
+
+
+def test_changed_size_is_found_before_training(shards_dir):
+    bad = shards_dir / "train" / "part-00000.parquet"
+    bad.write_bytes(bad.read_bytes() + b"\0")
+    with pytest.raises(DataError, match=r"part-00000\.parquet: damaged: .* bytes, but "
+                                        r"adatt-manifest\.json"):
+        load_stream(shards_dir / "schema.yaml", shards_dir / "train",
+                    shards_dir / "valid.parquet", shards_dir / "test.parquet")
+
+
+def test_damaged_validation_file_and_manifest(shards_dir):
+    _flip_in_values(shards_dir / "valid.parquet")
+    with pytest.raises(DataError, match=r"valid\.parquet: damaged: its SHA-256"):
+        _epoch(shards_dir)
+    (shards_dir / "train" / "adatt-manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"adatt-manifest\.json: damaged manifest"):
+        _epoch(shards_dir)
+
+
+def test_a_foreign_manifest_file_is_ignored(shards_dir):
+    clean = _epoch(shards_dir)
+    (shards_dir / "train" / "adatt-manifest.json").write_text('{"files": "someone else\'s"}')
+    assert same(_epoch(shards_dir), clean)

@@ -31,6 +31,12 @@ exactly the batches an uninterrupted stream would have yielded. The cost: the
 checkpoint carries the buffer (``S`` rows, about 200 bytes each for the
 simulator), resumption re-reads part of one row group.
 
+Integrity: a shard listed in an ``adatt-manifest.json`` beside it (written
+by ``adatt data write-shards``) is checked against its SHA-256 when this
+process first opens it (:mod:`adatt.data.manifest`); a shard that cannot be
+decoded (a damaged page) is a :class:`~adatt.data.errors.DataError` naming the
+shard and the row group.
+
 Memory: the buffer, one decoded record batch (``read_rows`` rows) and what
 pyarrow holds for one row group -- write shards with row groups of moderate
 size (the simulator writes 65,536 rows per row group).
@@ -63,8 +69,9 @@ import torch
 from adatt.data.batch import Batch, TensorDataset
 from adatt.data.encoding import FeatureEncoding, Rows
 from adatt.data.errors import DataError
+from adatt.data.manifest import prefetch, verify
 from adatt.data.schema import FeatureSchema
-from adatt.data.shards import READ_ROWS, Shard, open_shard
+from adatt.data.shards import READ_ROWS, Shard, next_batch, open_shard
 from adatt.data.tables import FileSchema
 
 __all__ = ["ParquetShards", "ShardStream"]
@@ -204,12 +211,15 @@ class ShardStream:
         shard = self.data.shards[self.order[self.shard_pos]]
         rg = int(self._groups[self.rg_pos])
         if self._it is None:
+            verify(shard.path)  # once per shard per process, when a manifest lists it
+            if self.shard_pos + 1 < len(self.order):  # hash the next shard meanwhile
+                prefetch(self.data.shards[self.order[self.shard_pos + 1]].path)
             pf = open_shard(shard.path)
             self._it = pf.iter_batches(batch_size=self.read_rows, row_groups=[rg],
                                        columns=self.data.file_schema.columns, use_threads=False)
             self._it_row = 0
         while True:
-            rb = next(self._it, None)
+            rb = next_batch(self._it, shard.path, rg)
             if rb is None:
                 raise DataError(f"{shard.path}: row group {rg} ended after {self._it_row} rows; "
                                 f"its footer says {shard.row_groups[rg]} (file changed?)")

@@ -5,15 +5,24 @@ Layout (your own data can look the same)::
     DIR/schema.yaml                 the files schema (adatt.data.files), standardize: false
     DIR/train/part-00000.parquet    training shards, read a row group at a time
     DIR/train/part-00001.parquet    ...
+    DIR/train/adatt-manifest.json   size and SHA-256 of every shard (adatt.data.manifest)
     DIR/valid.parquet               validation and test: small, loaded in memory
     DIR/test.parquet
+    DIR/adatt-manifest.json         size and SHA-256 of valid, test and schema.yaml
+
+Every file is written to a temporary file and renamed into place; the
+manifests are written last. A killed run leaves no partial file under a final
+name, and its temporary files are removed by the next run writing into the
+same directory (:mod:`adatt.data.tempfiles`). ``--out`` naming an existing
+file (not a directory), a directory that cannot be written and a full disk are
+one-line :class:`~adatt.data.errors.DataError`.
 
 Example:
     >>> import tempfile
     >>> d = write_sim_shards(tempfile.mkdtemp(), "group1", rows=3_000, shard_rows=1_000,
     ...                      valid_rows=200, test_rows=200, row_group_rows=500)
     >>> sorted(p.name for p in (d / "train").iterdir())
-    ['part-00000.parquet', 'part-00001.parquet', 'part-00002.parquet']
+    ['adatt-manifest.json', 'part-00000.parquet', 'part-00001.parquet', 'part-00002.parquet']
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import os
 from pathlib import Path
 
 from adatt.data.errors import DataError
+from adatt.data.manifest import MANIFEST, write_manifest
+from adatt.data.tempfiles import sweep, temp_name
 
 __all__ = ["write_sim_shards"]
 
@@ -72,13 +83,21 @@ def write_sim_shards(
         raise DataError("rows, shard_rows, row_group_rows, valid_rows and test_rows must be >= 1")
     out = Path(out)
     train_dir = out / "train"
+    for d in (out, train_dir):
+        if d.exists() and not d.is_dir():
+            raise DataError(f"{d}: exists and is not a directory; give --out a directory")
     old = sorted(train_dir.glob("part-*.parquet")) if train_dir.is_dir() else []
     if old and not overwrite:
         raise DataError(f"{out}: already holds shards ({len(old)} in {train_dir}); "
                         "pass --overwrite to replace them")
-    for p in old:
-        p.unlink()
-    train_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        train_dir.mkdir(parents=True, exist_ok=True)
+        for d in (out, train_dir):
+            sweep(d)  # temporary files of killed runs
+        for p in (train_dir / MANIFEST, out / MANIFEST, *old):  # manifests first
+            p.unlink(missing_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot write ({e.strerror or e})") from None
     tasks = PRESETS[preset].tasks
     fields = ([pa.field(c, pa.float32()) for c in DENSE]
               + [pa.field(c, pa.int64()) for c in CATEGORICAL]
@@ -89,26 +108,41 @@ def write_sim_shards(
                disable=not progress, desc="write shards")
 
     def write(path: Path, start: int, stop: int) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with pq.ParquetWriter(tmp, arrow_schema, compression="snappy") as w:
-            for b in sim.chunks(row_group_rows, start, stop):
-                d, c, y = b.dense.numpy(), b.cat.numpy(), b.labels.numpy()
-                cols = ([pa.array(d[:, j]) for j in range(d.shape[1])]
-                        + [pa.array(c[:, j]) for j in range(c.shape[1])]
-                        + [pa.array(y[:, j]) for j in range(y.shape[1])])
-                w.write_table(pa.Table.from_arrays(cols, schema=arrow_schema))
-                bar.update(len(b))
-        os.replace(tmp, path)
+        tmp = temp_name(path)
+        try:
+            with pq.ParquetWriter(tmp, arrow_schema, compression="snappy") as w:
+                for b in sim.chunks(row_group_rows, start, stop):
+                    d, c, y = b.dense.numpy(), b.cat.numpy(), b.labels.numpy()
+                    cols = ([pa.array(d[:, j]) for j in range(d.shape[1])]
+                            + [pa.array(c[:, j]) for j in range(c.shape[1])]
+                            + [pa.array(y[:, j]) for j in range(y.shape[1])])
+                    w.write_table(pa.Table.from_arrays(cols, schema=arrow_schema))
+                    bar.update(len(b))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     n_shards = math.ceil(rows / shard_rows)
-    for s in range(n_shards):
-        write(train_dir / f"part-{s:05d}.parquet", s * shard_rows, min(rows, (s + 1) * shard_rows))
-    write(out / "valid.parquet", rows, rows + valid_rows)
-    write(out / "test.parquet", rows + valid_rows, rows + valid_rows + test_rows)
-    bar.close()
+    names = [f"part-{s:05d}.parquet" for s in range(n_shards)]
     header = (f"# simulator preset {preset}, seed {seed}: {rows} training rows in {n_shards} "
               f"shards, {valid_rows} valid, {test_rows} test rows\n")
     doc = {"dense": list(DENSE), "categorical": list(CATEGORICAL),
            "labels": {t: TASKS[t].kind for t in tasks}, "standardize": False}
-    (out / "schema.yaml").write_text(header + yaml.safe_dump(doc, sort_keys=False))
+    try:
+        for s, name in enumerate(names):
+            write(train_dir / name, s * shard_rows, min(rows, (s + 1) * shard_rows))
+        write(out / "valid.parquet", rows, rows + valid_rows)
+        write(out / "test.parquet", rows + valid_rows, rows + valid_rows + test_rows)
+        bar.close()
+        schema_tmp = temp_name(out / "schema.yaml")
+        try:
+            schema_tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+            os.replace(schema_tmp, out / "schema.yaml")
+        finally:
+            schema_tmp.unlink(missing_ok=True)
+        write_manifest(train_dir, names)
+        write_manifest(out, ["valid.parquet", "test.parquet", "schema.yaml"])
+    except (OSError, pa.ArrowException) as e:  # e.g. the disk is full
+        msg = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
+        raise DataError(f"{out}: cannot write the shards ({msg})") from None
     return out

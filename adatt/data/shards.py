@@ -4,7 +4,9 @@
 ``*.parquet`` / ``*.pq`` in it), a glob (``DIR/train/part-*.parquet``) or one
 file; shards are taken in sorted path order. Only the footers are read up
 front (row counts, row groups, column types), checked: every shard must have
-the schema's columns, with the same types as the first shard.
+the schema's columns, with the same types as the first shard, and the size
+an ``adatt-manifest.json`` beside it records, if any (:mod:`adatt.data.manifest`;
+the stream checks the SHA-256 when it reads the shard).
 
 Example:
     >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -22,14 +24,16 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adatt.data.errors import DataError
-from adatt.data.tables import PARQUET_SUFFIXES, FileSchema, check_columns
+from adatt.data.manifest import check_size
+from adatt.data.tables import PARQUET_SUFFIXES, FileSchema, check_columns, check_unique
 
-__all__ = ["READ_ROWS", "Shard", "find_shards", "open_shard", "inspect_shards"]
+__all__ = ["READ_ROWS", "Shard", "find_shards", "open_shard", "next_batch", "inspect_shards"]
 
 READ_ROWS = 65_536  # rows per decoded record batch
 
@@ -86,6 +90,20 @@ def open_shard(path: Path) -> Any:
         raise DataError(f"{path}: cannot read as Parquet ({msg})") from None
 
 
+def next_batch(batches: Iterator[Any], path: Path, row_group: int | None = None) -> Any:
+    """The next record batch of a shard's ``iter_batches`` (None at the end); a damaged
+    page or column chunk is a one-line :class:`DataError` naming the shard."""
+    import pyarrow as pa
+
+    try:
+        return next(batches, None)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        where = f", row group {row_group}" if row_group is not None else ""
+        msg = " ".join(str(e).split())[:200]
+        raise DataError(f"{path}{where}: damaged, cannot decode ({msg}); restore the shard "
+                        "or write it again") from None
+
+
 def inspect_shards(paths: list[Path], fs: FileSchema) -> list[Shard]:
     """Footers of every shard, checked: the schema's columns, the same types as the first."""
     import pyarrow as pa
@@ -93,8 +111,11 @@ def inspect_shards(paths: list[Path], fs: FileSchema) -> list[Shard]:
     shards: list[Shard] = []
     first: tuple[Path, dict[str, Any]] | None = None
     for path in paths:
+        if path.is_file():
+            check_size(path)  # against adatt-manifest.json, when one lists the shard
         pf = open_shard(path)
         arrow = pf.schema_arrow
+        check_unique(path, arrow.names)
         check_columns(path, fs, arrow.names)
         types = {c: arrow.field(c).type for c in fs.columns}
         for c in fs.categorical:

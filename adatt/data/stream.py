@@ -38,6 +38,12 @@ Encoding (the same for the training stream and the in-memory valid / test)
     The encoding is saved in ``info["encoding"]`` (the run's ``data.json``), so
     that ``adatt predict`` and ``adatt export`` encode raw columns as training did.
 
+Integrity: shards written by ``adatt data write-shards`` carry an
+``adatt-manifest.json`` (size and SHA-256 per file); sizes are checked when
+the shards are inspected, each shard's SHA-256 when the stream first reads it
+in a process, valid / test when they are loaded (:mod:`adatt.data.manifest`).
+Shards written by other tools have no manifest and are read unverified.
+
 Errors: a missing shard, an empty pattern, a file that is not Parquet, a
 missing column, a shard whose column types differ from the first shard's, a
 bad value (with the row within its file) are one-line
@@ -71,7 +77,14 @@ from adatt.data.errors import DataError
 from adatt.data.schema import FeatureSchema, TaskSpec
 from adatt.data.shard_stream import ParquetShards, ShardStream
 from adatt.data.shard_writer import write_sim_shards
-from adatt.data.shards import READ_ROWS, Shard, find_shards, inspect_shards, open_shard
+from adatt.data.shards import (
+    READ_ROWS,
+    Shard,
+    find_shards,
+    inspect_shards,
+    next_batch,
+    open_shard,
+)
 from adatt.data.sources import InMemorySource, batch_source
 from adatt.data.splits import Splits
 from adatt.data.tables import (
@@ -115,8 +128,9 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
     for shard in shards:
         got = 0
         pf = open_shard(shard.path)
-        for rb in pf.iter_batches(batch_size=min(per_shard, READ_ROWS), columns=fs.columns,
-                                  use_threads=False):
+        batches = pf.iter_batches(batch_size=min(per_shard, READ_ROWS), columns=fs.columns,
+                                  use_threads=False)
+        while (rb := next_batch(batches, shard.path)) is not None:
             rb = rb.slice(0, per_shard - got)
             try:
                 cat = ([category_text(rb.column(c)) for c in fs.categorical]

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from adatt.data.errors import DataError
+from adatt.data.manifest import verify
 
 __all__ = [
     "SCHEMA_KEYS",
@@ -46,6 +47,7 @@ __all__ = [
     "file_suffix",
     "read_table",
     "read_header",
+    "check_unique",
     "check_columns",
     "numbers",
     "category_text",
@@ -162,6 +164,7 @@ def read_table(path: Path, schema: FileSchema) -> Any:
         raise DataError(f"{path}: cannot read (permission denied)")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
+    verify(path)  # when an adatt-manifest.json beside it lists it (adatt.data.manifest)
     suffix = file_suffix(path)
     try:
         if suffix in PARQUET_SUFFIXES:
@@ -193,10 +196,27 @@ def check_columns(path: Path, schema: FileSchema, have: list[str]) -> None:
             )
 
 
+def check_unique(path: PathLike, have: list[str]) -> None:
+    """A :class:`DataError` naming the first column name that appears twice in ``have``.
+
+    >>> check_unique("in.csv", ["a", "b", "a"])
+    Traceback (most recent call last):
+    ...
+    adatt.data.errors.DataError: in.csv: column 'a' appears twice in the header (columns 1 and 3)...
+    """
+    first: dict[str, int] = {}
+    for i, c in enumerate(have):
+        if c in first:
+            raise DataError(f"{path}: column {c!r} appears twice in the header (columns "
+                            f"{first[c] + 1} and {i + 1}): ambiguous, rename one")
+        first[c] = i
+
+
 def _read_parquet(path: Path, schema: FileSchema) -> Any:
     import pyarrow.parquet as pq
 
     have = pq.read_schema(path).names
+    check_unique(path, have)
     check_columns(path, schema, have)
     return pq.read_table(path, columns=schema.columns)
 
@@ -238,7 +258,8 @@ def _read_csv(path: Path, schema: FileSchema, tab: bool) -> Any:
 
 
 def read_header(path: Path, delimiter: str) -> list[str]:
-    """Column names of a CSV file's first line (handles quoting; compressed files via pyarrow)."""
+    """Column names of a CSV file's first line (handles quoting; compressed files via
+    pyarrow); a name that appears twice is a :class:`DataError` (:func:`check_unique`)."""
     import csv
     import io
 
@@ -247,7 +268,9 @@ def read_header(path: Path, delimiter: str) -> list[str]:
     with pa.input_stream(str(path), compression="detect") as f:
         first = f.read(1 << 16).decode("utf-8", "replace")
     line = first.splitlines()[0] if first else ""
-    return next(csv.reader(io.StringIO(line), delimiter=delimiter), [])
+    names = next(csv.reader(io.StringIO(line), delimiter=delimiter), [])
+    check_unique(path, names)
+    return names
 
 
 # --------------------------------------------------------------------------- converting

@@ -89,9 +89,10 @@ def is_plain() -> bool:
 
 
 def exporting() -> bool:
-    """Tracing, scripting, compiling or ONNX export: keep the graph's plain ops."""
+    """Tracing, scripting, compiling, ``torch.export`` or ONNX export: keep the graph's
+    plain ops and no branch on the batch size or the thread count."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 
 # ----------------------------------------------------------------------------- bag_sum
@@ -275,8 +276,9 @@ def row_splits(x: Tensor, w: Tensor) -> int:
     S, B, D = x.shape
     threads = torch.get_num_threads()
     k = threads // math.gcd(S, threads)
-    if (k == 1 or D * w.shape[-1] < 8192 or B % k or B // k < 64 or x.device.type != "cpu"
-            or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or exporting()
+    if (exporting()  # first: no guard on the batch size in an exported graph
+            or k == 1 or D * w.shape[-1] < 8192 or B % k or B // k < 64 or x.device.type != "cpu"
+            or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
             or torch._C._functorch.is_batchedtensor(x)):
         return 1
     return k

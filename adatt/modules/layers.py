@@ -177,6 +177,8 @@ class InputLinear(nn.Module):
         if self.dense_weight is not None:
             if out is None:
                 out = torch.addmm(self.bias, dense, self.dense_weight)  # [B,Dd] x [Dd,N] -> [B,N]
+            elif out.dtype != self.dense_weight.dtype:  # bf16 autocast: addmm_ would not cast
+                out = torch.addmm(out, dense, self.dense_weight)  # [B,N] + [B,Dd] x [Dd,N]
             else:
                 out = out.addmm_(dense, self.dense_weight)  # += [B,Dd] x [Dd,N], in place
         return out
@@ -215,11 +217,12 @@ class InputLinear(nn.Module):
         embeddings of 8 this first layer trains 1.5-2.5x faster, with 16 about
         3x; with large vocabularies the table would cost more than it saves.
         """
-        return (self.embedding is not None and self.pad_card <= MAX_TABLE_CARD
+        return (not exporting()  # first: no guard on the batch size in an exported graph
+                and self.embedding is not None and self.pad_card <= MAX_TABLE_CARD
                 and cat.device.type == "cpu"
                 and self.embedding_dim >= 4 and 4 * self.pad_card <= cat.shape[-2]
                 and self.cat_weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and not exporting())
+                and not torch.is_autocast_enabled("cpu"))
 
     def product_table(self, emb_weight: Tensor | None = None,
                       cat_weight: Tensor | None = None) -> Tensor:

@@ -18,11 +18,14 @@ binary task, the model's raw output for a regression task.
 
 Each artefact is written to a temporary file next to ``output``, loaded back
 and checked against the eager model on random inputs of batch sizes other
-than the one used to export (1 and 5; 4 at export time), then renamed into
-place; a JSON sidecar ``<output>.json`` describes the inputs (names, dtypes,
-shapes, dense column names, categorical fields and cardinalities), the
-outputs (task names, kinds, transform) and the check. For a run on raw
-columns (the user's files, streamed shards), the fitted encoding
+than the one used to export (1, 7 and 512; 4 at export time), then renamed into
+place. The batch dimension is dynamic in every format, at any thread count:
+the model's eager-mode shortcuts that depend on the batch size or the number
+of threads (:mod:`adatt.modules.layers`) are off while exporting. A JSON
+sidecar ``<output>.json`` describes the inputs (names, dtypes, shapes, dense
+column names, categorical fields and cardinalities), the outputs (task names,
+kinds, transform) and the check. For a run on raw columns (the user's files,
+streamed shards), the fitted encoding
 (vocabularies or hashing, dense scaling: :mod:`adatt.data.encoding`, as saved
 in the run's ``data.json``) is written to ``<output>.preprocess.json``.
 
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,8 +86,11 @@ SUFFIXES = {"torchscript": ".pt", "export": ".pt2", "onnx": ".onnx"}
 INPUT_NAMES = ("dense", "cat")
 OUTPUT_NAME = "predictions"
 EXAMPLE_BATCH = 4  # export-time batch; >= 2 so that torch.export keeps the dimension symbolic
-CHECK_BATCHES = (1, 5)  # batch sizes the saved artefact is checked on
+CHECK_BATCHES = (1, 7, 512)  # batch sizes the saved artefact is checked on
 TOLERANCE = 1e-5
+#: files of a run directory an export must never replace
+RUN_FILES = ("config.yaml", "best.pt", "checkpoint.pt", "data.json", "results.json",
+             "metrics.jsonl")
 INSTALL_HINT = "pip install adatt[serve]  (onnx, onnxscript, onnxruntime)"
 
 
@@ -320,6 +327,10 @@ def export_run(
         require_onnx()  # before the (possibly slow) data loading
     cfg, model, schema, data_name, encoding = load_for_serving(run_dir)
     output = Path(output) if output is not None else default_output(run_dir, fmt)
+    for name in RUN_FILES:  # the run's own files: the model being exported, its config, ...
+        mine = Path(run_dir) / name
+        if mine.exists() and output.exists() and os.path.samefile(mine, output):
+            raise ServeError(f"{output}: is the run's {name}; write the export to another file")
     extra: dict[str, Any] = {
         "run": str(run_dir),
         "model": cfg.model["name"],

@@ -8,7 +8,8 @@ and ``cat [N, F]`` as the run's training data was encoded, runs the model in
 batches and writes one column per task -- ``<task>_prob`` (binary,
 ``sigmoid(logit)``) or ``<task>_pred`` (regression, the raw output) -- plus an
 optional id column passed through, to a Parquet or CSV file (written to a
-temporary file and renamed: no partial output).
+temporary file and renamed: no partial output; an output naming the input
+file, also through a link or another relative path, is refused).
 
 How input columns are encoded (:class:`~adatt.data.encoding.FeatureEncoding`)
     * A run on raw columns (``data.source: files`` or ``stream``): the columns
@@ -194,6 +195,16 @@ def _write_table(table: Any, output: Path) -> None:
             raise ServeError(f"{output}: cannot write ({e.strerror or e})") from None
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (relative paths, symbolic and hard links)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
 def predict_file(
     run_dir: PathLike,
     input: PathLike,
@@ -215,6 +226,9 @@ def predict_file(
         predictor: an already loaded :class:`Predictor` of ``run_dir`` (skips loading).
     """
     input, output = Path(input), Path(output)
+    if _same_file(input, output):
+        raise ServeError(f"{output}: is the input file ({input}); write the predictions to "
+                         "another file")
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ServeError(f"{output}: the output must end in {', '.join(OUTPUT_SUFFIXES)}")
     if batch_size is not None and batch_size < 1:

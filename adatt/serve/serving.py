@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from torch import Tensor, nn
 
 from adatt.data.encoding import FeatureEncoding
 from adatt.data.schema import FeatureSchema
+from adatt.data.tempfiles import sweep, temp_name
 from adatt.train.rundir import RunError
 
 __all__ = [
@@ -111,33 +111,27 @@ def output_columns(schema: FeatureSchema) -> list[str]:
 def atomic_target(output: Path) -> Iterator[Path]:
     """A temporary path next to ``output`` (same suffix); renamed to ``output`` on success.
 
-    A file system problem (no permission, ``output`` a directory) is a :class:`ServeError`.
+    The temporary name and the sweep of those left by killed processes:
+    :mod:`adatt.data.tempfiles`. A file system problem (no permission, ``output``
+    a directory) is a :class:`ServeError`.
     """
     if output.is_dir():
         raise ServeError(f"{output}: is a directory; give a file name")
+    tmp = temp_name(output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.",
-                                        suffix=".tmp" + output.suffix)
+        sweep(output.parent)  # temporary files of killed adatt processes (adatt.data.tempfiles)
+        tmp.write_bytes(b"")
     except OSError as e:
         raise ServeError(f"{output}: cannot write ({e.strerror or e})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
         yield tmp
         try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
             os.replace(tmp, output)
         except OSError as e:
             raise ServeError(f"{output}: cannot write ({e.strerror or e})") from None
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_json(obj: Any, path: Path) -> None:
