@@ -196,9 +196,10 @@ class RunDir:
         for stale in ("best.pt", "checkpoint.pt", "results.json", "best.pt.sha256",
                       "checkpoint.pt.sha256"):
             self.file(stale).unlink(missing_ok=True)
-        with _disk_errors(self.path):
+        with _disk_errors(self.file("config.yaml")):
             atomic_write(dump_config(cfg), self.file("config.yaml"))
-            self.write_data(splits)
+        self.write_data(splits)
+        with _disk_errors(self.file("metrics.jsonl")):
             atomic_write("", self.file("metrics.jsonl"))
 
     def write_data(self, splits: Any) -> None:
@@ -207,7 +208,8 @@ class RunDir:
         that the run can be served and exported without its training data."""
         if self.writes:
             meta = {"name": splits.name, "schema": splits.schema.to_dict(), "info": splits.info}
-            atomic_write(json.dumps(meta), self.file("data.json"))
+            with _disk_errors(self.file("data.json")):
+                atomic_write(json.dumps(meta), self.file("data.json"))
 
     # ------------------------------------------------------------------ metrics.jsonl
     def append_metrics(self, info: dict[str, Any]) -> None:
