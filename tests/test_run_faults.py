@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,15 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run([sys.executable, "-m", "adatt", *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+def inproc(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``adatt ...`` through :func:`adatt.cli.main` in this process (cheaper than a
+    subprocess; the subprocess form is tested once per behaviour)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def one_line_error(p: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -70,22 +80,22 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 
 # ---------------------------------------------------------------- resume semantics
-def test_resume_with_a_changed_config_names_the_differing_keys(done, tmp_path):
+def test_resume_with_a_changed_config_names_the_differing_keys(done, tmp_path, capsys):
     run = copy_run(done, tmp_path / "done")
     before = (run / "config.yaml").read_text()
     err = one_line_error(cli("train", *BASE, f"out_dir={tmp_path}", "name=done",
                              "train.epochs=2", "train.optimizer.lr=1e-2", "--resume"))
     assert err.startswith("error:") and "train.optimizer.lr" in err and "--overwrite" in err
     # a changed model: the same error, never a size-mismatch traceback
-    err = one_line_error(cli("train", *BASE, f"out_dir={tmp_path}", "name=done",
-                             "train.epochs=2", "model.expert_sizes=[[32]]", "--resume"))
+    err = one_line_error(inproc(capsys, "train", *BASE, f"out_dir={tmp_path}", "name=done",
+                                "train.epochs=2", "model.expert_sizes=[[32]]", "--resume"))
     assert "model.expert_sizes" in err and "size mismatch" not in err
     assert (run / "config.yaml").read_text() == before  # refused: nothing changed
 
 
-def test_resume_applies_and_records_the_allowed_keys(done, tmp_path):
+def test_resume_applies_and_records_the_allowed_keys(done, tmp_path, capsys):
     run = copy_run(done, tmp_path / "done")
-    p = cli("train", *BASE, f"out_dir={tmp_path}", "name=done", "train.epochs=3",
+    p = inproc(capsys, "train", *BASE, f"out_dir={tmp_path}", "name=done", "train.epochs=3",
             "train.selection.patience=5", "--resume")
     assert p.returncode == 0, p.stderr
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -96,7 +106,7 @@ def test_resume_applies_and_records_the_allowed_keys(done, tmp_path):
 
 @pytest.mark.parametrize("fault", ["truncated checkpoint", "flipped checkpoint",
                                    "missing metrics", "damaged metrics"])
-def test_damaged_run_files_on_resume_are_one_line_errors(done, tmp_path, fault):
+def test_damaged_run_files_on_resume_are_one_line_errors(done, tmp_path, capsys, fault):
     run = copy_run(done, tmp_path / "done")
     ck = run / "checkpoint.pt"
     if fault == "truncated checkpoint":
@@ -109,15 +119,16 @@ def test_damaged_run_files_on_resume_are_one_line_errors(done, tmp_path, fault):
         (run / "metrics.jsonl").unlink()
     else:
         (run / "metrics.jsonl").write_text('{"eval": 1}\n{"ev')
-    err = one_line_error(cli("train", *BASE, f"out_dir={tmp_path}", "name=done",
-                             "train.epochs=3", "--resume"))
+    run_cli = cli if fault == "truncated checkpoint" else partial(inproc, capsys)
+    err = one_line_error(run_cli("train", *BASE, f"out_dir={tmp_path}", "name=done",
+                                 "train.epochs=3", "--resume"))
     name = "checkpoint.pt" if "checkpoint" in fault else "metrics.jsonl"
     assert err.startswith("error:") and name in err, err
 
 
-def test_damaged_or_unchecksummed_best_pt(done, tmp_path):
+def test_damaged_or_unchecksummed_best_pt(done, tmp_path, capsys):
     run = copy_run(done, tmp_path / "done")
-    p = cli("eval", "--run", str(run))
+    p = inproc(capsys, "eval", "--run", str(run))
     assert p.returncode == 0, p.stderr
     data = bytearray((run / "best.pt").read_bytes())
     data[-40] ^= 0x01
@@ -127,11 +138,11 @@ def test_damaged_or_unchecksummed_best_pt(done, tmp_path):
     # a run made before checksums (no sidecar): a truncated file still fails to load cleanly
     (run / "best.pt.sha256").unlink()
     (run / "best.pt").write_bytes(bytes(data[:100]))
-    err = one_line_error(cli("eval", "--run", str(run)))
+    err = one_line_error(inproc(capsys, "eval", "--run", str(run)))
     assert "best.pt is damaged or truncated" in err
 
 
-def test_run_killed_before_its_first_checkpoint(tmp_path):
+def test_run_killed_before_its_first_checkpoint(tmp_path, capsys):
     cfg = load_config(None, [*BASE, f"out_dir={tmp_path}", "name=k", "train.epochs=1"])
     train(cfg)
     run = RunDir(tmp_path / "k")
@@ -140,7 +151,8 @@ def test_run_killed_before_its_first_checkpoint(tmp_path):
         run.file(f).unlink()  # as left by a kill before the first evaluation
     err = one_line_error(cli("train", *BASE, f"out_dir={tmp_path}", "name=k", "train.epochs=1"))
     assert "already exists" in err and "--overwrite" in err and "--resume" in err
-    p = cli("train", *BASE, f"out_dir={tmp_path}", "name=k", "train.epochs=1", "--resume")
+    p = inproc(capsys, "train", *BASE, f"out_dir={tmp_path}", "name=k", "train.epochs=1",
+               "--resume")
     assert p.returncode == 0, p.stderr  # nothing to keep: trained from scratch
     assert run.file("results.json").is_file()
 
