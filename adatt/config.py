@@ -122,6 +122,8 @@ class TrainConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
+    # a step with a non-finite loss: stop the run (an error) or skip the batch and count it
+    nonfinite: Literal["stop", "skip"] = "stop"
     weighting: str = "equal"  # loss weighting method, see `adatt.train.weighting`
     weighting_options: dict[str, Any] = {}
     task_weights: list[float] | None = None  # static per-task loss weights

@@ -63,7 +63,12 @@ def test_rundir_owns_every_file_and_only_a_writer_writes(tmp_path):
     run.check_new(resume=True, overwrite=False, advice="")
     run.start(cfg, splits)  # a fresh run removes the last run's outputs
     assert not run.file("best.pt").exists() and run.metrics() == []
-    with pytest.raises(RunError, match="nothing to resume"):
+    # killed before its first checkpoint: nothing trained to keep, --resume starts afresh
+    assert run.check_new(resume=True, overwrite=False, advice="") is False
+    for f in ("config.yaml", "data.json", "metrics.jsonl"):
+        run.file(f).unlink()
+    run.file("other.txt").write_text("not a run")
+    with pytest.raises(RunError, match="holds no run.*--overwrite"):
         run.check_new(resume=True, overwrite=False, advice="")
 
 

@@ -80,7 +80,8 @@ Cache
     options (``instance_weight``, ``split_seed``) and :data:`FORMAT_VERSION`;
     the file is written to a temporary name and renamed atomically. A cache
     hit does not read the raw files at all (its content was built from
-    verified files); an unreadable cache file is rebuilt.
+    verified files); an unreadable cache file is rebuilt, and one that cannot
+    be written (a full disk, a read-only cache) is a warning: the loaded data is used.
 
 Example:
     >>> len(COLUMNS), len(CATEGORICAL), len(CONTINUOUS)
@@ -703,8 +704,13 @@ def load_census(
         }
     )
     if use_cache:
-        _save_cache(cache_path, arrays, meta)
+        try:
+            _save_cache(cache_path, arrays, meta)
+        except OSError as e:  # a full disk or a read-only cache: the data loaded fine
+            warnings.warn(f"{cache_path}: census cache not written ({e.strerror or e}); the "
+                          "data loaded fine and is used uncached", stacklevel=2)
+            cache_path = None
     splits = _to_splits(arrays, meta)
     splits.info["from_cache"] = False
-    splits.info["cache_path"] = str(cache_path) if use_cache else None
+    splits.info["cache_path"] = str(cache_path) if use_cache and cache_path else None
     return splits

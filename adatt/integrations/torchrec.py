@@ -609,19 +609,29 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
     """
     from adatt.data.batch import TensorDataset, regression_label_variance
     from adatt.train.evaluation import evaluate
+    from adatt.train.guard import NonFiniteGuard
     from adatt.train.optim import make_optimizer, make_schedule
     from adatt.train.progress import Progress
     from adatt.train.results import build_results
     from adatt.train.rundir import RunDir
     from adatt.train.runs import load_splits_for
     from adatt.train.seeding import rng_state, set_rng_state
-    from adatt.train.selection import Selection, selection_score
+    from adatt.train.selection import (
+        Selection,
+        one_class_tasks,
+        selection_score,
+        warn_one_class,
+    )
 
     # ---------------------------------------------------------------- setup
     t_start = time.perf_counter()
     require_torchrec()
     tc = cfg.train
     model_name, dim, model_opts = _check_config(cfg)
+    if tc.nonfinite == "skip":
+        raise ConfigError("train.nonfinite=skip: not supported by the torchrec trainer (its "
+                          "fused sparse optimizer updates the tables inside the backward pass); "
+                          "use train.nonfinite=stop")
     if sharding not in SHARDINGS:
         raise ConfigError(f"sharding {sharding!r}: known: {', '.join(SHARDINGS)}")
     device = torch.device(tc.device)
@@ -638,16 +648,19 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         local_world = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
         torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // local_world))
         run = RunDir(Path(cfg.out_dir) / cfg.name, writes=rank == 0)
-        refusal: list[str | None] = [None]
+        refusal: list[Any] = [None, resume]
         if rank == 0:  # one rank checks the directory, every rank raises the same error
             try:
-                run.check_new(resume, overwrite, "pass --resume to continue it, --overwrite to "
-                              "replace it, or name=... for a new run")
+                refusal[1] = run.check_new(resume, overwrite, "pass --resume to continue it, "
+                                           "--overwrite to replace it, or name=... for a new run")
+                if refusal[1]:  # the stored config must match (RESUMABLE_KEYS may change)
+                    run.check_resume(cfg)
             except RunError as e:
                 refusal[0] = str(e)
         dist.broadcast_object_list(refusal, src=0)
         if refusal[0] is not None:
             raise RunError(refusal[0])
+        resume = refusal[1]
         if tc.batch_size % world:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be a multiple of the "
                               f"{world} processes")
@@ -680,15 +693,23 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         keys = schema.categorical
         label_var = regression_label_variance(train, schema)
         eval_every = tc.eval_every or steps_per_epoch * B  # default: once per epoch
+        one_class = one_class_tasks(splits.valid, schema)
+        if rank == 0:
+            warn_one_class(one_class, "validation", tc.selection.metric)
+        guard = NonFiniteGuard(tc.nonfinite, schema.task_names)
 
         progress, selection = Progress(next_eval=eval_every), Selection()
         epoch_losses: list[list[float]] = []  # mean training loss of every epoch
         if resume:
             ck = run.load_checkpoint("cpu")
-            load_full_state(model, ck["model"])
-            load_sparse_optimizer_state(model, ck["sparse_optimizer"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["schedule"])
+            try:
+                load_full_state(model, ck["model"])
+                load_sparse_optimizer_state(model, ck["sparse_optimizer"])
+                opt.load_state_dict(ck["optimizer"])
+                sched.load_state_dict(ck["schedule"])
+            except (KeyError, RuntimeError, ValueError) as e:
+                raise RunError(f"{run.file('checkpoint.pt')} does not fit this run "
+                               f"({str(e).splitlines()[0]}): --overwrite to start again") from None
             progress = Progress.from_state_dict(ck["state"])
             selection = Selection.from_state_dict(ck["state"])
             epoch_losses = ck["epoch_train_loss"]
@@ -703,7 +724,8 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
             """Score validation, update the selection, log, save best.pt and checkpoint.pt
             (every process: the full state is gathered to rank 0, which writes)."""
             metrics = evaluate(scored, splits.valid, schema, tc.eval_batch_size, distributed=True)
-            score, higher = selection_score(metrics, schema, tc.selection.metric, label_var)
+            score, higher = selection_score(metrics, schema, tc.selection.metric, label_var,
+                                            one_class)
             progress.evals += 1
             full = full_state_dict(model)
             if selection.update(score, higher, progress.at(), tc.selection.patience):
@@ -729,6 +751,8 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
                 b = train.batch(idx)  # this process's part of global batch s
                 losses = train_step(model, opt, b.dense, cat_to_kjt(b.cat, keys), b.labels,
                                     b.weight, loss_fn)  # [T] of the global batch
+                # stop: an error; the step is applied but never checkpointed
+                guard.check(losses, progress.step + 1)
                 sched.step()
                 progress.step += 1
                 progress.examples += B

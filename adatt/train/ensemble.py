@@ -99,6 +99,7 @@ from adatt.data.schema import FeatureSchema
 from adatt.models.base import MultiTaskModel
 from adatt.train.atomic import atomic_write
 from adatt.train.evaluation import evaluate
+from adatt.train.guard import NonFiniteGuard
 from adatt.train.losses import masked_elementwise
 from adatt.train.optim import make_optimizer, make_schedule, training_plan
 from adatt.train.progress import Progress
@@ -106,7 +107,12 @@ from adatt.train.results import build_results
 from adatt.train.rundir import RunDir
 from adatt.train.runs import build_model, finished_results
 from adatt.train.seeding import seed_everything
-from adatt.train.selection import Selection, selection_score
+from adatt.train.selection import (
+    Selection,
+    one_class_tasks,
+    selection_score,
+    warn_one_class,
+)
 from adatt.train.trainer import make_weighting, setup_runtime
 from adatt.train.weighting import WEIGHTINGS, Weighting
 
@@ -353,6 +359,10 @@ def check_ensemble_config(cfg: RunConfig) -> None:
     if tc.distributed:
         raise ConfigError("train.distributed=true: not supported by train_ensemble (its copies "
                           "are vectorised in one process)")
+    if tc.nonfinite == "skip":
+        raise ConfigError("train.nonfinite=skip: not supported by train_ensemble (its copies "
+                          "take every step together); use train.nonfinite=stop, or train the "
+                          "runs separately with `adatt train`")
     if cfg.data.source == "stream":
         raise ConfigError("data.source=stream: train_ensemble needs in-memory training data "
                           "(each copy gathers its own rows of every step)")
@@ -497,6 +507,9 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
     progress = Progress(next_eval=tc.eval_every or n_train)
     selections = [Selection() for _ in seeds]  # one per copy
     stop_examples = [0] * S  # examples seen when a copy's selection stopped
+    one_class = one_class_tasks(splits.valid, schema)
+    warn_one_class(one_class, "validation", tc.selection.metric)
+    guard = NonFiniteGuard(tc.nonfinite, schema.task_names, [f"seed {s}" for s in seeds])
 
     def evaluate_and_select(losses: Tensor) -> None:
         """Score all copies on validation; update each live copy's selection and log."""
@@ -508,7 +521,8 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
             if sel.done:
                 sel.improved = False
                 continue
-            score, higher = selection_score(metrics[k], schema, tc.selection.metric, label_var)
+            score, higher = selection_score(metrics[k], schema, tc.selection.metric, label_var,
+                                            one_class)
             if not sel.update(score, higher, progress.at(), tc.selection.patience) and sel.done:
                 stop_examples[k] = progress.examples
             run.append_metrics({**progress.at(), "train_loss": train_loss[k], "score": score,
@@ -545,6 +559,7 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
             idx = idx[:, : budget - progress.examples]  # [S,B] -> [S,B'] (budget cut)
             losses = train_step(model, loss_fn, opt, sched, train_data, idx, tc.bf16,
                                 scaling, tc.grad_clip)  # [S,T]
+            guard.check(losses, progress.step + 1)  # stop: an error naming the copy's seed
             n = idx.shape[1]
             progress.step += 1
             progress.examples += n

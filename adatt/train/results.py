@@ -4,7 +4,9 @@ Keys: ``name, model, data, tasks`` (task kinds), ``selected`` (the selected
 evaluation: ``{eval, epoch, step, examples}``), ``selection_metric``,
 ``selection_score``, ``valid`` and ``test`` (per task every metric of the
 selected weights), ``num_parameters``, ``train_examples``,
-``train_examples_per_s``, ``wall_time_s``, ``seed``, then the recipe's own
+``train_examples_per_s``, ``wall_time_s``, ``seed``, ``nonfinite_skipped``
+(batches skipped for a non-finite loss under ``train.nonfinite=skip``,
+:mod:`adatt.train.guard`), then the recipe's own
 keys (an ensemble's size, TorchRec's sharding plan, ...).
 
 Example:
@@ -33,7 +35,8 @@ __all__ = ["build_results"]
 def build_results(cfg: RunConfig, schema: FeatureSchema, selection: Selection, *,
                   valid: dict[str, Any], test: dict[str, Any], num_parameters: int,
                   examples: int, examples_per_s: float, wall_time_s: float,
-                  model: str | None = None, **extra: Any) -> dict[str, Any]:
+                  model: str | None = None, nonfinite_skipped: int = 0,
+                  **extra: Any) -> dict[str, Any]:
     """The results dict of a run of ``cfg`` (``model``: the reported model name,
     default ``cfg.model["name"]``); ``extra`` keys come last."""
     return {
@@ -51,5 +54,6 @@ def build_results(cfg: RunConfig, schema: FeatureSchema, selection: Selection, *
         "train_examples_per_s": examples_per_s,
         "wall_time_s": wall_time_s,
         "seed": cfg.train.seed,
+        "nonfinite_skipped": nonfinite_skipped,
         **extra,
     }

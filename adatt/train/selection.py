@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -23,8 +25,9 @@ import numpy as np
 
 from adatt.config import ConfigError
 from adatt.data.schema import FeatureSchema
+from adatt.train.rundir import RunError
 
-__all__ = ["Selection", "selection_score"]
+__all__ = ["Selection", "selection_score", "one_class_tasks", "warn_one_class"]
 
 
 @dataclass
@@ -69,37 +72,97 @@ class Selection:
         return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
 
 
+def one_class_tasks(data: Any, schema: FeatureSchema) -> list[str]:
+    """The binary tasks whose labels in ``data`` (rows of positive weight) are all one
+    class: their AUC and NE are undefined there. ``data`` without in-memory
+    ``labels`` (``[N, T]``) has none.
+
+    >>> import torch
+    >>> from adatt.data.batch import TensorDataset
+    >>> from adatt.data.schema import TaskSpec
+    >>> s = FeatureSchema((), (), (), (TaskSpec("a"), TaskSpec("b")))
+    >>> d = TensorDataset(torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.long),
+    ...                   torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 1.0]]))
+    >>> one_class_tasks(d, s)
+    ['b']
+    """
+    labels = getattr(data, "labels", None)
+    if labels is None:
+        return []
+    weight = getattr(data, "weight", None)
+    keep = slice(None) if weight is None else weight > 0
+    out = []
+    for t, task in enumerate(schema.tasks):
+        if task.kind == "binary":
+            y = labels[keep, t]  # [N']
+            if y.numel() == 0 or bool((y == y[0]).all()):
+                out.append(task.name)
+    return out
+
+
+def warn_one_class(tasks: Collection[str], split: str, metric: str) -> None:
+    """The warning for one-class ``tasks`` of ``split`` under ``train.selection.metric``."""
+    for task in tasks:
+        rule = ("it is left out of the selection score's mean"
+                if metric in ("auc", "ne", "loss") else "its logloss still counts")
+        warnings.warn(f"task {task!r} has one class in the {split} split: its AUC and NE are "
+                      f"undefined there; {rule} (train.selection.metric={metric})",
+                      stacklevel=2)
+
+
 def selection_score(metrics: dict[str, dict[str, float]], schema: FeatureSchema,
-                    metric: str, label_var: dict[str, float] | None = None) -> tuple[float, bool]:
+                    metric: str, label_var: dict[str, float] | None = None,
+                    one_class: Collection[str] = ()) -> tuple[float, bool]:
     """(score, higher_is_better) of validation ``metrics`` for checkpoint selection.
 
-    Tasks whose metric is undefined on the validation split (NaN: e.g. a rare task
-    with no positive there) are left out of the mean; when every task is undefined
-    the score is the worst possible, so it never wins.
+    The selection rule for tasks with one class on the validation split
+    (``one_class``, see :func:`one_class_tasks`): their AUC and NE are undefined,
+    so ``auc``, ``ne`` and ``loss`` selection average over the other tasks;
+    ``logloss`` and ``mse`` selection keep every task. When every task is
+    undefined the score is the worst possible, so it never wins. Any other
+    non-finite metric (a model whose outputs are NaN or infinite) is a
+    :class:`~adatt.train.rundir.RunError`: never a selected score.
 
     >>> from adatt.data.schema import FeatureSchema, TaskSpec
     >>> s = FeatureSchema((), (), (), (TaskSpec("a"), TaskSpec("b")))
-    >>> selection_score({"a": {"auc": 0.8}, "b": {"auc": float("nan")}}, s, "auc")
+    >>> ms = {"a": {"auc": 0.8, "logloss": 0.3}, "b": {"auc": float("nan"), "logloss": 0.1}}
+    >>> selection_score(ms, s, "auc", one_class=["b"])
     (0.8, True)
+    >>> ms["a"]["logloss"] = float("nan")
+    >>> selection_score(ms, s, "auc", one_class=["b"])
+    Traceback (most recent call last):
+    adatt.train.rundir.RunError: non-finite validation logloss of task 'a' (the model's ...
     """
     binary = [t.name for t in schema.tasks if t.kind == "binary"]
     regression = [t.name for t in schema.tasks if t.kind == "regression"]
+    for t in binary + regression:  # outputs that are not finite: never silently selected
+        m = "logloss" if t in binary else "mse"
+        v = metrics[t].get(m, 0.0)
+        if not np.isfinite(v):
+            raise RunError(f"non-finite validation {m} of task {t!r} (the model's outputs "
+                           "are not finite)")
     if metric == "auc" and not binary:
         metric = "mse"
+    defined = [t for t in binary if t not in one_class]
     if metric in ("auc", "ne", "logloss"):
         if not binary:
             raise ConfigError(f"train.selection.metric={metric} needs a binary task")
-        values, higher = [metrics[t][metric] for t in binary], metric == "auc"
+        tasks = binary if metric == "logloss" else defined
+        pairs, higher = [(t, metrics[t][metric]) for t in tasks], metric == "auc"
     elif metric == "mse":
         if not regression:
             raise ConfigError("train.selection.metric=mse needs a regression task")
-        values, higher = [metrics[t]["mse"] for t in regression], False
+        pairs, higher = [(t, metrics[t]["mse"]) for t in regression], False
     else:
         var = label_var or {}
-        values = [metrics[t]["ne"] for t in binary]
-        values += [metrics[t]["mse"] / max(var.get(t, 1.0), 1e-12) for t in regression]
+        pairs = [(t, metrics[t]["ne"]) for t in defined]
+        pairs += [(t, metrics[t]["mse"] / max(var.get(t, 1.0), 1e-12)) for t in regression]
         higher = False
-    finite = [v for v in values if v == v]
-    if not finite:
+    bad = [t for t, v in pairs if not np.isfinite(v)]
+    if bad:
+        raise RunError(f"non-finite validation {metric} of task {bad[0]!r} (a task with one "
+                       "class on the validation split has no AUC or NE)")
+    values = [v for _, v in pairs]
+    if not values:
         return (float("-inf") if higher else float("inf")), higher
-    return float(np.mean(finite)), higher
+    return float(np.mean(values)), higher

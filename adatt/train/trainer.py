@@ -46,6 +46,7 @@ import torch
 from adatt.config import ConfigError, RunConfig
 from adatt.train import distributed as ddp
 from adatt.train.evaluation import evaluate
+from adatt.train.guard import NonFiniteGuard
 from adatt.train.losses import TaskLoss
 from adatt.train.memory import keep_freed_memory
 from adatt.train.optim import make_optimizer, make_schedule, training_plan
@@ -60,7 +61,12 @@ from adatt.train.runs import (
     load_splits_for,
 )
 from adatt.train.seeding import rng_state, seed_everything, set_rng_state
-from adatt.train.selection import Selection, selection_score
+from adatt.train.selection import (
+    Selection,
+    one_class_tasks,
+    selection_score,
+    warn_one_class,
+)
 
 __all__ = ["train", "setup_runtime", "make_weighting",
            # components re-exported for existing callers (they live in their own modules)
@@ -107,8 +113,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     t_start = time.perf_counter()
     tc = cfg.train
     run = RunDir(Path(cfg.out_dir) / cfg.name)
-    run.check_new(resume, overwrite, "pass --resume to continue it, --overwrite to replace "
-                  "it, or name=... for a new run")
+    resume = run.check_new(resume, overwrite, "pass --resume to continue it, --overwrite to "
+                           "replace it, or name=... for a new run")
+    if resume:  # the stored config, with the requested values of the keys that may change
+        cfg = run.check_resume(cfg)
     ddp.init(tc)  # join torchrun's process group when launched by it (docs/distributed.md)
     device, splits = setup_runtime(cfg, splits)
     schema = splits.schema
@@ -127,6 +135,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     shared = model.shared_parameters()
     label_var = source.label_variance(schema)
     eval_every = tc.eval_every or n_train
+    one_class = one_class_tasks(splits.valid, schema)
+    if ddp.is_main():
+        warn_one_class(one_class, "validation", tc.selection.metric)
+    guard = NonFiniteGuard(tc.nonfinite, schema.task_names)
 
     progress = Progress(next_eval=eval_every, epoch_loss=[0.0] * schema.num_tasks)
     selection = Selection()
@@ -134,12 +146,17 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if resume:
         run.path.mkdir(parents=True, exist_ok=True)
         ck = run.load_checkpoint(device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["schedule"])
-        weighting.load_state_dict(ck["weighting"])
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["schedule"])
+            weighting.load_state_dict(ck["weighting"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise RunError(f"{run.file('checkpoint.pt')} does not fit this run "
+                           f"({str(e).splitlines()[0]}): --overwrite to start again") from None
         progress = Progress.from_state_dict(ck["state"])
         selection = Selection.from_state_dict(ck["state"])
+        guard.skipped = ck["state"].get("nonfinite_skipped", 0)
         source.load_state_dict(progress.source)  # a stream's exact position
         epoch_loss = torch.as_tensor(progress.epoch_loss, device=device)
         set_rng_state(ck["rng"])
@@ -163,7 +180,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     def evaluate_and_checkpoint(losses: torch.Tensor) -> None:
         """Score validation, update the selection, log, save ``best.pt`` and ``checkpoint.pt``."""
         metrics = evaluate(model, splits.valid, schema, tc.eval_batch_size)
-        score, higher = selection_score(metrics, schema, tc.selection.metric, label_var)
+        score, higher = selection_score(metrics, schema, tc.selection.metric, label_var,
+                                        one_class)
         progress.evals += 1
         if selection.update(score, higher, progress.at(), tc.selection.patience):
             run.save_best(model.state_dict())
@@ -178,6 +196,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         state = progress.state_dict()
         state["wall_time"] = progress.wall_time + time.perf_counter() - t_start
         state.update(selection.state_dict())
+        state["nonfinite_skipped"] = guard.skipped
         run.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
                              "schedule": sched.state_dict(), "weighting": weighting.state_dict(),
                              "state": state, "rng": rng_state()})
@@ -198,11 +217,14 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
                 logits = net(batch.dense, batch.cat)  # [B, T]
             losses = shard.losses(loss_fn, logits.float(), batch)  # [T] of the global batch
-            opt.zero_grad(set_to_none=True)
-            weighting.backward(losses, shared)
-            if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip, foreach=True)
-            opt.step()
+            skip = guard.check(losses, progress.step + 1)  # stop: raises, weights untouched
+            if not skip:
+                opt.zero_grad(set_to_none=True)
+                weighting.backward(losses, shared)
+                if tc.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip,
+                                                   foreach=True)
+                opt.step()
             sched.step()
             n = shard.rows  # the step's rows over all processes
             progress.step += 1
@@ -210,12 +232,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             b_idx += 1
             progress.batch_in_epoch = b_idx
             progress.train_time += time.perf_counter() - t0
-            progress.epoch_steps += 1
             detached = losses.detach()
-            epoch_loss = detached if progress.epoch_steps == 1 else epoch_loss + detached
+            if not skip:  # a skipped batch counts in no epoch mean
+                progress.epoch_steps += 1
+                epoch_loss = detached if progress.epoch_steps == 1 else epoch_loss + detached
             if tc.progress:
                 bar.update(n)
-                if progress.step % 20 == 1:  # one host sync every 20 steps
+                if progress.step % 20 == 1 and not skip:  # one host sync every 20 steps
                     cur = float(detached.sum())
                     running = cur if running is None else 0.9 * running + 0.1 * cur
                     rate = progress.examples / max(progress.train_time, 1e-9)
@@ -224,7 +247,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             if epoch_end:
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
-                weighting.epoch_end(epoch_loss / progress.epoch_steps)
+                if progress.epoch_steps:
+                    weighting.epoch_end(epoch_loss / progress.epoch_steps)
                 progress.epoch_steps = 0
             if progress.epoch_steps:
                 progress.epoch_loss = epoch_loss  # carried in checkpoints for resumption
@@ -250,6 +274,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         examples=progress.examples,
         examples_per_s=progress.examples / max(progress.train_time, 1e-9),
         wall_time_s=progress.wall_time + time.perf_counter() - t_start,
+        nonfinite_skipped=guard.skipped,
     )
     # ---------------------------------------------------------------- save
     run.write_results(results)
