@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {loc}: {err['msg']}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     return 0
 

@@ -293,7 +293,7 @@ def test_ctrl_c_exits_130_in_one_line_keeping_the_checkpoint(tmp_path):
     out, err = p.communicate(timeout=60)
     res = subprocess.CompletedProcess(args, p.returncode, out, err)
     line = one_line_error(res, code=130)
-    assert "interrupted" in line
+    assert line.startswith("error:") and "interrupted" in line
     run = RunDir(tmp_path / "c")
     assert run.load_checkpoint()["state"]["evals"] >= 1
     assert not list(run.path.glob("*.tmp"))
