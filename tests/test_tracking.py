@@ -275,3 +275,24 @@ def test_terminal_bar_postfix_is_refreshed_at_least_once_a_second(monkeypatch):
     log.evaluation(p, loss=0.2, score=0.5)  # in a terminal the bar says it all
     log.close()
     assert "eval" not in out.getvalue() and "\r" in out.getvalue()
+
+
+def test_mlflow_torchrec_recipe(tmp_path, store):
+    pytest.importorskip("torchrec", reason="the torchrec extra is not installed")
+    from adatt.integrations.torchrec import train_torchrec
+
+    uri, client = store
+    cfg = load_config(None, ["data.source=sim", "data.rows=3000", "model.name=mmoe",
+                             "model.embedding_dim=4", "model.expert_sizes=[[8]]",
+                             "model.num_experts=2", "train.batch_size=200", "train.epochs=1",
+                             "train.threads=1", "train.progress=false", f"out_dir={tmp_path}",
+                             "name=tr", "tracking.backend=mlflow", f"tracking.uri={uri}",
+                             "tracking.experiment=torchrec"])
+    res = train_torchrec(cfg)
+    (run,) = runs_of(client, "torchrec")
+    assert run.info.status == "FINISHED" and run.info.run_name == "tr"
+    assert run.data.params["model.embedding_dim"] == "4"
+    assert len(client.get_metric_history(run.info.run_id, "score")) == len(
+        evals_of(tmp_path / "tr"))
+    assert run.data.metrics["results/selection_score"] == pytest.approx(res["selection_score"])
+    assert "best.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
