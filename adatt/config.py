@@ -140,6 +140,21 @@ class TrainConfig(_Strict):
     tensorboard: bool = False
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking (:mod:`adatt.train.tracking`, docs/tracking.md).
+
+    ``backend``: ``none`` (nothing tracked), ``tensorboard`` (the
+    ``tensorboard`` extra) or ``mlflow`` (the ``mlflow`` extra). ``uri``:
+    TensorBoard's log root (default ``<run>/tb``) or MLflow's tracking URI
+    (default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<out_dir>/mlflow.db``).
+    ``experiment``: the MLflow experiment name.
+    """
+
+    backend: Literal["none", "tensorboard", "mlflow"] = "none"
+    uri: str | None = None
+    experiment: str = Field("adatt", min_length=1)
+
+
 class RunConfig(_Strict):
     """A whole run: data, model options, training options, where to write."""
 
@@ -148,6 +163,7 @@ class RunConfig(_Strict):
     data: DataConfig = DataConfig()
     model: dict[str, Any] = {"name": "adatt_sp"}
     train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def _parse_value(text: str) -> Any:

@@ -248,7 +248,6 @@ def test_bf16_runs(tmp_path):
 @pytest.mark.parametrize("override,match", [
     ("train.weighting=gradnorm", "train.weighting=gradnorm: not supported by train_ensemble"),
     ("train.weighting=pcgrad", "train.weighting=pcgrad: not supported by train_ensemble"),
-    ("train.tensorboard=true", "train.tensorboard: not supported"),
     ("train.distributed=true", "train.distributed=true: not supported by train_ensemble"),
 ])
 def test_unsupported_options_are_config_errors(tmp_path, override, match):

@@ -611,7 +611,7 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
     from adatt.train.evaluation import evaluate
     from adatt.train.guard import NonFiniteGuard
     from adatt.train.optim import make_optimizer, make_schedule
-    from adatt.train.progress import Progress
+    from adatt.train.progress import Progress, ProgressLog
     from adatt.train.results import build_results
     from adatt.train.rundir import RunDir
     from adatt.train.runs import load_splits_for
@@ -622,6 +622,7 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         selection_score,
         warn_one_class,
     )
+    from adatt.train.tracking import NoTracker, eval_metrics, finish, flatten, open_tracker
 
     # ---------------------------------------------------------------- setup
     t_start = time.perf_counter()
@@ -649,17 +650,20 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // local_world))
         run = RunDir(Path(cfg.out_dir) / cfg.name, writes=rank == 0)
         refusal: list[Any] = [None, resume]
+        tracker = NoTracker()  # rank 0 tracks, opened before any directory is made
         if rank == 0:  # one rank checks the directory, every rank raises the same error
             try:
                 refusal[1] = run.check_new(resume, overwrite, "pass --resume to continue it, "
                                            "--overwrite to replace it, or name=... for a new run")
                 if refusal[1]:  # the stored config must match (RESUMABLE_KEYS may change)
                     run.check_resume(cfg)
-            except RunError as e:
-                refusal[0] = str(e)
+                tracker = open_tracker(cfg, run.path)
+            except (RunError, ConfigError) as e:
+                refusal[0] = f"{type(e).__name__}:{e}"
         dist.broadcast_object_list(refusal, src=0)
         if refusal[0] is not None:
-            raise RunError(refusal[0])
+            kind, _, msg = refusal[0].partition(":")
+            raise (RunError if kind == "RunError" else ConfigError)(msg)
         resume = refusal[1]
         if tc.batch_size % world:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be a multiple of the "
@@ -717,6 +721,8 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
             run.restart_metrics(progress.evals)
         else:
             run.start(cfg, splits)
+        tracker.start(flatten(cfg.model_dump(mode="json")))
+        bar = ProgressLog(cfg.name, budget, progress.examples, log)
         epoch_loss = (torch.as_tensor(progress.epoch_loss, device=device)
                       if progress.epoch_steps else None)
 
@@ -730,9 +736,12 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
             full = full_state_dict(model)
             if selection.update(score, higher, progress.at(), tc.selection.patience):
                 run.save_best(full)
-            run.append_metrics({**progress.at(), "train_loss": losses.tolist(), "score": score,
-                                "improved": selection.improved, "valid": metrics,
-                                "lr": sched.get_last_lr()[0]})
+            line = {**progress.at(), "train_loss": losses.tolist(), "score": score,
+                    "improved": selection.improved, "valid": metrics,
+                    "lr": sched.get_last_lr()[0]}
+            run.append_metrics(line)
+            tracker.log_metrics(progress.examples, eval_metrics(line, schema.task_names))
+            bar.evaluation(progress, sum(line["train_loss"]), score)
             state = progress.state_dict()
             state["wall_time"] = progress.wall_time + time.perf_counter() - t_start
             state.update(selection.state_dict())
@@ -761,15 +770,11 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
                 progress.epoch_steps += 1
                 epoch_loss = losses if progress.epoch_steps == 1 else epoch_loss + losses
                 progress.epoch_loss = epoch_loss
+                bar.update(B, losses)
                 epoch_end = s + 1 >= steps_per_epoch
                 last = progress.step >= total_steps
                 if epoch_end or last:  # an epoch's mean loss (the last one may be partial)
                     epoch_losses.append((epoch_loss / progress.epoch_steps).tolist())
-                    if log:
-                        rate = progress.examples / max(progress.train_time, 1e-9)
-                        print(f"epoch {progress.epoch + 1}: loss "
-                              f"{[round(v, 5) for v in epoch_losses[-1]]}, {rate:,.0f} ex/s",
-                              file=sys.stderr)
                 if epoch_end:
                     progress.epoch += 1
                     progress.batch_in_epoch = progress.epoch_steps = 0
@@ -779,6 +784,7 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
                 if epoch_end or last or selection.done:
                     break
 
+        bar.close()
         # ---------------------------------------------------------------- evaluate selected
         dist.barrier()  # rank 0 has written best.pt
         load_full_state(model, run.load_best("cpu"))
@@ -796,6 +802,8 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
             epoch_train_loss=epoch_losses)
         # ---------------------------------------------------------------- save
         run.write_results(results)
+        finish(tracker, results, [run.file(f) for f in ("best.pt", "results.json",
+                                                       "config.yaml")])
         results["rank"] = rank
         return results
     finally:

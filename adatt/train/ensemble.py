@@ -39,7 +39,7 @@ Results match separate runs up to floating-point summation order (batched
 products add in a different order than single ones). Not supported, with a
 :class:`~adatt.config.ConfigError` saying so: ``gradnorm`` and ``pcgrad``
 (they need each copy's per-task gradients of the shared layers, which one
-stacked backward pass does not separate), ``train.tensorboard``,
+stacked backward pass does not separate),
 ``train.distributed`` and ``data.source=stream``. There is
 no ``--resume`` inside a group of copies: an ensemble that is killed keeps its
 finished seeds (``resume=True``) and trains the others again.
@@ -50,7 +50,10 @@ finished seeds (``resume=True``) and trains the others again.
   ``train.seed=s`` and ``name=<name>/seed_<s>``), ``metrics.jsonl``,
   ``results.json`` and ``best.pt`` (a state dict of the ordinary model), so
   ``adatt eval --run <out_dir>/<name>/seed_<s>`` and
-  :func:`~adatt.train.trainer.load_run` work as for a single run;
+  :func:`~adatt.train.trainer.load_run` work as for a single run; with
+  tracking on (``tracking``, ``train.tensorboard``), each copy is its own
+  tracked run (MLflow: run ``<name>/seed_<s>`` tagged ``ensemble=<name>``;
+  TensorBoard: ``seed_<s>/tb``), as if trained alone;
 * ``ensemble.json``: the seeds, wall time, throughput, and per split, task and
   metric the mean and sample standard deviation over the copies.
 
@@ -102,7 +105,7 @@ from adatt.train.evaluation import evaluate
 from adatt.train.guard import NonFiniteGuard
 from adatt.train.losses import masked_elementwise
 from adatt.train.optim import make_optimizer, make_schedule, training_plan
-from adatt.train.progress import Progress
+from adatt.train.progress import Progress, ProgressLog
 from adatt.train.results import build_results
 from adatt.train.rundir import RunDir
 from adatt.train.runs import build_model, finished_results
@@ -113,6 +116,7 @@ from adatt.train.selection import (
     selection_score,
     warn_one_class,
 )
+from adatt.train.tracking import Tracker, eval_metrics, finish, flatten, open_tracker
 from adatt.train.trainer import make_weighting, setup_runtime
 from adatt.train.weighting import WEIGHTINGS, Weighting
 
@@ -352,10 +356,6 @@ def check_ensemble_config(cfg: RunConfig) -> None:
                           "needs each copy's per-task gradients of the shared layers, which one "
                           f"stacked backward pass does not separate); use {per_copy}, or train "
                           "those runs separately with `adatt train`")
-    if tc.tensorboard:
-        raise ConfigError("train.tensorboard: not supported by train_ensemble (it writes no "
-                          "per-copy event logs); read each seed's metrics.jsonl, or train the "
-                          "runs separately with `adatt train`")
     if tc.distributed:
         raise ConfigError("train.distributed=true: not supported by train_ensemble (its copies "
                           "are vectorised in one process)")
@@ -419,6 +419,9 @@ def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite:
             if r is not None:
                 done[s] = r
     todo = [s for s in seeds if s not in done]
+    # one tracked run per copy, each opened before any directory is made (one-line errors)
+    trackers = {s: open_tracker(seed_config(cfg, s), ens_dir / f"seed_{s}",
+                                tags={"ensemble": cfg.name}) for s in todo}
     ens_dir.mkdir(parents=True, exist_ok=True)
     (ens_dir / "ensemble.json").unlink(missing_ok=True)
     trained: dict[int, dict[str, Any]] = {}
@@ -428,7 +431,8 @@ def train_ensemble(cfg: RunConfig, seeds: Sequence[int], splits=None, overwrite:
         device, splits = setup_runtime(cfg, splits)
         size = chunk or auto_chunk(cfg, splits.schema, len(todo), device)
         for lo in range(0, len(todo), size):
-            part, ex, tt = _train_group(cfg, todo[lo : lo + size], splits, device, t_start)
+            part, ex, tt = _train_group(cfg, todo[lo : lo + size], splits, device, t_start,
+                                        [trackers[s] for s in todo[lo : lo + size]])
             trained.update(zip(todo[lo : lo + size], part, strict=True))
             examples, train_time = examples + ex, train_time + tt
     results = [done[s] if s in done else trained[s] for s in seeds]
@@ -481,7 +485,8 @@ def _summarise(per_copy: Sequence[dict[str, dict[str, float]]]) -> dict[str, Any
 
 
 def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
-                 t_start: float) -> tuple[list[dict[str, Any]], float, float]:
+                 t_start: float, trackers: list[Tracker]
+                 ) -> tuple[list[dict[str, Any]], float, float]:
     """Train S = len(seeds) copies together; (results, examples summed over copies, train s)."""
     # ---------------------------------------------------------------- setup
     tc = cfg.train
@@ -502,8 +507,9 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
         best = {n: p.detach().clone() for n, p in model.params.items()}  # [S,...] selected
 
     runs = [RunDir(Path(cfg.out_dir) / cfg.name / f"seed_{s}") for s in seeds]
-    for s, run in zip(seeds, runs, strict=True):
+    for s, run, tracker in zip(seeds, runs, trackers, strict=True):
         run.start(seed_config(cfg, s), splits)
+        tracker.start(flatten(seed_config(cfg, s).model_dump(mode="json")))
     progress = Progress(next_eval=tc.eval_every or n_train)
     selections = [Selection() for _ in seeds]  # one per copy
     stop_examples = [0] * S  # examples seen when a copy's selection stopped
@@ -516,6 +522,7 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
         metrics = evaluate_ensemble(model, splits.valid, schema, tc.eval_batch_size)
         progress.evals += 1
         train_loss = losses.detach().tolist()  # [S,T]
+        live_scores: list[float] = []
         lr = sched.get_last_lr()[0]
         for k, (sel, run) in enumerate(zip(selections, runs, strict=True)):
             if sel.done:
@@ -525,8 +532,11 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
                                             one_class)
             if not sel.update(score, higher, progress.at(), tc.selection.patience) and sel.done:
                 stop_examples[k] = progress.examples
-            run.append_metrics({**progress.at(), "train_loss": train_loss[k], "score": score,
-                                "improved": sel.improved, "valid": metrics[k], "lr": lr})
+            line = {**progress.at(), "train_loss": train_loss[k], "score": score,
+                    "improved": sel.improved, "valid": metrics[k], "lr": lr}
+            run.append_metrics(line)
+            trackers[k].log_metrics(progress.examples, eval_metrics(line, schema.task_names))
+            live_scores.append(score)
         improved = [sel.improved for sel in selections]
         if any(improved):
             mask = torch.tensor(improved, device=best["input.bias"].device)  # [S]
@@ -534,11 +544,10 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
                 for n, p in model.params.items():
                     m = mask.view(S, *([1] * (p.dim() - 1)))  # [S] -> [S,1,...]
                     best[n].copy_(torch.where(m, p.detach(), best[n]))  # improved slices only
+        bar.evaluation(progress, float(np.mean([sum(x) for x in train_loss])),  # copies' mean
+                       float(np.mean(live_scores)) if live_scores else None)
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=budget, unit="ex", unit_scale=True, disable=not tc.progress,
-               desc=f"{cfg.name} x{S}", dynamic_ncols=True)
+    bar = ProgressLog(f"{cfg.name} x{S}", budget, enabled=tc.progress)
 
     # ---------------------------------------------------------------- train
     model.train()
@@ -568,7 +577,7 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
             if epoch_means:
                 detached = losses.detach()
                 epoch_loss = detached if progress.epoch_steps == 1 else epoch_loss + detached
-            bar.update(n)
+            bar.update(n, losses)  # [S,T]; read at most once a second (in a terminal)
             epoch_end = b_idx + 1 >= steps_per_epoch
             if epoch_end:
                 progress.epoch += 1
@@ -600,5 +609,7 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
                             examples=stop_examples[k], examples_per_s=rate / S,
                             wall_time_s=wall, ensemble_size=S, ensemble_examples_per_s=rate)
         run.write_results(res)
+        finish(trackers[k], res, [run.file(f) for f in ("best.pt", "results.json",
+                                                       "config.yaml")])
         results.append(res)
     return results, float(progress.examples * S), float(progress.train_time)

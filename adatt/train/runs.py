@@ -100,7 +100,8 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, nn.Module, Any]:
 
 # Settings that change how a run is executed, not what it computes.
 EXECUTION_KEYS = {"train": ("threads", "progress", "tensorboard", "distributed",
-                             "keep_freed_memory")}
+                             "keep_freed_memory"),
+                  "tracking": ("backend", "uri", "experiment")}
 
 
 def finished_results(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any] | None:
@@ -108,7 +109,8 @@ def finished_results(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any] | No
 
     A run counts as finished when it has ``results.json``; it is the same run
     when its saved ``config.yaml`` equals ``cfg`` apart from the output location
-    and execution settings (threads, progress bar, TensorBoard, distributed, memory).
+    and execution settings (threads, progress bar, TensorBoard, distributed, memory,
+    tracking).
     Used to skip seeds that are already done when an experiment is resumed or extended.
     """
     from adatt.config import load_config

@@ -50,7 +50,7 @@ from adatt.train.guard import NonFiniteGuard
 from adatt.train.losses import TaskLoss
 from adatt.train.memory import keep_freed_memory
 from adatt.train.optim import make_optimizer, make_schedule, training_plan
-from adatt.train.progress import Progress
+from adatt.train.progress import Progress, ProgressLog
 from adatt.train.results import build_results
 from adatt.train.rundir import RunDir, RunError
 from adatt.train.runs import (
@@ -67,6 +67,7 @@ from adatt.train.selection import (
     selection_score,
     warn_one_class,
 )
+from adatt.train.tracking import eval_metrics, finish, flatten, open_tracker
 
 __all__ = ["train", "setup_runtime", "make_weighting",
            # components re-exported for existing callers (they live in their own modules)
@@ -117,6 +118,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                            "replace it, or name=... for a new run")
     if resume:  # the stored config, with the requested values of the keys that may change
         cfg = run.check_resume(cfg)
+    # before any directory is made: a missing package or a bad URI is a one-line error
+    tracker = open_tracker(cfg, run.path, main=ddp.is_main())
     ddp.init(tc)  # join torchrun's process group when launched by it (docs/distributed.md)
     device, splits = setup_runtime(cfg, splits)
     schema = splits.schema
@@ -163,19 +166,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         run.restart_metrics(progress.evals)
     else:
         run.start(cfg, splits)
-    writer = None
-    if tc.tensorboard and ddp.is_main():
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("train.tensorboard needs `pip install tensorboard`") from None
-        writer = SummaryWriter(str(run.file("tb")))
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=budget, initial=progress.examples, unit="ex", unit_scale=True,
-               disable=not tc.progress or not ddp.is_main(), desc=cfg.name, dynamic_ncols=True)
-    running = None
+    tracker.start(flatten(cfg.model_dump(mode="json")))  # train.tensorboard: TensorBoard
+    bar = ProgressLog(cfg.name, budget, progress.examples, tc.progress and ddp.is_main())
 
     def evaluate_and_checkpoint(losses: torch.Tensor) -> None:
         """Score validation, update the selection, log, save ``best.pt`` and ``checkpoint.pt``."""
@@ -185,14 +177,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         progress.evals += 1
         if selection.update(score, higher, progress.at(), tc.selection.patience):
             run.save_best(model.state_dict())
-        run.append_metrics({**progress.at(), "train_loss": [float(x) for x in losses.detach()],
-                            "score": score, "improved": selection.improved, "valid": metrics,
-                            "lr": sched.get_last_lr()[0]})
-        if writer is not None:
-            writer.add_scalar("valid/score", score, progress.examples)
-            for task, ms in metrics.items():
-                for k, v in ms.items():
-                    writer.add_scalar(f"valid/{task}/{k}", v, progress.examples)
+        line = {**progress.at(), "train_loss": [float(x) for x in losses.detach()],
+                "score": score, "improved": selection.improved, "valid": metrics,
+                "lr": sched.get_last_lr()[0]}
+        run.append_metrics(line)
+        tracker.log_metrics(progress.examples, eval_metrics(line, schema.task_names))
+        bar.evaluation(progress, sum(line["train_loss"]), score)
         state = progress.state_dict()
         state["wall_time"] = progress.wall_time + time.perf_counter() - t_start
         state.update(selection.state_dict())
@@ -236,13 +226,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             if not skip:  # a skipped batch counts in no epoch mean
                 progress.epoch_steps += 1
                 epoch_loss = detached if progress.epoch_steps == 1 else epoch_loss + detached
-            if tc.progress:
-                bar.update(n)
-                if progress.step % 20 == 1 and not skip:  # one host sync every 20 steps
-                    cur = float(detached.sum())
-                    running = cur if running is None else 0.9 * running + 0.1 * cur
-                    rate = progress.examples / max(progress.train_time, 1e-9)
-                    bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{rate:,.0f}")
+            bar.update(n, None if skip else detached)  # a host sync at most once a second
             epoch_end = b_idx >= steps_per_epoch
             if epoch_end:
                 progress.epoch += 1
@@ -278,7 +262,6 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     )
     # ---------------------------------------------------------------- save
     run.write_results(results)
-    if writer is not None:
-        writer.close()
+    finish(tracker, results, [run.file(f) for f in ("best.pt", "results.json", "config.yaml")])
     ddp.shutdown()
     return results
