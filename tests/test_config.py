@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from adatt.config import ConfigError, dump_config, load_config
+from adatt.config import RUNTIME_KEYS, ConfigError, dump_config, load_config, load_saved_config
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
 
@@ -62,3 +63,60 @@ def test_resolved_config_round_trips(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg
+
+
+def test_execution_settings_live_in_runtime():
+    cfg = load_config(None, ["runtime.device=cpu", "runtime.threads=2", "runtime.progress=false"])
+    assert (cfg.runtime.threads, cfg.runtime.progress) == (2, False)
+    assert not set(RUNTIME_KEYS) & set(cfg.train.model_dump())
+    text = dump_config(cfg)
+    assert "runtime:\n  device: cpu\n  threads: 2\n" in text
+    with pytest.raises(ConfigError, match=r"^runtime\.thread: unknown key \(runtime has: device"):
+        load_config(None, ["runtime.thread=2"])
+
+
+def test_old_train_keys_move_to_runtime_with_a_warning(tmp_path, capsys):
+    cfg = load_config(None, ["train.threads=1", "train.tensorboard=true"])
+    assert cfg.runtime.threads == 1 and cfg.runtime.tensorboard is True
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: train.threads is deprecated, use runtime.threads (moved to the "
+                   "runtime section)",
+                   "warning: train.tensorboard is deprecated, use runtime.tensorboard (moved to "
+                   "the runtime section)"]
+    p = tmp_path / "old.yaml"
+    p.write_text("train:\n  epochs: 2\n  progress: false\n  device: cpu\n")
+    cfg = load_config(p, ["runtime.progress=true"])  # an override still wins
+    assert cfg.train.epochs == 2 and cfg.runtime.progress is True
+    assert len(capsys.readouterr().err.splitlines()) == 2
+    assert "progress" not in dump_config(cfg).split("runtime:")[0]
+
+
+def test_saved_config_in_the_old_layout_loads_silently(tmp_path, capsys):
+    p = tmp_path / "config.yaml"
+    p.write_text("data:\n  source: sim\n  rows: 2000\n  data_dir: null\n  shuffle_buffer: 8\n"
+                 "train:\n  epochs: 2\n  threads: 1\n")
+    cfg = load_saved_config(p)
+    assert cfg.data.rows == 2000 and cfg.runtime.threads == 1 and cfg.train.epochs == 2
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="^data.data_dir: not an option of source sim"):
+        load_config(p)  # a user's config must not carry another source's keys
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.rows=5"], "data.rows: not an option of source census (census has: data_dir, "),
+    (["data.source=sim", "data.dim=5"], "data.dim: not an option of source sim"),
+    (["data.source=mmoe_synthetic", "data.preset=group2"],
+     "data.preset: not an option of source mmoe_synthetic"),
+    (["data.source=files", "data.train=t.csv"], "data.schema: required by source files"),
+])
+def test_data_key_of_another_source_is_an_error(overrides, message):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)) as exc:
+        load_config(None, overrides)
+    assert "\n" not in str(exc.value)
+
+
+def test_resolved_config_holds_only_the_chosen_sources_keys():
+    cfg = load_config(None, ["data.source=sim", "data.rows=1000"])
+    assert dump_config(cfg).split("model:")[0] == (
+        "name: run\nout_dir: runs\ndata:\n  source: sim\n  valid_fraction: 0.1\n"
+        "  test_fraction: 0.1\n  preset: group1\n  rows: 1000\n  seed: 0\n")

@@ -39,8 +39,8 @@ Results match separate runs up to floating-point summation order (batched
 products add in a different order than single ones). Not supported, with a
 :class:`~adatt.config.ConfigError` saying so: ``gradnorm`` and ``pcgrad``
 (they need each copy's per-task gradients of the shared layers, which one
-stacked backward pass does not separate), ``train.tensorboard``,
-``train.distributed`` and ``data.source=stream``. There is
+stacked backward pass does not separate), ``runtime.tensorboard``,
+``runtime.distributed`` and ``data.source=stream``. There is
 no ``--resume`` inside a group of copies: an ensemble that is killed keeps its
 finished seeds (``resume=True``) and trains the others again.
 
@@ -72,7 +72,7 @@ Example:
     >>> from adatt.config import load_config
     >>> cfg = load_config(None, ["data.source=mmoe_synthetic", "data.rows=1000",
     ...     "model.name=mmoe", "model.expert_sizes=[[8]]", "model.num_experts=2",
-    ...     "train.epochs=1", "train.progress=false", "out_dir=" + tempfile.mkdtemp()])
+    ...     "train.epochs=1", "runtime.progress=false", "out_dir=" + tempfile.mkdtemp()])
     >>> res = train_ensemble(cfg, seeds=[0, 1])
     >>> [r["seed"] for r in res], sorted(res[0]["test"])
     ([0, 1], ['task1', 'task2'])
@@ -387,12 +387,12 @@ def check_ensemble_config(cfg: RunConfig) -> None:
                           "needs each copy's per-task gradients of the shared layers, which one "
                           f"stacked backward pass does not separate); use {per_copy}, or train "
                           "those runs separately with `adatt train`")
-    if tc.tensorboard:
-        raise ConfigError("train.tensorboard: not supported by train_ensemble (it writes no "
+    if cfg.runtime.tensorboard:
+        raise ConfigError("runtime.tensorboard: not supported by train_ensemble (it writes no "
                           "per-copy event logs); read each seed's metrics.jsonl, or train the "
                           "runs separately with `adatt train`")
-    if tc.distributed:
-        raise ConfigError("train.distributed=true: not supported by train_ensemble (its copies "
+    if cfg.runtime.distributed:
+        raise ConfigError("runtime.distributed=true: not supported by train_ensemble (its copies "
                           "are vectorised in one process)")
     if cfg.data.source == "stream":
         raise ConfigError("data.source=stream: train_ensemble needs in-memory training data "
@@ -564,7 +564,7 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
 
     from tqdm import tqdm
 
-    bar = tqdm(total=budget, unit="ex", unit_scale=True, disable=not tc.progress,
+    bar = tqdm(total=budget, unit="ex", unit_scale=True, disable=not cfg.runtime.progress,
                desc=f"{cfg.name} x{S}", dynamic_ncols=True)
 
     # ---------------------------------------------------------------- train
