@@ -1,12 +1,23 @@
 """Run configuration: a typed tree loaded from YAML with ``key=value`` overrides.
 
-A run config has four sections::
+A run config has five sections::
 
     name: census_adatt_sp        # run directory name under out_dir
     out_dir: runs
-    data:  {source: census, ...}             # adatt.data.config.DataConfig
+    data:  {source: census, ...}             # one model per source, adatt.data.config
     model: {name: adatt_sp, expert_sizes: [128, 64], ...}   # constructor options
     train: {batch_size: 512, epochs: 10, optimizer: {name: adam, lr: 1e-3}, ...}
+    runtime: {device: cpu, threads: 2, progress: true, ...}  # how and where it runs
+
+``train`` is the recipe (what a run computes); ``runtime`` is how it is
+executed (device, threads, memory reuse, data parallelism, progress bar,
+TensorBoard). The ``data`` keys are those of the chosen ``source``: a key of
+another source is an error naming the key and the source.
+
+The execution keys used to live under ``train`` (``train.device``, ...): in a
+YAML file or an override they are still accepted, moved to ``runtime`` with a
+one-line deprecation warning on stderr; :func:`load_saved_config` reads a
+run's saved ``config.yaml`` in that old layout silently.
 
 Overrides are ``dotted.key=value`` with the value parsed as YAML
 (``train.optimizer.lr=3e-4``, ``model.expert_sizes=[96,48]``). Every key is
@@ -14,7 +25,7 @@ checked: an unknown key or a value of the wrong type is a :class:`ConfigError`
 naming the key. Numbers that cannot train are refused at load time: any
 non-finite number (``inf``, ``nan``: learning rate, weight decay, clip norm,
 task weights, weighting and model options, ...), a negative integer in a model
-option (sizes and counts), an invalid ``train.device`` string, and a ``name``
+option (sizes and counts), an invalid ``runtime.device`` string, and a ``name``
 that would leave ``out_dir`` (an absolute path or a ``..`` component). Model
 options are checked against the model constructor's signature and type hints
 (``num_tasks``, ``dense_dim`` and ``cat_cardinalities`` come from the data and
@@ -48,17 +59,19 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 import typing
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from adatt.data.config import DataConfig
+from adatt.data.config import SOURCES, AnyDataConfig, CensusData, format_validation_error
 
 __all__ = ["ConfigError", "OptimizerConfig", "ScheduleConfig", "SelectionConfig", "TrainConfig",
-           "RunConfig", "load_config", "apply_overrides", "validate_model_options", "dump_config",
+           "RuntimeConfig", "TrackingConfig", "RunConfig", "RUNTIME_KEYS", "load_saved_config",
+           "load_config", "apply_overrides", "validate_model_options", "dump_config",
            "CONFIG_DIR", "packaged_configs", "resolve_config",
            "check_finite", "check_name", "check_device"]
 
@@ -129,6 +142,11 @@ class TrainConfig(_Strict):
     task_weights: list[float] | None = None  # static per-task loss weights
     selection: SelectionConfig = SelectionConfig()
     bf16: bool = False  # bfloat16 autocast for the forward pass
+
+
+class RuntimeConfig(_Strict):
+    """How and where a run executes; none of it changes what the run computes on CPU."""
+
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)  # torch threads (default: cores / local processes)
     # reuse freed memory instead of re-faulting fresh pages every step (adatt.train.memory)
@@ -138,6 +156,10 @@ class TrainConfig(_Strict):
     distributed: bool | None = None
     progress: bool = True
     tensorboard: bool = False
+
+
+#: The keys of :class:`RuntimeConfig`, formerly under ``train``.
+RUNTIME_KEYS = tuple(RuntimeConfig.model_fields)
 
 
 class TrackingConfig(_Strict):
@@ -156,14 +178,23 @@ class TrackingConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    """A whole run: data, model options, training options, where to write."""
+    """A whole run: data, model options, training options, execution, where to write."""
 
     name: str = "run"
     out_dir: str = "runs"
-    data: DataConfig = DataConfig()
+    data: AnyDataConfig = CensusData()
     model: dict[str, Any] = {"name": "adatt_sp"}
     train: TrainConfig = TrainConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_source(cls, raw: Any) -> Any:
+        data = raw.get("data") if isinstance(raw, dict) else None
+        if isinstance(data, dict) and "source" not in data:
+            raw = {**raw, "data": {"source": "census", **raw["data"]}}
+        return raw
 
 
 def _parse_value(text: str) -> Any:
@@ -173,13 +204,41 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _deprecated(old: str, new: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"warning: {old} is deprecated, use {new} (moved to the runtime section)",
+              file=sys.stderr)
+
+
+def _move_runtime_keys(raw: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    """Move execution keys written under ``train`` (the old layout) to ``runtime``."""
+    train = raw.get("train")
+    if not isinstance(train, dict):
+        return raw
+    for k in RUNTIME_KEYS:
+        if k in train:
+            runtime = raw.setdefault("runtime", {})
+            if not isinstance(runtime, dict):
+                raise ConfigError("runtime: must be a mapping")
+            _deprecated(f"train.{k}", f"runtime.{k}", quiet)
+            runtime.setdefault(k, train.pop(k))
+    return raw
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set ``dotted.key=value`` pairs in a nested dict (values parsed as YAML)."""
+    """Set ``dotted.key=value`` pairs in a nested dict (values parsed as YAML).
+
+    ``train.<key>`` of an execution setting (the old layout) sets ``runtime.<key>``,
+    with a deprecation warning on stderr.
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{item}: an override is key=value")
         key, _, text = item.partition("=")
         parts = key.strip().split(".")
+        if len(parts) == 2 and parts[0] == "train" and parts[1] in RUNTIME_KEYS:
+            _deprecated(key.strip(), f"runtime.{parts[1]}", quiet=False)
+            parts[0] = "runtime"
         node = raw
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
@@ -192,6 +251,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def _describe(err: ValidationError, prefix: str = "") -> str:
     e = err.errors()[0]
+    if e["loc"][:1] == ("data",) and (len(e["loc"]) == 1 or e["loc"][1] in SOURCES
+                                       or e["type"].startswith("union_tag")):
+        one = ValidationError.from_exception_data(err.title, [{**e, "loc": e["loc"][1:]}])
+        return format_validation_error(one, prefix="data").replace("data: ", "data.", 1)
     loc = ".".join(str(x) for x in e["loc"])
     loc = f"{prefix}{loc}" if loc else prefix.rstrip(".")
     if e["type"] == "extra_forbidden":
@@ -325,6 +388,20 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
     ``path`` is a file or the name of a shipped config (:func:`resolve_config`).
     """
+    return _load(path, overrides, saved=False)
+
+
+def load_saved_config(path: str | Path) -> RunConfig:
+    """A run's saved ``config.yaml``, in the current layout or the old one.
+
+    The old layout (execution keys under ``train``, every source's options under
+    ``data``) is read without a warning: execution keys move to ``runtime`` and
+    data options of other sources are dropped.
+    """
+    return _load(path, None, saved=True)
+
+
+def _load(path: str | Path | None, overrides: list[str] | None, saved: bool) -> RunConfig:
     raw: dict[str, Any] = {}
     if path is not None:
         p = resolve_config(path)
@@ -334,6 +411,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
+        raw = _move_runtime_keys(raw, quiet=saved)
+        if saved and isinstance(raw.get("data"), dict):
+            data = raw["data"]
+            own = SOURCES.get(data.get("source", "census"))
+            if own is not None:
+                raw["data"] = {k: v for k, v in data.items() if k in own.model_fields}
     raw = apply_overrides(raw, list(overrides or []))
     if isinstance(raw.get("model", {}), dict):
         raw.setdefault("model", {}).setdefault("name", "adatt_sp")
@@ -349,7 +432,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     cfg.model = validate_model_options(cfg.model)
     check_finite(cfg.model_dump(mode="python"))
     check_name(cfg.name)
-    check_device(cfg.train.device)
+    check_device(cfg.runtime.device)
     return cfg
 
 
@@ -388,20 +471,20 @@ def check_name(name: str) -> None:
 
 
 def check_device(device: str) -> None:
-    """``train.device`` must be a device string torch understands (``cpu``, ``cuda``,
+    """``runtime.device`` must be a device string torch understands (``cpu``, ``cuda``,
     ``cuda:1``, ...); whether it is available is checked when the run starts.
 
     >>> check_device("gpu0")
     Traceback (most recent call last):
     ...
-    adatt.config.ConfigError: train.device: 'gpu0' is not a device (cpu, cuda, cuda:N, ...)
+    adatt.config.ConfigError: runtime.device: 'gpu0' is not a device (cpu, cuda, cuda:N, ...)
     """
     import torch
 
     try:
         torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"train.device: {device!r} is not a device (cpu, cuda, cuda:N, ...)"
+        raise ConfigError(f"runtime.device: {device!r} is not a device (cpu, cuda, cuda:N, ...)"
                           ) from None
 
 

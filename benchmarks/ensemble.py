@@ -104,7 +104,7 @@ def run_one(kind: str, S: int, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     device = torch.device(args.device)
-    cfg = load_config(CONFIG, ["train.batch_size=512", f"train.device={args.device}"])
+    cfg = load_config(CONFIG, ["train.batch_size=512", f"runtime.device={args.device}"])
     tc = cfg.train
     splits, _ = load_data(args.census)
     data = splits.train

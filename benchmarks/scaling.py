@@ -4,9 +4,9 @@ Both run the whole ``adatt train`` command on the census AdaTT-sp configuration
 (``configs/census/adatt_sp.yaml``: 2 levels of 6 experts (128, 64), towers 32,
 one-hot categorical input, Adam lr 1e-4, global batch 512):
 
-* ``1 x P``: ``python -m adatt train ... train.threads=P``;
+* ``1 x P``: ``python -m adatt train ... runtime.threads=P``;
 * ``P x 1``: ``python -m torch.distributed.run --standalone --nproc-per-node P
-  -m adatt train ... train.threads=1`` (DistributedDataParallel over gloo, each
+  -m adatt train ... runtime.threads=1`` (DistributedDataParallel over gloo, each
   process computing its part of every global batch; docs/distributed.md).
 
 Data: the census files when ``ADATT_DATA_DIR`` is set (or ``--data-dir``),
@@ -41,8 +41,8 @@ CONFIG = ROOT / "configs" / "census" / "adatt_sp.yaml"
 
 def _run(launcher: list[str], overrides: list[str], out: Path, name: str) -> dict:
     cmd = [*launcher, "-m", "adatt", "train", "--config", str(CONFIG), *overrides,
-           f"out_dir={out}", f"name={name}", "train.progress=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torch threads come from train.threads
+           f"out_dir={out}", f"name={name}", "runtime.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torch threads come from runtime.threads
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
@@ -79,8 +79,8 @@ def main() -> None:
                 "--nproc-per-node", str(p)]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        one = _run(py, [*common, f"train.threads={p}"], out, "one")
-        many = _run(torchrun, [*common, "train.threads=1"], out, "many")
+        one = _run(py, [*common, f"runtime.threads={p}"], out, "one")
+        many = _run(torchrun, [*common, "runtime.threads=1"], out, "many")
     diff = max(abs(v - many["test"][t][k]) for t, ms in one["test"].items()
                for k, v in ms.items() if k != "count")
     base = one["train_examples_per_s"]

@@ -38,8 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CASE_SECONDS = 60  # no case takes more than a few seconds when handled
-SIM = ["data.source=sim", "data.rows=2000", "train.epochs=1", "train.progress=false",
-       "train.threads=1", "model.expert_sizes=[8,4]", "model.tower_sizes=[4]"]
+SIM = ["data.source=sim", "data.rows=2000", "train.epochs=1", "runtime.progress=false",
+       "runtime.threads=1", "model.expert_sizes=[8,4]", "model.tower_sizes=[4]"]
 
 
 @dataclass
@@ -96,7 +96,7 @@ def build_fixtures(root: Path) -> None:
         main(["train", "data.source=files", f"data.schema={root / 'schema.yaml'}",
               f"data.train={root / 'train.csv'}", "model.name=adatt", "model.embedding_dim=2",
               "model.expert_sizes=[6]", "model.tower_sizes=[3]", "model.shared_experts=1",
-              "train.epochs=1", "train.progress=false", "train.threads=1",
+              "train.epochs=1", "runtime.progress=false", "runtime.threads=1",
               "train.batch_size=64", f"out_dir={root / 'runs'}", "name=files"])
         main(["data", "write-shards", "sim", "--out", str(root / "shards"), "--rows", "2000",
               "--shard-rows", "1000", "--row-group-rows", "500", "--valid-rows", "300",
@@ -310,9 +310,9 @@ CASES: list[Case] = [
     Case("train: absolute name", ["train", *SIM, "out_dir={root}/runs",
                                   "name={root}_abs_run"],
          says="name", check=_escape_check),
-    Case("train: invalid device string", ["train", *SIM, "train.device=gpu0",
+    Case("train: invalid device string", ["train", *SIM, "runtime.device=gpu0",
                                           "out_dir={root}/runs", "name=dev"],
-         says="train.device"),
+         says="runtime.device"),
     Case("train: negative gate width", ["train", *SIM, "model.name=mmoe",
                                         "model.expert_sizes=[[8,4]]", "model.gate_hidden=[-3]",
                                         "out_dir={root}/runs", "name=gate"],
@@ -325,7 +325,7 @@ CASES: list[Case] = [
     Case("train: override without =", ["train", "train.epochs"], says="key=value"),
     Case("train: bf16 with learned embeddings (shipped sim config)",
          ["train", "--config", str(REPO / "configs" / "sim" / "adatt_sp.yaml"),
-          "data.rows=2000", "train.bf16=true", "train.progress=false", "train.threads=1",
+          "data.rows=2000", "train.bf16=true", "runtime.progress=false", "runtime.threads=1",
           "out_dir={root}/runs", "name=bf16"], expect="ok"),
     # ---- eval
     Case("eval: unknown split", ["eval", "--run", "{root}/runs/sim", "--splits", "bogus"],
@@ -603,8 +603,8 @@ def test_bf16_trains_every_shipped_sim_config(tmp_path):
     threads = torch.get_num_threads()
     try:
         for path in _sim_configs():
-            cfg = load_config(path, ["data.rows=2000", "train.bf16=true", "train.progress=false",
-                                     "train.threads=1", f"out_dir={tmp_path}"])
+            cfg = load_config(path, ["data.rows=2000", "train.bf16=true", "runtime.progress=false",
+                                     "runtime.threads=1", f"out_dir={tmp_path}"])
             assert cfg.model.get("embedding_dim"), path.name  # learned embeddings
             res = train(cfg)
             losses = [m.get("ne", m.get("mse")) for m in res["valid"].values()]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from adatt.config import ConfigError, dump_config, load_config
+from adatt.config import RUNTIME_KEYS, ConfigError, dump_config, load_config, load_saved_config
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
 
@@ -92,8 +93,8 @@ def test_names_inside_out_dir_are_kept():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("train.device=gpu0", "train.device: 'gpu0' is not a device"),
-    ("train.device=cuda:x", "train.device: 'cuda:x' is not a device"),
+    ("runtime.device=gpu0", "runtime.device: 'gpu0' is not a device"),
+    ("runtime.device=cuda:x", "runtime.device: 'cuda:x' is not a device"),
     ("model.gate_hidden=[-3]", "model.gate_hidden: sizes and counts must be >= 1 (got -3)"),
     ("model.expert_sizes=[[8,-1]]", "model.expert_sizes: sizes and counts must be >= 1"),
     ("model.embedding_dim=0", "model.embedding_dim: sizes and counts must be >= 1 (got 0)"),
@@ -105,5 +106,62 @@ def test_bad_devices_and_negative_sizes_are_config_errors(override, message):
 
 
 def test_zero_shared_experts_and_gpu_strings_are_accepted():
-    cfg = load_config(None, ["model.name=ple", "model.shared_experts=0", "train.device=cuda:1"])
-    assert cfg.model["shared_experts"] == 0 and cfg.train.device == "cuda:1"
+    cfg = load_config(None, ["model.name=ple", "model.shared_experts=0", "runtime.device=cuda:1"])
+    assert cfg.model["shared_experts"] == 0 and cfg.runtime.device == "cuda:1"
+
+
+def test_execution_settings_live_in_runtime():
+    cfg = load_config(None, ["runtime.device=cpu", "runtime.threads=2", "runtime.progress=false"])
+    assert (cfg.runtime.threads, cfg.runtime.progress) == (2, False)
+    assert not set(RUNTIME_KEYS) & set(cfg.train.model_dump())
+    text = dump_config(cfg)
+    assert "runtime:\n  device: cpu\n  threads: 2\n" in text
+    with pytest.raises(ConfigError, match=r"^runtime\.thread: unknown key \(runtime has: device"):
+        load_config(None, ["runtime.thread=2"])
+
+
+def test_old_train_keys_move_to_runtime_with_a_warning(tmp_path, capsys):
+    cfg = load_config(None, ["train.threads=1", "train.tensorboard=true"])
+    assert cfg.runtime.threads == 1 and cfg.runtime.tensorboard is True
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: train.threads is deprecated, use runtime.threads (moved to the "
+                   "runtime section)",
+                   "warning: train.tensorboard is deprecated, use runtime.tensorboard (moved to "
+                   "the runtime section)"]
+    p = tmp_path / "old.yaml"
+    p.write_text("train:\n  epochs: 2\n  progress: false\n  device: cpu\n")
+    cfg = load_config(p, ["runtime.progress=true"])  # an override still wins
+    assert cfg.train.epochs == 2 and cfg.runtime.progress is True
+    assert len(capsys.readouterr().err.splitlines()) == 2
+    assert "progress" not in dump_config(cfg).split("runtime:")[0]
+
+
+def test_saved_config_in_the_old_layout_loads_silently(tmp_path, capsys):
+    p = tmp_path / "config.yaml"
+    p.write_text("data:\n  source: sim\n  rows: 2000\n  data_dir: null\n  shuffle_buffer: 8\n"
+                 "train:\n  epochs: 2\n  threads: 1\n")
+    cfg = load_saved_config(p)
+    assert cfg.data.rows == 2000 and cfg.runtime.threads == 1 and cfg.train.epochs == 2
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="^data.data_dir: not an option of source sim"):
+        load_config(p)  # a user's config must not carry another source's keys
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.rows=5"], "data.rows: not an option of source census (census has: data_dir, "),
+    (["data.source=sim", "data.dim=5"], "data.dim: not an option of source sim"),
+    (["data.source=mmoe_synthetic", "data.preset=group2"],
+     "data.preset: not an option of source mmoe_synthetic"),
+    (["data.source=files", "data.train=t.csv"], "data.schema: required by source files"),
+])
+def test_data_key_of_another_source_is_an_error(overrides, message):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)) as exc:
+        load_config(None, overrides)
+    assert "\n" not in str(exc.value)
+
+
+def test_resolved_config_holds_only_the_chosen_sources_keys():
+    cfg = load_config(None, ["data.source=sim", "data.rows=1000"])
+    assert dump_config(cfg).split("model:")[0] == (
+        "name: run\nout_dir: runs\ndata:\n  source: sim\n  valid_fraction: 0.1\n"
+        "  test_fraction: 0.1\n  preset: group1\n  rows: 1000\n  seed: 0\n")

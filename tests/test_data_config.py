@@ -18,14 +18,25 @@ from adatt.data.info import describe, task_statistics
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"rows": 0}, "rows: Input should be greater than or equal to 1"),
+        ({"source": "sim", "rows": 0}, "rows: Input should be greater than or equal to 1"),
         ({"source": "kaggle"}, "source: Input should be 'census', 'sim'"),
         ({"instance_weight": "both"}, "instance_weight: Input should be"),
-        ({"correlation": 1.5}, "correlation: Input should be less than or equal to 1"),
-        ({"valid_fraction": 0.5, "test_fraction": 0.5}, "valid_fraction \\+ test_fraction"),
+        ({"source": "mmoe_synthetic", "correlation": 1.5},
+         "correlation: Input should be less than or equal to 1"),
+        ({"source": "sim", "valid_fraction": 0.5, "test_fraction": 0.5},
+         "valid_fraction \\+ test_fraction"),
         ({"source": "sim", "preset": "group7"}, "unknown sim preset 'group7'"),
-        ({"source": "files", "train": "t.csv"}, "source 'files' needs schema"),
-        ({"sim_rows": 5}, "sim_rows: Extra inputs are not permitted"),
+        ({"source": "files", "train": "t.csv"}, "schema: required by source files"),
+        ({"sim_rows": 5}, "sim_rows: not an option of source census"),
+        # a key of another source names the key and the chosen source
+        ({"rows": 5}, "rows: not an option of source census \\(census has: data_dir, "),
+        ({"source": "sim", "data_dir": "d"}, "data_dir: not an option of source sim"),
+        ({"source": "census", "valid_fraction": 0.2},
+         "valid_fraction: not an option of source census"),
+        ({"source": "files", "schema": "s", "train": "t", "shuffle_buffer": 3},
+         "shuffle_buffer: not an option of source files"),
+        ({"source": "stream", "schema": "s", "train": "t", "valid": "v", "test": "t",
+          "split_seed": 1}, "split_seed: not an option of source stream"),
     ],
 )
 def test_bad_config_is_a_one_line_data_error(values: dict, message: str):
@@ -34,6 +45,19 @@ def test_bad_config_is_a_one_line_data_error(values: dict, message: str):
     assert "\n" not in str(e.value) and str(e.value).startswith("data config: ")
     with pytest.raises(ValidationError):  # a ValueError too
         DataConfig(**values)
+
+
+def test_one_model_per_source_holding_only_its_options():
+    from adatt.data.config import SOURCES, CensusData, SimData
+
+    assert isinstance(DataConfig(), CensusData) and isinstance(DataConfig(), DataConfig)
+    sim = DataConfig(source="sim", rows=10_000)
+    assert isinstance(sim, SimData) and sim.preset == "group1"
+    assert SimData.from_dict({"rows": 7}).rows == 7  # the subclass supplies its source
+    assert set(sim.model_dump()) == {"source", "preset", "rows", "seed", "valid_fraction",
+                                     "test_fraction"}
+    for name, cls in SOURCES.items():
+        assert cls.model_fields["source"].default == name
 
 
 def test_config_knows_every_simulator_preset():

@@ -309,12 +309,14 @@ def test_bad_input_is_one_line_naming_the_file(toy, tmp_path):
 
 
 def test_config(toy):
-    with pytest.raises(DataError, match="^data config: source 'stream' needs valid, test$"):
+    with pytest.raises(DataError, match="^data config: valid: required by source stream; "
+                                        "test: required by source stream$"):
         DataConfig.from_dict({"source": "stream", "schema": "s.yaml", "train": "d"})
-    with pytest.raises(ConfigError, match="data.shuffle_bufer: unknown key"):
-        load_config(None, ["data.shuffle_bufer=10"])
+    stream = ["data.source=stream", "data.schema=s", "data.train=t", "data.valid=v", "data.test=t"]
+    with pytest.raises(ConfigError, match="data.shuffle_bufer: not an option of source stream"):
+        load_config(None, [*stream, "data.shuffle_bufer=10"])
     with pytest.raises(ConfigError, match="data.cat_encoding"):
-        load_config(None, ["data.cat_encoding=onehot"])
+        load_config(None, [*stream, "data.cat_encoding=onehot"])
     cfg = DataConfig.from_dict({"source": "stream", "schema": str(toy / "schema.yaml"),
                                 "train": str(toy / "train" / "part-*.parquet"),
                                 "valid": str(toy / "valid.parquet"),
@@ -332,7 +334,7 @@ def run_args(toy: Path, out: Path, *extra: str) -> list[str]:
         f"data.valid={toy / 'valid.parquet'}", f"data.test={toy / 'test.parquet'}",
         "data.shuffle_buffer=700", "model.name=mmoe", "model.expert_sizes=[[8]]",
         "model.num_experts=2", "model.tower_sizes=[4]", "model.embedding_dim=4",
-        "train.batch_size=128", "train.progress=false", "train.threads=1",
+        "train.batch_size=128", "runtime.progress=false", "runtime.threads=1",
         f"out_dir={out}", *extra,
     ]
 

@@ -53,7 +53,7 @@ def _overrides(tmp_path, name: str, *extra: str) -> list[str]:
             "model.experts_per_task=1", "model.tower_sizes=[4]", "model.embedding_dim=4",
             "train.batch_size=100", "train.epochs=3", "train.weighting=uncertainty",
             "train.optimizer.name=sgd", "train.optimizer.lr=0.1", "train.optimizer.momentum=0.9",
-            "train.grad_clip=5.0", "train.threads=1", "train.progress=false",
+            "train.grad_clip=5.0", "runtime.threads=1", "runtime.progress=false",
             f"out_dir={tmp_path}", f"name={name}", *extra]
 
 
@@ -116,17 +116,17 @@ def test_row_ranges_split_any_batch():
 
 
 def test_config_errors(monkeypatch):
-    tc = load_config(None, ["train.distributed=true"]).train
+    cfg = load_config(None, ["runtime.distributed=true"])
     with pytest.raises(ConfigError, match="launch with torchrun"):
-        ddp.init(tc)
+        ddp.init(cfg)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     for over, msg in (("train.weighting=gradnorm", "not supported with distributed"),
                       ("train.weighting=pcgrad", "not supported with distributed"),
-                      ("train.distributed=false", "launched as 2 processes"),
-                      ("train.device=cuda:0", "each process takes the GPU")):
+                      ("runtime.distributed=false", "launched as 2 processes"),
+                      ("runtime.device=cuda:0", "each process takes the GPU")):
         with pytest.raises(ConfigError, match=msg):
-            ddp.init(load_config(None, [over]).train)
+            ddp.init(load_config(None, [over]))
     assert not ddp.is_active()
 
 
@@ -202,7 +202,7 @@ def _stream_overrides(data: list[str], tmp_path, name: str, *extra: str) -> list
             "model.experts_per_task=1", "model.tower_sizes=[4]", "model.embedding_dim=4",
             "train.batch_size=100", "train.epochs=2", "train.eval_every=300",
             "train.weighting=uncertainty", "train.optimizer.name=sgd", "train.optimizer.lr=0.1",
-            "train.optimizer.momentum=0.9", "train.threads=1", "train.progress=false",
+            "train.optimizer.momentum=0.9", "runtime.threads=1", "runtime.progress=false",
             f"out_dir={tmp_path}", f"name={name}", *extra]
 
 

@@ -54,8 +54,8 @@ def _restore_threads():
 
 
 def cfg_for(tmp_path, base, *extra):
-    return load_config(None, [*base, f"out_dir={tmp_path}", "train.progress=false",
-                              "train.threads=1", *extra])
+    return load_config(None, [*base, f"out_dir={tmp_path}", "runtime.progress=false",
+                              "runtime.threads=1", *extra])
 
 
 def assert_metrics_close(a, b, tol=1e-5):
@@ -248,7 +248,7 @@ def test_bf16_runs(tmp_path):
 @pytest.mark.parametrize("override,match", [
     ("train.weighting=gradnorm", "train.weighting=gradnorm: not supported by train_ensemble"),
     ("train.weighting=pcgrad", "train.weighting=pcgrad: not supported by train_ensemble"),
-    ("train.distributed=true", "train.distributed=true: not supported by train_ensemble"),
+    ("runtime.distributed=true", "runtime.distributed=true: not supported by train_ensemble"),
 ])
 def test_unsupported_options_are_config_errors(tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):

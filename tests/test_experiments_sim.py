@@ -262,8 +262,8 @@ def tiny_cfg(tmp_path, name):
     return load_config(None, ["data.source=mmoe_synthetic", "data.rows=1200", "data.dim=6",
                               "model.name=mmoe", "model.expert_sizes=[[8]]",
                               "model.num_experts=2", "model.tower_sizes=[4]", "train.epochs=1",
-                              "train.batch_size=128", "train.progress=false",
-                              "train.threads=1", f"out_dir={tmp_path}", f"name={name}"])
+                              "train.batch_size=128", "runtime.progress=false",
+                              "runtime.threads=1", f"out_dir={tmp_path}", f"name={name}"])
 
 
 def test_run_seeds_falls_back_to_one_train_per_seed(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from adatt.serve.export import (
 from adatt.train.trainer import build_model, load_run, train
 
 DATA = ["data.source=sim", "data.preset=group3", "data.rows=3000"]
-TRAIN = ["train.epochs=1", "train.progress=false", "train.threads=1", "train.batch_size=512"]
+TRAIN = ["train.epochs=1", "runtime.progress=false", "runtime.threads=1", "train.batch_size=512"]
 # variant -> model options (tiny sizes); adatt_sp one-hot is the trained run
 VARIANTS = {
     "adatt_sp_onehot": ["model.name=adatt_sp", "model.embedding_dim=null",
@@ -60,7 +60,7 @@ def sim_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                  f"out_dir={root}", "name=sim"])
         threads = torch.get_num_threads()
         try:
-            train(cfg)  # sets torch's thread count to train.threads=1
+            train(cfg)  # sets torch's thread count to runtime.threads=1
         finally:
             torch.set_num_threads(threads)
         _RUN["run"] = root / "sim"

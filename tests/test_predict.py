@@ -112,7 +112,7 @@ def _train_files_run(tmp: Path, name: str, extra: list[str]) -> Path:
         f"data.train={tmp / 'train.csv'}",
         "model.name=adatt", "model.embedding_dim=2", "model.expert_sizes=[6]",
         "model.tower_sizes=[3]", "model.shared_experts=1", "train.epochs=1",
-        "train.progress=false", "train.threads=1", "train.batch_size=64",
+        "runtime.progress=false", "runtime.threads=1", "train.batch_size=64",
         f"out_dir={tmp / 'runs'}", f"name={name}", *extra])
     try:
         train(cfg)

@@ -30,11 +30,11 @@ from adatt.train.trainer import train
 
 BASE = ["data.source=mmoe_synthetic", "data.rows=3000", "model.name=mmoe",
         "model.expert_sizes=[[16]]", "model.num_experts=3", "model.tower_sizes=[8]",
-        "train.batch_size=128", "train.progress=false", "train.optimizer.lr=3e-3",
-        "train.threads=1"]
+        "train.batch_size=128", "runtime.progress=false", "train.optimizer.lr=3e-3",
+        "runtime.threads=1"]
 SIM = ["data.source=sim", "data.rows=3000", "model.name=mmoe", "model.expert_sizes=[[8]]",
        "model.num_experts=2", "model.tower_sizes=[4]", "train.batch_size=128",
-       "train.progress=false", "train.threads=1"]
+       "runtime.progress=false", "runtime.threads=1"]
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

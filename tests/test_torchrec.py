@@ -199,7 +199,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     # (b) the whole recipe from a run config
     cfg = load_config(None, ["model.name=adatt", "model.embedding_dim=4",
                              "model.expert_sizes=[8, 6]", "model.tower_sizes=[4]",
-                             "train.batch_size=32", "train.epochs=3", "train.progress=false",
+                             "train.batch_size=32", "train.epochs=3", "runtime.progress=false",
                              "train.optimizer.lr=0.01", "train.eval_batch_size=50",
                              f"out_dir={tmp}", "name=run"])
     res = atr.train_torchrec(cfg, splits=splits, sparse_optimizer="rowwise_adagrad",
@@ -294,7 +294,7 @@ def test_two_ranks_sharded_training_matches_one_process(torchrec, tmp_path):
 
 TR_RUN = ["model.name=mmoe", "model.embedding_dim=4", "model.expert_sizes=[[8]]",
           "model.num_experts=2", "train.batch_size=32", "train.epochs=3", "train.eval_every=96",
-          "train.progress=false", "train.threads=1", "train.optimizer.lr=0.02",
+          "runtime.progress=false", "runtime.threads=1", "train.optimizer.lr=0.02",
           "train.eval_batch_size=50"]
 
 

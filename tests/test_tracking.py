@@ -26,7 +26,7 @@ from tests.ranks import run_ranks
 
 TINY = ["data.source=mmoe_synthetic", "data.rows=1500", "model.name=mmoe",
         "model.expert_sizes=[[8]]", "model.num_experts=2", "train.batch_size=100",
-        "train.epochs=1", "train.threads=1"]
+        "train.epochs=1", "runtime.threads=1"]
 
 
 def cfg_for(tmp_path, *extra: str):
@@ -90,7 +90,7 @@ def test_missing_package_is_an_error_before_the_run_directory(tmp_path, monkeypa
     assert not (tmp_path / "r").exists()
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ConfigError, match="tensorboard"):  # the old flag, the same backend
-        train(cfg_for(tmp_path, "name=r", "train.tensorboard=true"))
+        train(cfg_for(tmp_path, "name=r", "runtime.tensorboard=true"))
     assert not (tmp_path / "r").exists()
 
 
@@ -184,7 +184,7 @@ def test_mlflow_ensemble_one_run_per_copy(tmp_path, store):
 @pytest.mark.slow  # about 25 s: two processes under torchrun
 def test_mlflow_distributed_logs_from_rank_0_only(tmp_path, store):
     uri, client = store
-    args = [*TINY, "train.threads=1", "train.progress=false", f"out_dir={tmp_path}", "name=ddp",
+    args = [*TINY, "runtime.threads=1", "runtime.progress=false", f"out_dir={tmp_path}", "name=ddp",
             "tracking.backend=mlflow", f"tracking.uri={uri}", "tracking.experiment=ddp"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "adatt", "train", *args]
@@ -208,7 +208,7 @@ def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("how", ["train.tensorboard=true", "tracking.backend=tensorboard"])
+@pytest.mark.parametrize("how", ["runtime.tensorboard=true", "tracking.backend=tensorboard"])
 def test_tensorboard_scalars(tmp_path, how):
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     res = train(cfg_for(tmp_path, "name=tb", "train.eval_every=600", how))
@@ -222,7 +222,7 @@ def test_tensorboard_scalars(tmp_path, how):
 
 def test_tensorboard_ensemble_and_log_root(tmp_path):
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
-    train_ensemble(cfg_for(tmp_path, "name=e", "train.tensorboard=true"), seeds=[0, 1])
+    train_ensemble(cfg_for(tmp_path, "name=e", "runtime.tensorboard=true"), seeds=[0, 1])
     for s in (0, 1):
         assert len(scalars(tmp_path / "e" / f"seed_{s}" / "tb")["score"]) == len(
             evals_of(tmp_path / "e" / f"seed_{s}"))
@@ -248,7 +248,7 @@ def test_log_outside_a_terminal_is_one_line_per_evaluation(tmp_path, capfd):
     train_ensemble(cfg_for(tmp_path, "name=q", "train.eval_every=600"), seeds=[0, 1])
     err = capfd.readouterr().err
     assert "\r" not in err and len(err.splitlines()) == 2 and err.startswith("q x2 eval 1: ")
-    train(cfg_for(tmp_path, "name=quiet", "train.progress=false"))
+    train(cfg_for(tmp_path, "name=quiet", "runtime.progress=false"))
     assert capfd.readouterr().err == ""
 
 
@@ -285,7 +285,7 @@ def test_mlflow_torchrec_recipe(tmp_path, store):
     cfg = load_config(None, ["data.source=sim", "data.rows=3000", "model.name=mmoe",
                              "model.embedding_dim=4", "model.expert_sizes=[[8]]",
                              "model.num_experts=2", "train.batch_size=200", "train.epochs=1",
-                             "train.threads=1", "train.progress=false", f"out_dir={tmp_path}",
+                             "runtime.threads=1", "runtime.progress=false", f"out_dir={tmp_path}",
                              "name=tr", "tracking.backend=mlflow", f"tracking.uri={uri}",
                              "tracking.experiment=torchrec"])
     res = train_torchrec(cfg)

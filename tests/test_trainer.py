@@ -13,7 +13,7 @@ from adatt.train.trainer import RunError, train
 
 BASE = ["data.source=mmoe_synthetic", "data.rows=3000", "model.name=mmoe",
         "model.expert_sizes=[[16]]", "model.num_experts=3", "model.tower_sizes=[8]",
-        "train.batch_size=128", "train.progress=false", "train.optimizer.lr=3e-3"]
+        "train.batch_size=128", "runtime.progress=false", "train.optimizer.lr=3e-3"]
 
 
 def cfg_for(tmp_path, *extra):
@@ -143,3 +143,50 @@ def test_cli_train_eval_and_errors(tmp_path):
     p = subprocess.run([*exe, "eval", "--run", str(tmp_path / "nope")], capture_output=True,
                        text=True)
     assert p.returncode == 2 and "not a finished run" in p.stderr
+
+
+# every source's data options, as a run's config.yaml held them before one model per source
+OLD_DATA = {"source": "census", "data_dir": None, "instance_weight": "drop",
+            "dense_scaling": "minmax", "split_seed": 0, "cache_dir": None, "use_cache": True,
+            "download": True, "preset": "group1", "rows": 100000, "seed": 0,
+            "valid_fraction": 0.1, "test_fraction": 0.1, "correlation": 0.5, "dim": 100,
+            "schema": None, "train": None, "valid": None, "test": None,
+            "shuffle_buffer": 131072, "cat_encoding": "vocab", "fit_rows": 1000000,
+            "hash_buckets": 1000000, "rank_shards": False}
+
+
+def write_old_layout(run_dir) -> None:
+    """Rewrite a run's config.yaml in the layout saved before the runtime section."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    d = yaml.safe_load(path.read_text())
+    d["train"].update(d.pop("runtime", {}))
+    d["data"] = {**OLD_DATA, **d["data"]}
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+
+
+def test_resume_and_eval_of_a_run_saved_in_the_old_layout(tmp_path):
+    full = train(cfg_for(tmp_path, "train.epochs=3", "name=full"))
+    # old-style overrides: the execution keys under train
+    old = [o.replace("runtime.", "train.") for o in BASE]
+    over = [*old, f"out_dir={tmp_path}", "train.epochs=3", "name=old", "train.threads=1"]
+    train_killed_after(over, evals=1)
+    write_old_layout(tmp_path / "old")
+    exe = [sys.executable, "-m", "adatt"]
+    p = subprocess.run([*exe, "train", *over, "--resume"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    warned = [x for x in p.stderr.splitlines() if "deprecated" in x]
+    assert warned == ["warning: train.progress is deprecated, use runtime.progress (moved to "
+                      "the runtime section)",
+                      "warning: train.threads is deprecated, use runtime.threads (moved to "
+                      "the runtime section)"]
+    resumed = json.loads((tmp_path / "old" / "results.json").read_text())
+    for task in full["test"]:
+        for k, v in full["test"][task].items():
+            assert resumed["test"][task][k] == pytest.approx(v, rel=1e-6, abs=1e-9)
+    write_old_layout(tmp_path / "old")
+    p = subprocess.run([*exe, "eval", "--run", str(tmp_path / "old")], capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and "task1" in p.stdout, p.stderr
+    assert "deprecated" not in p.stderr  # a saved config is read silently

@@ -1,7 +1,11 @@
 """The data section of a run's configuration, and the one entry point that loads it.
 
-:class:`DataConfig` is a pydantic model (unknown keys are errors) holding the
-options of every source; :func:`load_splits` dispatches on ``source``:
+:class:`DataConfig` is the base of one pydantic model per source, each holding
+only its own options (a key of another source, or an unknown key, is an error
+naming the key and the source); ``DataConfig(source=..., ...)`` and
+:meth:`DataConfig.from_dict` build the model of that source, and the run
+config's ``data`` section is the discriminated union :data:`AnyDataConfig`.
+:func:`load_splits` dispatches on ``source``:
 
 * ``census``: UCI Census-Income (KDD), :func:`adatt.data.census.load_census`
   (``data_dir``, ``instance_weight``, ``split_seed``, ``cache_dir``,
@@ -20,33 +24,118 @@ options of every source; :func:`load_splits` dispatches on ``source``:
   required, ``shuffle_buffer``, ``cat_encoding``, ``fit_rows``, ``hash_buckets``,
   ``rank_shards``: read by the trainer, see :func:`adatt.train.distributed.batch_source`).
 
-Options of other sources are ignored. :meth:`DataConfig.from_dict` turns a
-validation failure into a one-line :class:`~adatt.data.errors.DataError`.
+:meth:`DataConfig.from_dict` turns a validation failure into a one-line
+:class:`~adatt.data.errors.DataError`.
 
 Example:
     >>> cfg = DataConfig.from_dict({"source": "mmoe_synthetic", "rows": 1000, "dim": 4})
     >>> load_splits(cfg).sizes()
     {'train': 800, 'valid': 100, 'test': 100}
-    >>> DataConfig.from_dict({"source": "sim", "rowz": 10})
+    >>> DataConfig.from_dict({"source": "census", "rows": 10})
     Traceback (most recent call last):
     ...
-    adatt.data.errors.DataError: data config: rowz: Extra inputs are not permitted
+    adatt.data.errors.DataError: data config: rows: not an option of source census (census has: ...)
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from adatt.data.errors import DataError
 from adatt.data.splits import Splits
 
-__all__ = ["DataConfig", "load_splits", "format_validation_error"]
+__all__ = ["DataConfig", "AnyDataConfig", "CensusData", "SimData", "MmoeSyntheticData",
+           "FilesData", "StreamData", "SOURCES", "load_splits", "format_validation_error"]
 
 SIM_PRESETS = ("group1", "group2", "group3", "all")  # adatt.data.simulator.PRESETS
+
+
+class _Source(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def __new__(cls, **values: Any) -> Any:
+        # ``DataConfig(source=..., ...)`` builds the model of that source
+        if cls is DataConfig:
+            return _ADAPTER.validate_python({"source": "census", **values})
+        return super().__new__(cls)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnyDataConfig:
+        """Validate ``d`` as the config of its ``source`` (default ``census``);
+        a problem is a one-line :class:`DataError`."""
+        d = {"source": "census" if cls is DataConfig else cls.model_fields["source"].default,
+             **d}
+        try:
+            return _ADAPTER.validate_python(d)
+        except ValidationError as e:
+            raise DataError(format_validation_error(e)) from None
+
+
+class DataConfig(_Source):
+    """The data section: ``DataConfig(source=..., **options)`` or :meth:`from_dict` builds
+    the model of that source (:class:`CensusData`, :class:`SimData`,
+    :class:`MmoeSyntheticData`, :class:`FilesData`, :class:`StreamData`); each holds
+    only its own options, and every one is an instance of this class."""
+
+    source: str
+
+
+class _Fractions(DataConfig):
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> _Fractions:
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"valid_fraction + test_fraction must be < 1, got "
+                f"{self.valid_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+class CensusData(DataConfig):
+    """``source: census``: UCI Census-Income (KDD), :func:`adatt.data.census.load_census`."""
+
+    source: Literal["census"] = "census"
+    data_dir: str | None = None
+    instance_weight: Literal["drop", "feature", "sample_weight"] = "drop"
+    dense_scaling: Literal["minmax", "standard"] = "minmax"
+    split_seed: int = 0
+    cache_dir: str | None = None
+    use_cache: bool = True
+    download: bool = True
+
+
+class SimData(_Fractions):
+    """``source: sim``: the recommender simulator, :func:`adatt.data.simulator.load_sim`."""
+
+    source: Literal["sim"] = "sim"
+    preset: str = "group1"
+    rows: int = Field(100_000, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_preset(self) -> SimData:
+        if self.preset not in SIM_PRESETS:
+            raise ValueError(
+                f"unknown sim preset {self.preset!r}; known: {', '.join(SIM_PRESETS)}"
+            )
+        return self
+
+
+class MmoeSyntheticData(_Fractions):
+    """``source: mmoe_synthetic``: :func:`adatt.data.mmoe_synthetic.load_mmoe_synthetic`."""
+
+    source: Literal["mmoe_synthetic"] = "mmoe_synthetic"
+    correlation: float = Field(0.5, ge=-1.0, le=1.0)
+    rows: int = Field(100_000, ge=1)
+    dim: int = Field(100, ge=2)
+    seed: int = 0
 
 
 # The files option is called ``schema`` (the YAML key users write); it shadows pydantic's
@@ -54,35 +143,24 @@ SIM_PRESETS = ("group1", "group2", "group3", "all")  # adatt.data.simulator.PRES
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
 
-    class DataConfig(BaseModel):
-        """Which data to load and how; the module docstring says which field serves which source."""
+    class FilesData(_Fractions):
+        """``source: files``: CSV / Parquet files, :func:`adatt.data.files.load_files`."""
 
-        model_config = ConfigDict(extra="forbid")
-
-        source: Literal["census", "sim", "mmoe_synthetic", "files", "stream"] = "census"
-        # census
-        data_dir: str | None = None
-        instance_weight: Literal["drop", "feature", "sample_weight"] = "drop"
-        dense_scaling: Literal["minmax", "standard"] = "minmax"
-        split_seed: int = 0
-        cache_dir: str | None = None
-        use_cache: bool = True
-        download: bool = True
-        # sim (rows, seed and fractions also serve mmoe_synthetic)
-        preset: str = "group1"
-        rows: int = Field(100_000, ge=1)
-        seed: int = 0
-        valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-        test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-        # mmoe_synthetic
-        correlation: float = Field(0.5, ge=-1.0, le=1.0)
-        dim: int = Field(100, ge=2)
-        # files
-        schema: str | None = None  # type: ignore[assignment]
-        train: str | None = None
+        source: Literal["files"] = "files"
+        schema: str  # type: ignore[assignment]
+        train: str
         valid: str | None = None
         test: str | None = None
-        # stream (also schema, train, valid, test)
+        split_seed: int = 0
+
+    class StreamData(DataConfig):
+        """``source: stream``: streamed Parquet shards, :func:`adatt.data.stream.load_stream`."""
+
+        source: Literal["stream"] = "stream"
+        schema: str  # type: ignore[assignment]
+        train: str
+        valid: str
+        test: str
         shuffle_buffer: int = Field(131_072, ge=0)  # rows; at least one batch is used
         cat_encoding: Literal["vocab", "hash"] = "vocab"
         fit_rows: int = Field(1_000_000, ge=1)  # sample rows for vocabulary and scaling
@@ -90,53 +168,49 @@ with warnings.catch_warnings():
         # under torchrun: each process streams only its shard files (docs/distributed.md)
         rank_shards: bool = False
 
-        @model_validator(mode="after")
-        def _check(self) -> DataConfig:
-            if self.valid_fraction + self.test_fraction >= 1.0:
-                raise ValueError(
-                    f"valid_fraction + test_fraction must be < 1, got "
-                    f"{self.valid_fraction} + {self.test_fraction}"
-                )
-            if self.source == "sim" and self.preset not in SIM_PRESETS:
-                raise ValueError(
-                    f"unknown sim preset {self.preset!r}; known: {', '.join(SIM_PRESETS)}"
-                )
-            if self.source == "files":
-                missing = [k for k in ("schema", "train") if getattr(self, k) is None]
-                if missing:
-                    raise ValueError(f"source 'files' needs {' and '.join(missing)}")
-            if self.source == "stream":
-                missing = [k for k in ("schema", "train", "valid", "test")
-                           if getattr(self, k) is None]
-                if missing:
-                    raise ValueError(f"source 'stream' needs {', '.join(missing)}")
-            return self
 
-        @classmethod
-        def from_dict(cls, d: Mapping[str, Any]) -> DataConfig:
-            """Validate ``d``; a problem is a one-line :class:`DataError`."""
-            try:
-                return cls.model_validate(dict(d))
-            except ValidationError as e:
-                raise DataError(format_validation_error(e)) from None
+#: The data section's type: one model per source, chosen by ``source``.
+AnyDataConfig = Annotated[
+    CensusData | SimData | MmoeSyntheticData | FilesData | StreamData,
+    Field(discriminator="source"),
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyDataConfig)
+SOURCES: dict[str, type[DataConfig]] = {
+    "census": CensusData, "sim": SimData, "mmoe_synthetic": MmoeSyntheticData,
+    "files": FilesData, "stream": StreamData,
+}
 
 
 def format_validation_error(e: ValidationError, prefix: str = "data config") -> str:
-    """One line: ``prefix: field: message (got value); field2: ...``."""
+    """One line: ``prefix: field: message (got value); field2: ...``.
+
+    A key that the chosen source does not have is named with the source and its options.
+    """
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = [str(x) for x in err["loc"]]
+        source = loc.pop(0) if loc and loc[0] in SOURCES else None
+        key = ".".join(loc)
         msg = err["msg"].removeprefix("Value error, ")
         got = ""
-        if err["type"] not in ("extra_forbidden", "missing", "value_error"):
+        if err["type"] == "extra_forbidden" and source is not None:
+            options = ", ".join(k for k in SOURCES[source].model_fields if k != "source")
+            msg = f"not an option of source {source} ({source} has: {options})"
+        elif err["type"] == "union_tag_invalid":
+            key = "source"
+            msg = "Input should be " + ", ".join(repr(s) for s in SOURCES)
+            got = f" (got {err['ctx']['tag']!r})"
+        elif err["type"] not in ("extra_forbidden", "missing", "value_error"):
             got = f" (got {err.get('input')!r})"
-        parts.append(f"{loc + ': ' if loc else ''}{msg}{got}")
+        if source is not None and err["type"] == "missing":
+            msg = f"required by source {source}"
+        parts.append(f"{key + ': ' if key else ''}{msg}{got}")
     return f"{prefix}: " + "; ".join(parts)
 
 
 def load_splits(cfg: DataConfig | Mapping[str, Any]) -> Splits:
     """Load the train / valid / test splits that ``cfg`` describes."""
-    if not isinstance(cfg, DataConfig):
+    if not isinstance(cfg, (CensusData, SimData, MmoeSyntheticData, FilesData, StreamData)):
         cfg = DataConfig.from_dict(cfg)
     if cfg.source == "census":
         from adatt.data.census import load_census
@@ -163,12 +237,11 @@ def load_splits(cfg: DataConfig | Mapping[str, Any]) -> Splits:
     if cfg.source == "stream":
         from adatt.data.stream import load_stream
 
-        assert None not in (cfg.schema, cfg.train, cfg.valid, cfg.test)  # checked above
         return load_stream(
-            cfg.schema,  # type: ignore[arg-type]
-            cfg.train,  # type: ignore[arg-type]
-            cfg.valid,  # type: ignore[arg-type]
-            cfg.test,  # type: ignore[arg-type]
+            cfg.schema,
+            cfg.train,
+            cfg.valid,
+            cfg.test,
             shuffle_buffer=cfg.shuffle_buffer,
             cat_encoding=cfg.cat_encoding,
             fit_rows=cfg.fit_rows,
@@ -176,7 +249,6 @@ def load_splits(cfg: DataConfig | Mapping[str, Any]) -> Splits:
         )
     from adatt.data.files import load_files
 
-    assert cfg.schema is not None and cfg.train is not None  # checked by the validator
     return load_files(
         cfg.schema,
         cfg.train,

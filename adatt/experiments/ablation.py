@@ -142,8 +142,8 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
     configs = ablation_configs(census_ms if census else (), sim,
                                QUICK_SIZES if quick else SIM_SIZES)
     thr = json.dumps(threads or (1 if quick else None))
-    census_base = ["data.source=census", *PROTOCOLS["paper"], f"train.progress={progress}",
-                   f"train.device={device}", f"train.threads={thr}", f"out_dir={out / 'runs'}"]
+    census_base = ["data.source=census", *PROTOCOLS["paper"], f"runtime.progress={progress}",
+                   f"runtime.device={device}", f"runtime.threads={thr}", f"out_dir={out / 'runs'}"]
     if data_dir:
         census_base.append(f"data.data_dir={data_dir}")
     if quick:

@@ -154,7 +154,7 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
     context_list = seed_list[: context_seeds] if context_seeds is not None else seed_list
     if context_seeds is not None and context_seeds < 1:
         raise ValueError(f"context_seeds must be >= 1, got {context_seeds}")
-    base = ["data.source=census", *PROTOCOLS[protocol], f"train.progress={progress}",
+    base = ["data.source=census", *PROTOCOLS[protocol], f"runtime.progress={progress}",
             f"out_dir={out / 'runs'}"]
     if data_dir:
         base.append(f"data.data_dir={data_dir}")
@@ -284,7 +284,7 @@ def _train_one(cfg_dict: dict[str, Any], seed: int, threads: int) -> tuple[dict,
     from adatt.train.trainer import train
 
     cfg = seed_config(RunConfig.model_validate(cfg_dict), seed)
-    cfg.train.threads, cfg.train.progress = threads, False
+    cfg.runtime.threads, cfg.runtime.progress = threads, False
     ts = time.perf_counter()
     return train(cfg, overwrite=True), time.perf_counter() - ts
 

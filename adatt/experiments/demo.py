@@ -31,7 +31,7 @@ def run_demo(rows: int = 200_000, epochs: int = 2, out_dir: str = "runs/demo", s
 
     base = ["data.source=sim", "data.preset=group1", f"data.rows={rows}", f"data.seed={seed}",
             f"out_dir={out_dir}", f"train.epochs={epochs}", "train.batch_size=512",
-            "train.optimizer.lr=1e-3", f"train.seed={seed}", f"train.progress={progress}",
+            "train.optimizer.lr=1e-3", f"train.seed={seed}", f"runtime.progress={progress}",
             "model.expert_sizes=[64,32]", "model.tower_sizes=[32]", "model.embedding_dim=8"]
     splits = None
     results = {}

@@ -124,8 +124,8 @@ def sim_overrides(preset: str, rows: int, out_dir: str | Path, progress: bool,
     return ["data.source=sim", f"data.preset={preset}", f"data.rows={rows}",
             f"data.seed={data_seed}", "train.optimizer.name=adam", "train.optimizer.lr=1e-3",
             f"train.batch_size={batch}", "train.epochs=1", "train.selection.metric=loss",
-            f"train.progress={progress}", f"train.device={device}", f"out_dir={out_dir}",
-            f"train.threads={json.dumps(threads or (1 if quick else None))}"]
+            f"runtime.progress={progress}", f"runtime.device={device}", f"out_dir={out_dir}",
+            f"runtime.threads={json.dumps(threads or (1 if quick else None))}"]
 
 
 def selection_override(splits) -> tuple[str, str | None]:

@@ -635,19 +635,19 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
                           "use train.nonfinite=stop")
     if sharding not in SHARDINGS:
         raise ConfigError(f"sharding {sharding!r}: known: {', '.join(SHARDINGS)}")
-    device = torch.device(tc.device)
+    device = torch.device(cfg.runtime.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but CUDA is not available here")
+            raise ConfigError("runtime.device=cuda but CUDA is not available here")
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     _sparse_optimizer_class(sparse_optimizer, device.type)
     owned = _init_process_group(device)
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        log = (tc.progress if log is None else log) and rank == 0
+        log = (cfg.runtime.progress if log is None else log) and rank == 0
         local_world = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-        torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // local_world))
+        torch.set_num_threads(cfg.runtime.threads or max(1, (os.cpu_count() or 1) // local_world))
         run = RunDir(Path(cfg.out_dir) / cfg.name, writes=rank == 0)
         refusal: list[Any] = [None, resume]
         tracker = NoTracker()  # rank 0 tracks, opened before any directory is made

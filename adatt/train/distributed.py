@@ -40,7 +40,7 @@ global batch (``train.batch_size`` is the global batch), up to float rounding:
   hold the unwrapped model's ``state_dict``, so a run can be resumed with any
   number of processes.
 
-Processes use ``gloo`` on CPU and ``nccl`` with ``train.device=cuda`` (each
+Processes use ``gloo`` on CPU and ``nccl`` with ``runtime.device=cuda`` (each
 process takes the GPU of its local rank). Every rank loads the whole data set
 (a stream: reads every shard); all ranks read the run directory (``--resume``,
 the selected ``best.pt``), so on several machines ``out_dir`` must be a shared
@@ -104,7 +104,7 @@ def _env_world_size() -> int:
 
 
 def is_active() -> bool:
-    """Whether this process is one of several (or one, with ``train.distributed=true``)."""
+    """Whether this process is one of several (or one, with ``runtime.distributed=true``)."""
     return _active
 
 
@@ -129,34 +129,35 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // max(local, 1))
 
 
-def init(tc: Any) -> None:
+def init(cfg: Any) -> None:
     """Join the process group when launched by torchrun (``WORLD_SIZE > 1``) or
-    asked to by ``train.distributed=true``; check the config for it. Ends with
+    asked to by ``runtime.distributed=true``; check the config for it. Ends with
     a barrier, so no rank writes before every rank has checked its run directory.
 
     Args:
-        tc: the run's :class:`~adatt.config.TrainConfig`.
+        cfg: the run's :class:`~adatt.config.RunConfig`.
     """
+    tc, rt = cfg.train, cfg.runtime
     global _active, _owned
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     n = _env_world_size()
-    if tc.distributed is False and n > 1:
-        raise ConfigError(f"train.distributed=false but launched as {n} processes")
-    if tc.distributed is None and n <= 1:
+    if rt.distributed is False and n > 1:
+        raise ConfigError(f"runtime.distributed=false but launched as {n} processes")
+    if rt.distributed is None and n <= 1:
         return
     if not launched:
-        raise ConfigError("train.distributed=true: launch with torchrun --nproc-per-node N "
+        raise ConfigError("runtime.distributed=true: launch with torchrun --nproc-per-node N "
                           "-m adatt train ...")
     if tc.weighting in UNSUPPORTED_WEIGHTINGS:
         raise ConfigError(f"train.weighting={tc.weighting} is not supported with distributed "
                           "training (it needs per-task gradients of the global batch); use "
                           "equal, uncertainty or dwa")
-    cuda = tc.device.startswith("cuda")
-    if cuda and ":" in tc.device and n > 1:
-        raise ConfigError(f"train.device={tc.device} with {n} processes: use train.device=cuda "
+    cuda = rt.device.startswith("cuda")
+    if cuda and ":" in rt.device and n > 1:
+        raise ConfigError(f"runtime.device={rt.device} with {n} processes: use runtime.device=cuda "
                           "(each process takes the GPU of its local rank)")
     if cuda and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but CUDA is not available here")
+        raise ConfigError("runtime.device=cuda but CUDA is not available here")
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
@@ -186,7 +187,7 @@ def barrier() -> None:
 
 
 def local_device(device: str) -> torch.device:
-    """``train.device`` for this process: ``cuda`` means the GPU of the local rank."""
+    """``runtime.device`` for this process: ``cuda`` means the GPU of the local rank."""
     if _active and device == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(device)

@@ -40,7 +40,7 @@ products add in a different order than single ones). Not supported, with a
 :class:`~adatt.config.ConfigError` saying so: ``gradnorm`` and ``pcgrad``
 (they need each copy's per-task gradients of the shared layers, which one
 stacked backward pass does not separate),
-``train.distributed`` and ``data.source=stream``. There is
+``runtime.distributed`` and ``data.source=stream``. There is
 no ``--resume`` inside a group of copies: an ensemble that is killed keeps its
 finished seeds (``resume=True``) and trains the others again.
 
@@ -51,7 +51,7 @@ finished seeds (``resume=True``) and trains the others again.
   ``results.json`` and ``best.pt`` (a state dict of the ordinary model), so
   ``adatt eval --run <out_dir>/<name>/seed_<s>`` and
   :func:`~adatt.train.trainer.load_run` work as for a single run; with
-  tracking on (``tracking``, ``train.tensorboard``), each copy is its own
+  tracking on (``tracking``, ``runtime.tensorboard``), each copy is its own
   tracked run (MLflow: run ``<name>/seed_<s>`` tagged ``ensemble=<name>``;
   TensorBoard: ``seed_<s>/tb``), as if trained alone;
 * ``ensemble.json``: the seeds, wall time, throughput, and per split, task and
@@ -75,7 +75,7 @@ Example:
     >>> from adatt.config import load_config
     >>> cfg = load_config(None, ["data.source=mmoe_synthetic", "data.rows=1000",
     ...     "model.name=mmoe", "model.expert_sizes=[[8]]", "model.num_experts=2",
-    ...     "train.epochs=1", "train.progress=false", "out_dir=" + tempfile.mkdtemp()])
+    ...     "train.epochs=1", "runtime.progress=false", "out_dir=" + tempfile.mkdtemp()])
     >>> res = train_ensemble(cfg, seeds=[0, 1])
     >>> [r["seed"] for r in res], sorted(res[0]["test"])
     ([0, 1], ['task1', 'task2'])
@@ -356,8 +356,8 @@ def check_ensemble_config(cfg: RunConfig) -> None:
                           "needs each copy's per-task gradients of the shared layers, which one "
                           f"stacked backward pass does not separate); use {per_copy}, or train "
                           "those runs separately with `adatt train`")
-    if tc.distributed:
-        raise ConfigError("train.distributed=true: not supported by train_ensemble (its copies "
+    if cfg.runtime.distributed:
+        raise ConfigError("runtime.distributed=true: not supported by train_ensemble (its copies "
                           "are vectorised in one process)")
     if tc.nonfinite == "skip":
         raise ConfigError("train.nonfinite=skip: not supported by train_ensemble (its copies "
@@ -547,7 +547,7 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
         bar.evaluation(progress, float(np.mean([sum(x) for x in train_loss])),  # copies' mean
                        float(np.mean(live_scores)) if live_scores else None)
 
-    bar = ProgressLog(f"{cfg.name} x{S}", budget, enabled=tc.progress)
+    bar = ProgressLog(f"{cfg.name} x{S}", budget, enabled=cfg.runtime.progress)
 
     # ---------------------------------------------------------------- train
     model.train()

@@ -11,7 +11,7 @@ blocks are reused instead (the same effect as the ``MALLOC_MMAP_THRESHOLD_``
 and ``MALLOC_TRIM_THRESHOLD_`` environment variables). The cost is that memory
 freed late in a run is not returned to the system before the process exits.
 
-``adatt train`` and the experiments call it unless ``train.keep_freed_memory``
+``adatt train`` and the experiments call it unless ``runtime.keep_freed_memory``
 is false. It does nothing off glibc (macOS, Windows, musl) or when the
 environment already sets either variable.
 

@@ -91,7 +91,7 @@ class ProgressLog:
         desc: the run's name (the bar's label, each line's first word).
         total: the training budget in examples.
         initial: examples already seen (a resumed run).
-        enabled: False: print nothing (``train.progress=false``, ranks but 0).
+        enabled: False: print nothing (``runtime.progress=false``, ranks but 0).
         stream: where to write; a TTY gets the bar, anything else the lines.
         interval: most seconds between two refreshes of the bar's postfix.
     """

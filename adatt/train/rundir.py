@@ -80,11 +80,10 @@ class RunError(RuntimeError):
 #: The new values are applied and recorded in ``config.yaml``.
 RESUMABLE_KEYS = (
     "train.epochs", "train.max_examples", "train.selection.patience",
-    # execution settings (a key of either the train: section or its own section)
-    "train.threads", "train.progress", "train.device", "train.tensorboard",
-    "train.distributed", "train.keep_freed_memory",
-    "execution.threads", "execution.progress", "execution.device", "execution.tensorboard",
-    "execution.distributed", "execution.keep_freed_memory",
+    # execution settings and tracking
+    "runtime.threads", "runtime.progress", "runtime.device", "runtime.tensorboard",
+    "runtime.distributed", "runtime.keep_freed_memory",
+    "tracking.backend", "tracking.uri", "tracking.experiment",
     "out_dir",
 )
 
@@ -167,11 +166,11 @@ class RunDir:
         """The config a resumed run continues with: the stored ``config.yaml`` with
         the requested values of :data:`RESUMABLE_KEYS` (recorded in ``config.yaml``);
         any other difference is a one-line :class:`RunError` listing the keys."""
-        from adatt.config import load_config
+        from adatt.config import load_saved_config
 
         path = self.file("config.yaml")
         try:
-            stored = load_config(path).model_dump(mode="json")
+            stored = load_saved_config(path).model_dump(mode="json")
         except Exception as e:  # a damaged config.yaml cannot be compared
             raise RunError(f"{path} is unreadable ({str(e).splitlines()[0]}): "
                            "--overwrite to start the run again") from None

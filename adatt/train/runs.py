@@ -66,7 +66,7 @@ def load_run_model(run_dir: str | Path) -> tuple[RunConfig, nn.Module, FeatureSc
     """``(config, model with the selected weights, schema, data meta)`` of a
     finished run, without loading its data when the run has ``data.json``
     (runs made before it existed load their data for the schema; meta None)."""
-    from adatt.config import load_config
+    from adatt.config import load_saved_config
 
     run_dir = Path(run_dir)
     meta_path = run_dir / "data.json"
@@ -74,7 +74,7 @@ def load_run_model(run_dir: str | Path) -> tuple[RunConfig, nn.Module, FeatureSc
         cfg, model, splits = load_run(run_dir)
         return cfg, model, splits.schema, None
     _check_finished(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_saved_config(run_dir / "config.yaml")
     try:
         meta = json.loads(meta_path.read_text())
         schema = FeatureSchema.from_dict(meta["schema"])
@@ -87,11 +87,11 @@ def load_run_model(run_dir: str | Path) -> tuple[RunConfig, nn.Module, FeatureSc
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, nn.Module, Any]:
     """(config, model with the selected weights, splits) of a finished run."""
-    from adatt.config import load_config
+    from adatt.config import load_saved_config
 
     run_dir = Path(run_dir)
     _check_finished(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_saved_config(run_dir / "config.yaml")
     splits = load_splits_for(cfg)
     model = build_model(cfg.model, splits.schema)
     model.load_state_dict(RunDir(run_dir).load_best("cpu"))
@@ -99,7 +99,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, nn.Module, Any]:
 
 
 # Settings that change how a run is executed, not what it computes.
-EXECUTION_KEYS = {"train": ("threads", "progress", "tensorboard", "distributed",
+EXECUTION_KEYS = {"runtime": ("threads", "progress", "tensorboard", "distributed",
                              "keep_freed_memory"),
                   "tracking": ("backend", "uri", "experiment")}
 
@@ -113,14 +113,14 @@ def finished_results(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any] | No
     tracking).
     Used to skip seeds that are already done when an experiment is resumed or extended.
     """
-    from adatt.config import load_config
+    from adatt.config import load_saved_config
 
     run_dir = Path(run_dir)
     res_path, cfg_path = run_dir / "results.json", run_dir / "config.yaml"
     if not (res_path.is_file() and cfg_path.is_file()):
         return None
     try:
-        saved = load_config(cfg_path).model_dump(mode="json")
+        saved = load_saved_config(cfg_path).model_dump(mode="json")
         results = json.loads(res_path.read_text())
     except Exception:  # an unreadable leftover is simply trained again
         return None

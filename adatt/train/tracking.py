@@ -23,7 +23,7 @@ Backends (config section ``tracking``, :class:`~adatt.config.TrackingConfig`):
 
 * ``none`` (default): :class:`NoTracker`; nothing is tracked and no backend is imported;
 * ``tensorboard`` (``pip install 'adatt[tensorboard]'``; also what
-  ``train.tensorboard=true`` turns on): event files in ``<run>/tb``, or
+  ``runtime.tensorboard=true`` turns on): event files in ``<run>/tb``, or
   ``<tracking.uri>/<name>`` when ``tracking.uri`` is set;
 * ``mlflow`` (``pip install 'adatt[mlflow]'``): one MLflow run per training
   run, named after it, in experiment ``tracking.experiment`` of the tracking
@@ -273,9 +273,9 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
 
 def backend_of(cfg: RunConfig) -> str:
     """The tracking backend of ``cfg``: ``tracking.backend``, or ``tensorboard`` when
-    it is ``none`` and ``train.tensorboard=true``."""
+    it is ``none`` and ``runtime.tensorboard=true``."""
     backend = cfg.tracking.backend
-    if backend == "none" and cfg.train.tensorboard:
+    if backend == "none" and cfg.runtime.tensorboard:
         return "tensorboard"
     return backend
 

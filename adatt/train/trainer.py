@@ -29,7 +29,7 @@ Example:
     >>> import tempfile
     >>> cfg = load_config(None, ["data.source=mmoe_synthetic", "data.rows=2000",
     ...     "model.name=mmoe", "model.expert_sizes=[[8]]", "model.num_experts=2",
-    ...     "train.epochs=1", "train.progress=false", "out_dir=" + tempfile.mkdtemp()])
+    ...     "train.epochs=1", "runtime.progress=false", "out_dir=" + tempfile.mkdtemp()])
     >>> res = train(cfg)
     >>> sorted(res["test"])
     ['task1', 'task2']
@@ -77,13 +77,13 @@ __all__ = ["train", "setup_runtime", "make_weighting",
 
 def setup_runtime(cfg: RunConfig, splits: Any = None) -> tuple[torch.device, Any]:
     """Threads, device and data of a run, checked: ``(device, splits)``."""
-    tc = cfg.train
-    torch.set_num_threads(tc.threads or ddp.default_threads())
-    if tc.keep_freed_memory:
+    tc, rt = cfg.train, cfg.runtime
+    torch.set_num_threads(rt.threads or ddp.default_threads())
+    if rt.keep_freed_memory:
         keep_freed_memory()
-    device = ddp.local_device(tc.device)  # cuda: this process's GPU under torchrun
+    device = ddp.local_device(rt.device)  # cuda: this process's GPU under torchrun
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but CUDA is not available here")
+        raise ConfigError("runtime.device=cuda but CUDA is not available here")
     if splits is None:
         splits = load_splits_for(cfg)
     n = splits.schema.num_tasks
@@ -120,7 +120,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         cfg = run.check_resume(cfg)
     # before any directory is made: a missing package or a bad URI is a one-line error
     tracker = open_tracker(cfg, run.path, main=ddp.is_main())
-    ddp.init(tc)  # join torchrun's process group when launched by it (docs/distributed.md)
+    ddp.init(cfg)  # join torchrun's process group when launched by it (docs/distributed.md)
     device, splits = setup_runtime(cfg, splits)
     schema = splits.schema
     seed_everything(tc.seed)
@@ -132,7 +132,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
     opt = make_optimizer(groups, tc)
     # in memory, streamed, or (data.rank_shards under torchrun) this process's own shard files
-    source = ddp.batch_source(splits.train, tc.batch_size, tc.seed, device, cfg.data.rank_shards)
+    source = ddp.batch_source(splits.train, tc.batch_size, tc.seed, device,
+                              getattr(cfg.data, "rank_shards", False))
     n_train, steps_per_epoch, budget, total_steps = training_plan(source.rows, tc)
     sched = make_schedule(opt, tc, total_steps)
     shared = model.shared_parameters()
@@ -166,8 +167,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         run.restart_metrics(progress.evals)
     else:
         run.start(cfg, splits)
-    tracker.start(flatten(cfg.model_dump(mode="json")))  # train.tensorboard: TensorBoard
-    bar = ProgressLog(cfg.name, budget, progress.examples, tc.progress and ddp.is_main())
+    tracker.start(flatten(cfg.model_dump(mode="json")))  # runtime.tensorboard: TensorBoard
+    bar = ProgressLog(cfg.name, budget, progress.examples, cfg.runtime.progress and ddp.is_main())
 
     def evaluate_and_checkpoint(losses: torch.Tensor) -> None:
         """Score validation, update the selection, log, save ``best.pt`` and ``checkpoint.pt``."""
