@@ -96,22 +96,23 @@ def test_study_resumes_reports_and_is_deterministic(tmp_path):
     seeds = {json.loads((a / f"trials/trial_000{i}/results.json").read_text())["seed"]
              for i in range(2)}
     assert len(seeds) == 2
-    # the same command resumes: only the missing trial is trained
-    summary = run_study(None, space, a, TINY, trials=3, seed=3, prune=False)
+    # the same command resumes: only the missing trials are trained
+    summary = run_study(None, space, a, TINY, trials=4, seed=3, prune=False)
     trials = _trials(a)
-    assert len(trials) == 3 and summary["complete"] == 3
+    assert len(trials) == 4 and summary["complete"] == 4
     best = summary["best"]
     values = [t["value"] for t in trials]
     assert best["value"] == min(values)  # mmoe_synthetic: regression, mse, minimized
     res = json.loads((a / f"trials/trial_{best['number']:04d}/results.json").read_text())
     assert best["test"] == res["test"]
     report = (a / "report.md").read_text()
-    assert report.count("Test metrics") == 1 and report.count("| complete |") == 3
+    assert report.count("Test metrics") == 1 and report.count("| complete |") == 4
+    assert "## Parameter importances" in report  # from 4 complete trials
     assert "test" not in report.split("## Best trial")[0].replace("Test is scored", "")
     assert (a / "report.png").stat().st_size > 0
     # another seed on the same study directory is refused; the same seed elsewhere repeats
     with pytest.raises(ConfigError, match="another seed"):
-        run_study(None, space, a, TINY, trials=3, seed=4, prune=False)
+        run_study(None, space, a, TINY, trials=4, seed=4, prune=False)
     b = tmp_path / "b"
     run_study(None, space, b, TINY, trials=2, seed=3, prune=False)
     assert [t["params"] for t in _trials(b)] == [t["params"] for t in trials[:2]]
@@ -153,3 +154,4 @@ def test_trainer_calls_on_eval_once_per_evaluation(tmp_path):
     assert len(records) == len(lines) > 1
     assert [r["score"] for r in records] == [json.loads(x)["score"] for x in lines]
     assert all(r["higher"] is False for r in records)
+    assert [r["last"] for r in records] == [False] * (len(records) - 1) + [True]

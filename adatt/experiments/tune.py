@@ -245,7 +245,7 @@ def _objective(job: _Job, splits: Any) -> Any:
 
         def report(record: dict[str, Any]) -> None:
             trial.report(record["score"], step=record["eval"])
-            if trial.should_prune():
+            if not record["last"] and trial.should_prune():  # a finished run is kept
                 raise optuna.TrialPruned(f"pruned at evaluation {record['eval']}")
 
         from adatt.train.trainer import train
@@ -466,6 +466,7 @@ def _plot(path: Path, trials: list[Any], maximize: bool, importances: dict[str, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     cols = 2 if importances else 1
     fig, axes = plt.subplots(1, cols, figsize=(6 * cols, 4), squeeze=False)
@@ -484,6 +485,7 @@ def _plot(path: Path, trials: list[Any], maximize: bool, importances: dict[str, 
     if pruned:
         ax.scatter(*zip(*pruned, strict=True), marker="x", color="C3",
                    label="pruned (last validation)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("validation objective")
     ax.set_title("objective over trials")

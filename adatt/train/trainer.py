@@ -108,7 +108,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
     ``on_eval``, when given, is called once per evaluation (by rank 0 only),
     after the checkpoint is saved, with that evaluation's ``metrics.jsonl``
-    record plus ``higher`` (whether a higher ``score`` is better). An exception
+    record plus ``higher`` (whether a higher ``score`` is better) and ``last``
+    (no evaluation follows: the budget is spent or early stopping ends the run). An exception
     it raises stops the run there (e.g. a hyperparameter search pruning a
     trial); the run directory keeps its last checkpoint.
     """
@@ -192,7 +193,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                              "schedule": sched.state_dict(), "weighting": weighting.state_dict(),
                              "state": state, "rng": rng_state()})
         if on_eval is not None and ddp.is_main():
-            on_eval({**record, "higher": higher})
+            last = selection.done or progress.examples >= budget
+            on_eval({**record, "higher": higher, "last": last})
 
     # ---------------------------------------------------------------- train
     net = ddp.wrap(model)  # DistributedDataParallel summing gradients, or model itself
