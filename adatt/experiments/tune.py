@@ -399,7 +399,7 @@ def write_report(study_dir: str | Path, wall_time_s: float | None = None) -> dic
     for t in all_trials:
         secs = ((t.datetime_complete - t.datetime_start).total_seconds()
                 if t.datetime_complete and t.datetime_start else float("nan"))
-        value = t.value if t.value is not None else (
+        value = t.value if t.state == optuna.trial.TrialState.COMPLETE else (
             max(t.intermediate_values.values()) if maximize else
             min(t.intermediate_values.values())) if t.intermediate_values else None
         rows.append([t.number, _fmt_params(t.params), "" if value is None else float(value),
@@ -471,8 +471,8 @@ def _plot(path: Path, trials: list[Any], maximize: bool, importances: dict[str, 
     cols = 2 if importances else 1
     fig, axes = plt.subplots(1, cols, figsize=(6 * cols, 4), squeeze=False)
     ax = axes[0][0]
-    done = [(t.number, t.value) for t in trials if t.value is not None]
-    pruned = [(t.number, v) for t in trials if t.value is None and t.intermediate_values
+    done = [(t.number, t.value) for t in trials if t.state.name == "COMPLETE"]
+    pruned = [(t.number, v) for t in trials if t.state.name == "PRUNED" and t.intermediate_values
               for v in [list(t.intermediate_values.values())[-1]]]
     if done:
         ax.scatter(*zip(*done, strict=True), label="complete", color="C0")
