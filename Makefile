@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(call PIP,$(BIN)) --upgrade pip setuptools
 	$(call PIP,$(BIN)) torch==2.13.0
-	$(call PIP,$(BIN)) -e '.[dev,torchrec,tensorboard,mlflow]'
+	$(call PIP,$(BIN)) -e '.[dev,torchrec,tensorboard,mlflow,tune]'
 	$(call PIP,$(BIN)) --no-deps torchrec==1.8.0
 	@touch $(STAMP)
 

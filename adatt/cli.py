@@ -5,6 +5,8 @@
     adatt train --config FILE|NAME [k=v ...]
                                           train one run (a YAML file or a shipped config's name)
     adatt config list                     name the shipped configs (census/adatt_sp, ...)
+    adatt tune --config C --space S.yaml [--trials N] [--study-dir D] [--workers W] [k=v ...]
+                                          hyperparameter search with Optuna (docs/tuning.md)
     adatt eval --run runs/NAME            re-score a saved run
     adatt data info census|sim|files ...  describe a data set
     adatt data write-shards sim --rows N --shard-rows M --out DIR
@@ -62,6 +64,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     if distributed.is_main():  # under torchrun: rank 0 prints
         print(format_results(res))
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from adatt.experiments.tune import run_study
+
+    summary = run_study(args.config, args.space, args.study_dir, args.overrides,
+                        trials=args.trials, workers=args.workers, seed=args.seed,
+                        prune=not args.no_prune)
+    best = summary["best"]
+    if best is None:
+        print(f"no complete trial; wrote {summary['study_dir']}/report.md")
+        return
+    print(f"best: trial {best['number']} valid {best['value']:.5f} {json.dumps(best['params'])}")
+    print(format_results({"test": best["test"]}, splits=["test"]))
+    print(f"wrote {summary['study_dir']}/report.md ({summary['wall_time_s']:.0f} s)")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -289,6 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     s.add_argument("overrides", nargs="*", metavar="key=value")
     s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("tune", help="hyperparameter search over config keys with Optuna "
+                       "(needs the tune extra; docs/tuning.md)")
+    s.add_argument("--config", help="YAML config file or shipped config name")
+    s.add_argument("--space", required=True, help="search-space YAML: dotted key -> "
+                   "{low, high[, log, step]} or {choices: [...]}")
+    s.add_argument("--trials", type=int, default=20, help="finished trials of the study in all "
+                   "(a rerun resumes it up to this number; default 20)")
+    s.add_argument("--study-dir", help="study.db, trials/ and the report (default "
+                   "OUT_DIR/tune_NAME)")
+    s.add_argument("--workers", type=int, default=1, help="trials trained at once, each with "
+                   "cores / workers torch threads (default 1)")
+    s.add_argument("--seed", type=int, default=0, help="sampler seed; trial i trains with a "
+                   "seed drawn from it (default 0)")
+    s.add_argument("--no-prune", action="store_true", help="train every trial to the end")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.set_defaults(fn=_cmd_tune)
 
     s = sub.add_parser("config", help="the shipped configs")
     csub = s.add_subparsers(dest="config_command", required=True)

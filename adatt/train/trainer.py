@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,17 @@ def make_weighting(cfg: RunConfig, schema: Any, copies: int | None = None) -> An
 
 
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
-          splits: Any = None) -> dict[str, Any]:
-    """Train, select on validation, score on test; returns the results dict."""
+          splits: Any = None,
+          on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train, select on validation, score on test; returns the results dict.
+
+    ``on_eval``, when given, is called once per evaluation (by rank 0 only),
+    after the checkpoint is saved, with that evaluation's ``metrics.jsonl``
+    record plus ``higher`` (whether a higher ``score`` is better) and ``last``
+    (no evaluation follows: the budget is spent or early stopping ends the run). An exception
+    it raises stops the run there (e.g. a hyperparameter search pruning a
+    trial); the run directory keeps its last checkpoint.
+    """
     # ---------------------------------------------------------------- setup
     t_start = time.perf_counter()
     tc = cfg.train
@@ -191,6 +201,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         run.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
                              "schedule": sched.state_dict(), "weighting": weighting.state_dict(),
                              "state": state, "rng": rng_state()})
+        if on_eval is not None and ddp.is_main():
+            last = selection.done or progress.examples >= budget
+            on_eval({**line, "higher": higher, "last": last})
 
     # ---------------------------------------------------------------- train
     net = ddp.wrap(model)  # DistributedDataParallel summing gradients, or model itself
