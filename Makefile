@@ -9,7 +9,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 PIP = $(1)/pip install -q -c constraints.txt
 CHECK := build/wheel-check
 
-.PHONY: demo test test-slow lint bench bench-peers setup docs wheel wheel-check
+.PHONY: demo test test-slow lint bench bench-peers setup docs config-docs wheel wheel-check
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found (Python 3.11 is required)"; exit 1; }
@@ -44,6 +44,10 @@ bench: $(STAMP)
 bench-peers: $(STAMP)
 	$(call PIP,$(BIN)) -e '.[bench]'
 	$(BIN)/python benchmarks/peers.py $(ARGS)
+
+# docs/config.md, the config reference, from the typed config models (a test checks it)
+config-docs: $(STAMP)
+	$(BIN)/python -m adatt config show --all --format markdown > docs/config.md
 
 # The documentation site (mkdocs.yml) into site/; --strict: a broken link or reference fails
 docs: $(DOCS_STAMP)

@@ -5,6 +5,8 @@
     adatt train --config FILE|NAME [k=v ...]
                                           train one run (a YAML file or a shipped config's name)
     adatt config list                     name the shipped configs (census/adatt_sp, ...)
+    adatt config show [--source S] [--model M] [--format text|markdown] [--all]
+                                          every config key: type, default, meaning
     adatt tune --config C --space S.yaml [--trials N] [--study-dir D] [--workers W] [k=v ...]
                                           hyperparameter search with Optuna (docs/tuning.md)
     adatt eval --run runs/NAME            re-score a saved run
@@ -52,6 +54,25 @@ def _cmd_config_list(args: argparse.Namespace) -> None:
     width = max(map(len, configs))
     for name, desc in configs.items():
         print(f"{name:<{width}}  {desc}")
+
+
+def _cmd_config_show(args: argparse.Namespace) -> None:
+    from adatt.config import ConfigError, reference_markdown, reference_text
+
+    if args.format not in ("text", "markdown"):
+        raise ConfigError(f"--format: {args.format!r} is not text or markdown")
+    if args.all:
+        if args.format == "markdown":
+            print(reference_markdown(), end="")
+            return
+        print(reference_text(None, None), end="")
+        return
+    sources = [args.source or "census"]
+    models = [args.model or "adatt_sp"]
+    if args.format == "markdown":
+        print(reference_markdown(sources, models), end="")
+    else:
+        print(reference_text(sources[0], models[0]), end="")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -299,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", default="runs/demo")
     s.set_defaults(fn=_cmd_demo)
 
-    s = sub.add_parser("train", help="train one run from a YAML config")
+    s = sub.add_parser("train", help="train one run from a YAML config",
+                       epilog="config keys, types, defaults and meanings: adatt config show "
+                       "[--source S] [--model M] (docs/config.md)")
     s.add_argument("--config", help="YAML config file, or the name of a shipped config "
                    "(census/adatt_sp; list: adatt config list)")
     s.add_argument("--resume", action="store_true", help="continue a killed run")
@@ -328,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     csub = s.add_subparsers(dest="config_command", required=True)
     c = csub.add_parser("list", help="name the shipped configs (for train --config NAME)")
     c.set_defaults(fn=_cmd_config_list)
+    c = csub.add_parser("show", help="every config key with type, default and meaning")
+    c.add_argument("--source", help="data source whose data.* keys are shown "
+                   "(census, sim, mmoe_synthetic, files, stream; default census)")
+    c.add_argument("--model", help="model whose model.* options are shown (default adatt_sp)")
+    c.add_argument("--format", default="text", help="text (default) or markdown")
+    c.add_argument("--all", action="store_true", help="every source and every model "
+                   "(--format markdown: docs/config.md)")
+    c.set_defaults(fn=_cmd_config_show)
 
     s = sub.add_parser("eval", help="re-score a saved run")
     s.add_argument("--run", required=True, help="run directory (runs/NAME)")

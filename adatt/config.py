@@ -60,6 +60,7 @@ import difflib
 import math
 import re
 import sys
+import types
 import typing
 from pathlib import Path, PurePath
 from typing import Any, Literal
@@ -73,7 +74,8 @@ __all__ = ["ConfigError", "OptimizerConfig", "ScheduleConfig", "SelectionConfig"
            "RuntimeConfig", "TrackingConfig", "RunConfig", "RUNTIME_KEYS", "load_saved_config",
            "load_config", "apply_overrides", "validate_model_options", "dump_config",
            "CONFIG_DIR", "packaged_configs", "resolve_config",
-           "check_finite", "check_name", "check_device"]
+           "check_finite", "check_name", "check_device", "REFERENCE_COMMAND",
+           "config_rows", "model_option_rows", "reference_text", "reference_markdown"]
 
 FROM_DATA = ("num_tasks", "dense_dim", "cat_cardinalities")
 
@@ -92,21 +94,27 @@ class _Strict(BaseModel):
 class OptimizerConfig(_Strict):
     """Optimizer from torch.optim: adam, adamw, sgd or adagrad."""
 
-    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.0, ge=0)  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
+    name: Literal["adam", "adamw", "sgd", "adagrad"] = Field(
+        "adam", description="optimizer from torch.optim")
+    lr: float = Field(1e-3, gt=0, description="learning rate (the peak of the schedule)")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay (L2; decoupled for adamw)")
+    momentum: float = Field(0.0, ge=0, description="momentum (sgd only)")
+    betas: tuple[float, float] = Field((0.9, 0.999),
+                                       description="moment decay rates (adam / adamw only)")
 
 
 class ScheduleConfig(_Strict):
     """Learning-rate schedule, stepped every optimizer step."""
 
-    name: Literal["constant", "step", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)  # linear warm-up from 0, then the schedule
-    step_size: int = Field(1000, ge=1)  # step: multiply by gamma every step_size steps
-    gamma: float = Field(0.1, gt=0)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine: floor as a fraction of lr
+    name: Literal["constant", "step", "cosine"] = Field(
+        "constant", description="learning-rate schedule, stepped every optimizer step")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 over this many steps, "
+                                                   "then the schedule")
+    step_size: int = Field(1000, ge=1,
+                           description="step: multiply the rate by gamma every step_size steps")
+    gamma: float = Field(0.1, gt=0, description="step: the factor applied every step_size steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1,
+                                description="cosine: the floor, as a fraction of lr")
 
 
 class SelectionConfig(_Strict):
@@ -119,43 +127,56 @@ class SelectionConfig(_Strict):
     With ``auc`` and no binary task, ``mse`` is used.
     """
 
-    metric: Literal["auc", "ne", "logloss", "mse", "loss"] = "auc"
-    patience: int | None = Field(None, ge=1)  # early stopping after this many bad evaluations
+    metric: Literal["auc", "ne", "logloss", "mse", "loss"] = Field(
+        "auc", description="validation metric that picks best.pt (auc: higher is better, "
+                           "others lower; auc without binary tasks: mse)")
+    patience: int | None = Field(None, ge=1, description="early stopping after this many "
+                                 "evaluations without improvement (null: never)")
 
 
 class TrainConfig(_Strict):
     """Training loop options."""
 
-    seed: int = 0
-    batch_size: int = Field(512, ge=1)
-    epochs: int = Field(10, ge=1)
-    max_examples: int | None = Field(None, ge=1)  # stop after this many training examples
-    eval_every: int | None = Field(None, ge=1)  # evaluate every N examples (default: each epoch)
-    eval_batch_size: int = Field(8192, ge=1)
-    optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
-    # a step with a non-finite loss: stop the run (an error) or skip the batch and count it
-    nonfinite: Literal["stop", "skip"] = "stop"
-    weighting: str = "equal"  # loss weighting method, see `adatt.train.weighting`
-    weighting_options: dict[str, Any] = {}
-    task_weights: list[float] | None = None  # static per-task loss weights
-    selection: SelectionConfig = SelectionConfig()
-    bf16: bool = False  # bfloat16 autocast for the forward pass
+    seed: int = Field(0, description="seed of the model initialisation and batch order")
+    batch_size: int = Field(512, ge=1, description="training examples per optimizer step")
+    epochs: int = Field(10, ge=1, description="passes over the training split")
+    max_examples: int | None = Field(None, ge=1,
+                                     description="stop after this many training examples")
+    eval_every: int | None = Field(None, ge=1, description="evaluate on the validation split "
+                                   "every N training examples (null: after each epoch)")
+    eval_batch_size: int = Field(8192, ge=1, description="examples per batch when evaluating")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="the optimizer")
+    schedule: ScheduleConfig = Field(ScheduleConfig(), description="the learning-rate schedule")
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm "
+                                    "to this value (null: no clipping)")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a step with a non-finite loss: stop the run (an error) or skip "
+                            "the batch and count it")
+    weighting: str = Field("equal", description="loss weighting method "
+                           "(adatt.train.weighting: equal, uncertainty, gradnorm, ...)")
+    weighting_options: dict[str, Any] = Field({}, description="options of the weighting method")
+    task_weights: list[float] | None = Field(None, description="static per-task loss weights, "
+                                             "one per task (null: all 1)")
+    selection: SelectionConfig = Field(SelectionConfig(),
+                                       description="checkpoint selection and early stopping")
+    bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
 
 
 class RuntimeConfig(_Strict):
     """How and where a run executes; none of it changes what the run computes on CPU."""
 
-    device: str = "cpu"
-    threads: int | None = Field(None, ge=1)  # torch threads (default: cores / local processes)
-    # reuse freed memory instead of re-faulting fresh pages every step (adatt.train.memory)
-    keep_freed_memory: bool = True
-    # data-parallel training (docs/distributed.md): None = when launched by torchrun with
-    # several processes, true = always join torchrun's group, false = never
-    distributed: bool | None = None
-    progress: bool = True
-    tensorboard: bool = False
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N, ...")
+    threads: int | None = Field(None, ge=1, description="torch threads "
+                                "(null: cores / local processes)")
+    keep_freed_memory: bool = Field(True, description="reuse freed memory instead of "
+                                    "re-faulting fresh pages every step (adatt.train.memory)")
+    distributed: bool | None = Field(None, description="data-parallel training "
+                                     "(docs/distributed.md): null = when torchrun starts several "
+                                     "processes, true = always, false = never")
+    progress: bool = Field(True, description="progress bar in a terminal, one line per "
+                           "evaluation otherwise")
+    tensorboard: bool = Field(False, description="write TensorBoard event files "
+                              "(the tensorboard extra)")
 
 
 #: The keys of :class:`RuntimeConfig`, formerly under ``train``.
@@ -172,21 +193,26 @@ class TrackingConfig(_Strict):
     ``experiment``: the MLflow experiment name.
     """
 
-    backend: Literal["none", "tensorboard", "mlflow"] = "none"
-    uri: str | None = None
-    experiment: str = Field("adatt", min_length=1)
+    backend: Literal["none", "tensorboard", "mlflow"] = Field(
+        "none", description="experiment tracking backend (none: nothing tracked)")
+    uri: str | None = Field(None, description="TensorBoard log root (default <run>/tb) or "
+                            "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
+                            "sqlite:///<out_dir>/mlflow.db)")
+    experiment: str = Field("adatt", min_length=1, description="the MLflow experiment name")
 
 
 class RunConfig(_Strict):
     """A whole run: data, model options, training options, execution, where to write."""
 
-    name: str = "run"
-    out_dir: str = "runs"
-    data: AnyDataConfig = CensusData()
-    model: dict[str, Any] = {"name": "adatt_sp"}
-    train: TrainConfig = TrainConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    name: str = Field("run", description="run directory name under out_dir "
+                      "(a relative path)")
+    out_dir: str = Field("runs", description="directory that holds the run directories")
+    data: AnyDataConfig = Field(CensusData(), description="the data source and its options")
+    model: dict[str, Any] = Field({"name": "adatt_sp"}, description="model name and "
+                                  "constructor options (adatt.models)")
+    train: TrainConfig = Field(TrainConfig(), description="the training recipe")
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="how and where the run executes")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="experiment tracking")
 
     @model_validator(mode="before")
     @classmethod
@@ -505,3 +531,272 @@ def _unknown_key_message(loc: str) -> str:
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (what a run saves as ``config.yaml``)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------
+# The config reference: every key with its type, default and meaning, generated from the
+# typed models above, the data sources' models and the model constructors.
+
+#: the command that regenerates ``docs/config.md``
+REFERENCE_COMMAND = "python -m adatt config show --all --format markdown > docs/config.md"
+
+#: marks a constructor option or key without a default
+_REQUIRED = object()
+
+_RST = re.compile(r":(?:class|func|mod|meth|data):`~?([^`]+)`|``([^`]*)``|`([^`]*)`")
+
+
+def _plain(text: str) -> str:
+    """reST markup to plain text on one line: ``x`` -> x, :class:`X` -> X."""
+    text = _RST.sub(lambda m: next(g for g in m.groups() if g is not None), text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _type_name(tp: Any) -> str:
+    """A type annotation as users write it: ``int | null``, ``adam | sgd``, ``list[float]``."""
+    if tp is type(None):
+        return "null"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _constraints(field: Any) -> str:
+    ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >="}
+    out = []
+    for m in field.metadata:
+        for attr, op in ops.items():
+            v = getattr(m, attr, None)
+            if v is not None:
+                out.append(f"{op} {v}")
+    return f" ({', '.join(out)})" if out else ""
+
+
+def _default_text(value: Any) -> str:
+    if value is _REQUIRED:
+        return "required"
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, tuple):
+        value = _listify(value)
+    return yaml.safe_dump(_listify(value), default_flow_style=True, width=10_000).strip() \
+        .removesuffix("\n...").removesuffix("...").strip()
+
+
+def _listify(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_listify(v) for v in value]
+    return value
+
+
+def _section_rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, meaning) of every leaf key of a typed section."""
+    rows = []
+    for key, field in model.model_fields.items():
+        path = f"{prefix}{key}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += _section_rows(ann, f"{path}.")
+            continue
+        default = _REQUIRED if field.is_required() else field.get_default(
+            call_default_factory=True)
+        rows.append((path, _type_name(ann) + _constraints(field), _default_text(default),
+                     field.description or ""))
+    return rows
+
+
+def _docstring_args(doc: str) -> tuple[dict[str, str], str]:
+    """The ``Args:`` section of a docstring: {name: meaning} of its items, and its free
+    text when it is written inline (``Args: as :class:`AdaTTSp`, plus ...``)."""
+    lines = (doc or "").splitlines()
+    items: dict[str, str] = {}
+    starts = [i for i, line in enumerate(lines) if line.strip().startswith("Args:")]
+    if not starts:
+        return items, ""
+    i = starts[0]
+    line = lines[i]
+    rest = line.strip().removeprefix("Args:").strip()
+    if rest:  # inline: the paragraph that starts here
+        para = [rest]
+        for nxt in lines[i + 1:]:
+            if not nxt.strip():
+                break
+            para.append(nxt.strip())
+        return items, " ".join(para)
+    base = None
+    names: list[str] = []
+    for nxt in lines[i + 1:]:
+        if not nxt.strip():
+            break
+        indent = len(nxt) - len(nxt.lstrip())
+        base = indent if base is None else base
+        if indent < base:
+            break
+        m = re.match(r"\s*([\w, ]+):\s*(.*)", nxt) if indent == base else None
+        if m:
+            names = [n.strip() for n in m.group(1).split(",")]
+            for n in names:
+                items[n] = m.group(2)
+        else:
+            for n in names:
+                items[n] += " " + nxt.strip()
+    return items, ""
+
+
+def _first_sentence(text: str) -> str:
+    """One line of an ``Args:`` item: its first sentence, with YAML's ``null`` for None."""
+    text = _plain(text)
+    text = re.split(r"(?<=[a-z)\]])\.(?:\s|$)", text)[0].rstrip(".")
+    text = re.sub(r";\s*the other options .*$", "", text)
+    return re.sub(r"^None:", "null:", text)
+
+
+def _option_meaning(cls: type, key: str, seen: set[type] | None = None) -> str:
+    """The meaning of constructor option ``key`` of ``cls``: its ``Args:`` item, else the
+    item of a class its ``Args:`` points to (``as :class:`X```) or of a base class, else
+    the parenthesis after ````key```` in the inline ``Args:`` text."""
+    seen = set() if seen is None else seen
+    seen.add(cls)
+    items, inline = _docstring_args(cls.__doc__ or "")
+    if key in items:
+        return _first_sentence(items[key])
+    refs = re.findall(r":class:`~?([\w.]+)`", inline + " ".join(items.values()))
+    module = sys.modules[cls.__module__]
+    linked = [getattr(module, r.rsplit(".", 1)[-1], None) for r in refs]
+    for other in [c for c in linked if isinstance(c, type)] + list(cls.__mro__[1:]):
+        if other not in seen and other.__doc__:
+            found = _option_meaning(other, key, seen)
+            if found:
+                return found
+    m = re.search(rf"``{key}`` \(((?:[^()]|\([^()]*\))*)\)", inline)
+    return _first_sentence(m.group(1)) if m else ""
+
+
+def model_option_rows(name: str) -> list[tuple[str, str, str, str]]:
+    """(``model.<option>``, type, default, meaning) of model ``name``'s config options,
+    from its constructor's signature, type hints and docstring ``Args:``.
+
+    Example:
+        >>> rows = {r[0]: r for r in model_option_rows("mmoe")}
+        >>> rows["model.num_experts"][1:]
+        ('int', '6', 'n experts per level')
+    """
+    from adatt.models import model_class, model_options
+
+    cls = model_class(name)
+    hints = typing.get_type_hints(cls.__init__)
+    rows = [("model.name", "str", "adatt_sp", "the model (`adatt models` lists them)")]
+    for key, param in model_options(name).items():
+        if key in FROM_DATA:
+            continue
+        default = _REQUIRED if param.default is param.empty else param.default
+        rows.append((f"model.{key}", _type_name(hints[key]).replace("NoneType", "null"),
+                     _default_text(default), _option_meaning(cls, key)))
+    return rows
+
+
+def config_rows(source: str = "census", model: str = "adatt_sp"
+                ) -> list[tuple[str, str, str, str]]:
+    """Every key of a run config with data source ``source`` and model ``model``:
+    (dotted key, type, default, meaning), in the order of the sections.
+
+    Example:
+        >>> rows = {r[0]: r for r in config_rows("files", "mmoe")}
+        >>> rows["train.selection.patience"][1:3]
+        ('int | null (>= 1)', 'null')
+        >>> "data.rows" in rows, "data.schema" in rows, "model.num_experts" in rows
+        (False, True, True)
+    """
+    from adatt.models import list_models
+
+    if source not in SOURCES:
+        raise ConfigError(f"--source: unknown data source {source!r} "
+                          f"(sources: {', '.join(SOURCES)})")
+    if model not in list_models():
+        raise ConfigError(f"--model: unknown model {model!r} "
+                          f"(models: {', '.join(list_models())})")
+    rows = []
+    for key, field in RunConfig.model_fields.items():
+        if key == "data":
+            rows += _section_rows(SOURCES[source], "data.")
+        elif key == "model":
+            rows += model_option_rows(model)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows += _section_rows(field.annotation, f"{key}.")
+        else:
+            rows.append((key, _type_name(field.annotation), _default_text(field.default),
+                         field.description or ""))
+    return rows
+
+
+def _text_table(rows: list[tuple[str, str, str, str]]) -> str:
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{k:<{w[0]}}  {t:<{w[1]}}  {d:<{w[2]}}  {m}".rstrip()
+                     for k, t, d, m in rows)
+
+
+def _md_table(rows: list[tuple[str, str, str, str]]) -> str:
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    out += [f"| `{k}` | {cell(t)} | `{cell(d)}` | {cell(m)} |" for k, t, d, m in rows]
+    return "\n".join(out)
+
+
+def reference_text(source: str | None = "census", model: str | None = "adatt_sp") -> str:
+    """``adatt config show``: one line per key, ``key  type  default  meaning``.
+
+    ``source=None`` / ``model=None``: the keys of every source / model, each under a
+    ``# data source: S`` / ``# model: M`` line.
+    """
+    from adatt.models import list_models
+
+    if source is not None and model is not None:
+        return _text_table(config_rows(source, model)) + "\n"
+    rows = config_rows(source or "census", model or "adatt_sp")
+    blocks = [_text_table([r for r in rows if not r[0].startswith(("data.", "model."))])]
+    for s in [source] if source else list(SOURCES):
+        blocks.append(f"# data source: {s}\n" + _text_table(_section_rows(SOURCES[s], "data.")))
+    for m in [model] if model else list(list_models()):
+        blocks.append(f"# model: {m}\n" + _text_table(model_option_rows(m)))
+    return "\n\n".join(blocks) + "\n"
+
+
+def reference_markdown(sources: list[str] | None = None, models: list[str] | None = None
+                       ) -> str:
+    """The config reference as markdown (``docs/config.md``: every source and model)."""
+    from adatt.models import list_models
+
+    sources = list(SOURCES) if sources is None else sources
+    models = list(list_models()) if models is None else models
+    base = [r for r in config_rows(sources[0], models[0])
+            if not r[0].startswith(("data.", "model."))]
+    sections: dict[str, list[tuple[str, str, str, str]]] = {}
+    for r in base:
+        sections.setdefault(r[0].split(".")[0] if "." in r[0] else "", []).append(r)
+    out = ["# Configuration reference", "",
+           f"<!-- generated by `{REFERENCE_COMMAND}`; do not edit -->", "",
+           "Every key of a run config, with its type, default and meaning. A config is a "
+           "YAML file (or a shipped config's name, `adatt config list`) with "
+           "`dotted.key=value` overrides on the command line. `adatt config show "
+           "[--source S] [--model M]` prints the keys of one data source and one model.", ""]
+    out += ["## Top level", "", _md_table(sections.pop("")), ""]
+    out += ["## data", "", "The keys of the chosen `data.source` only: a key of another "
+            "source is an error.", ""]
+    for s in sources:
+        out += [f"### source: {s}", "", _md_table(_section_rows(SOURCES[s], "data.")), ""]
+    out += ["## model", "", "`model.name` picks the model; the other keys are its "
+            "constructor's options (`num_tasks`, `dense_dim` and `cat_cardinalities` come "
+            "from the data).", ""]
+    for m in models:
+        out += [f"### model: {m}", "", _md_table(model_option_rows(m)), ""]
+    for name, rows in sections.items():
+        out += [f"## {name}", "", _md_table(rows), ""]
+    return "\n".join(out).rstrip() + "\n"

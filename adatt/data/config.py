@@ -81,12 +81,14 @@ class DataConfig(_Source):
     :class:`MmoeSyntheticData`, :class:`FilesData`, :class:`StreamData`); each holds
     only its own options, and every one is an instance of this class."""
 
-    source: str
+    source: str = Field(description="the data source: census, sim, mmoe_synthetic, files or stream")
 
 
 class _Fractions(DataConfig):
-    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0,
+                                  description="fraction of the rows cut for validation")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0,
+                                 description="fraction of the rows cut for test")
 
     @model_validator(mode="after")
     def _check_fractions(self) -> _Fractions:
@@ -101,23 +103,29 @@ class _Fractions(DataConfig):
 class CensusData(DataConfig):
     """``source: census``: UCI Census-Income (KDD), :func:`adatt.data.census.load_census`."""
 
-    source: Literal["census"] = "census"
-    data_dir: str | None = None
-    instance_weight: Literal["drop", "feature", "sample_weight"] = "drop"
-    dense_scaling: Literal["minmax", "standard"] = "minmax"
-    split_seed: int = 0
-    cache_dir: str | None = None
-    use_cache: bool = True
-    download: bool = True
+    source: Literal["census"] = Field("census", description="UCI Census-Income (KDD)")
+    data_dir: str | None = Field(None, description="directory holding the two UCI files "
+                                 "(null: $ADATT_DATA_DIR, then the download cache)")
+    instance_weight: Literal["drop", "feature", "sample_weight"] = Field(
+        "drop", description="the census instance weight: dropped, a dense feature or a "
+                            "sample weight of the loss")
+    dense_scaling: Literal["minmax", "standard"] = Field(
+        "minmax", description="scaling of the dense features (minmax: the paper's protocol)")
+    split_seed: int = Field(0, description="seed of the valid / test split of the UCI test file")
+    cache_dir: str | None = Field(None, description="root of the caches "
+                                  "(null: $ADATT_CACHE_DIR, else the user cache directory)")
+    use_cache: bool = Field(True, description="read and write the processed-split cache")
+    download: bool = Field(True, description="download from UCI when no directory holds "
+                           "the files")
 
 
 class SimData(_Fractions):
     """``source: sim``: the recommender simulator, :func:`adatt.data.simulator.load_sim`."""
 
-    source: Literal["sim"] = "sim"
-    preset: str = "group1"
-    rows: int = Field(100_000, ge=1)
-    seed: int = 0
+    source: Literal["sim"] = Field("sim", description="the recommender simulator")
+    preset: str = Field("group1", description="task group: group1, group2, group3 or all")
+    rows: int = Field(100_000, ge=1, description="rows generated")
+    seed: int = Field(0, description="seed of the generator and the split")
 
     @model_validator(mode="after")
     def _check_preset(self) -> SimData:
@@ -131,11 +139,13 @@ class SimData(_Fractions):
 class MmoeSyntheticData(_Fractions):
     """``source: mmoe_synthetic``: :func:`adatt.data.mmoe_synthetic.load_mmoe_synthetic`."""
 
-    source: Literal["mmoe_synthetic"] = "mmoe_synthetic"
-    correlation: float = Field(0.5, ge=-1.0, le=1.0)
-    rows: int = Field(100_000, ge=1)
-    dim: int = Field(100, ge=2)
-    seed: int = 0
+    source: Literal["mmoe_synthetic"] = Field(
+        "mmoe_synthetic", description="the MMoE paper's synthetic two-task generator")
+    correlation: float = Field(0.5, ge=-1.0, le=1.0,
+                               description="correlation of the two tasks' label functions")
+    rows: int = Field(100_000, ge=1, description="rows generated")
+    dim: int = Field(100, ge=2, description="input dimension")
+    seed: int = Field(0, description="seed of the generator and the split")
 
 
 # The files option is called ``schema`` (the YAML key users write); it shadows pydantic's
@@ -146,27 +156,36 @@ with warnings.catch_warnings():
     class FilesData(_Fractions):
         """``source: files``: CSV / Parquet files, :func:`adatt.data.files.load_files`."""
 
-        source: Literal["files"] = "files"
-        schema: str  # type: ignore[assignment]
-        train: str
-        valid: str | None = None
-        test: str | None = None
-        split_seed: int = 0
+        source: Literal["files"] = Field("files", description="CSV / Parquet files")
+        schema: str = Field(  # type: ignore[assignment]
+            description="schema YAML naming the columns (docs/data.md)")
+        train: str = Field(description="training file (CSV or Parquet)")
+        valid: str | None = Field(None, description="validation file "
+                                  "(null: cut from train with valid_fraction)")
+        test: str | None = Field(None, description="test file "
+                                 "(null: cut from train with test_fraction)")
+        split_seed: int = Field(0, description="seed of the splits cut from train")
 
     class StreamData(DataConfig):
         """``source: stream``: streamed Parquet shards, :func:`adatt.data.stream.load_stream`."""
 
-        source: Literal["stream"] = "stream"
-        schema: str  # type: ignore[assignment]
-        train: str
-        valid: str
-        test: str
-        shuffle_buffer: int = Field(131_072, ge=0)  # rows; at least one batch is used
-        cat_encoding: Literal["vocab", "hash"] = "vocab"
-        fit_rows: int = Field(1_000_000, ge=1)  # sample rows for vocabulary and scaling
-        hash_buckets: int = Field(1_000_000, ge=1)  # per field, cat_encoding=hash
-        # under torchrun: each process streams only its shard files (docs/distributed.md)
-        rank_shards: bool = False
+        source: Literal["stream"] = Field("stream",
+                                          description="Parquet shards streamed from disk")
+        schema: str = Field(  # type: ignore[assignment]
+            description="schema YAML naming the columns (docs/data.md)")
+        train: str = Field(description="training shards: a directory, glob or file")
+        valid: str = Field(description="validation file, read into memory")
+        test: str = Field(description="test file, read into memory")
+        shuffle_buffer: int = Field(131_072, ge=0, description="rows of the shuffle buffer "
+                                    "(at least one batch is used)")
+        cat_encoding: Literal["vocab", "hash"] = Field(
+            "vocab", description="categorical encoding: a vocabulary fit on a sample, or hashing")
+        fit_rows: int = Field(1_000_000, ge=1,
+                              description="sample rows for the vocabulary and the scaling")
+        hash_buckets: int = Field(1_000_000, ge=1,
+                                  description="buckets per field with cat_encoding=hash")
+        rank_shards: bool = Field(False, description="under torchrun, each process streams "
+                                  "only its own shard files (docs/distributed.md)")
 
 
 #: The data section's type: one model per source, chosen by ``source``.
