@@ -152,8 +152,8 @@ class TrainConfig(_Strict):
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a step with a non-finite loss: stop the run (an error) or skip "
                             "the batch and count it")
-    weighting: str = Field("equal", description="loss weighting method "
-                           "(adatt.train.weighting: equal, uncertainty, gradnorm, ...)")
+    weighting: str = Field("equal", description="loss weighting method: equal, uncertainty, "
+                           "gradnorm, dwa or pcgrad (adatt.train.weighting)")
     weighting_options: dict[str, Any] = Field({}, description="options of the weighting method")
     task_weights: list[float] | None = Field(None, description="static per-task loss weights, "
                                              "one per task (null: all 1)")
