@@ -706,14 +706,11 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         epoch_losses: list[list[float]] = []  # mean training loss of every epoch
         if resume:
             ck = run.load_checkpoint("cpu")
-            try:
+            with run.restoring():
                 load_full_state(model, ck["model"])
                 load_sparse_optimizer_state(model, ck["sparse_optimizer"])
                 opt.load_state_dict(ck["optimizer"])
                 sched.load_state_dict(ck["schedule"])
-            except (KeyError, RuntimeError, ValueError) as e:
-                raise RunError(f"{run.file('checkpoint.pt')} does not fit this run "
-                               f"({str(e).splitlines()[0]}): --overwrite to start again") from None
             progress = Progress.from_state_dict(ck["state"])
             selection = Selection.from_state_dict(ck["state"])
             epoch_losses = ck["epoch_train_loss"]

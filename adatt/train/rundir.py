@@ -298,6 +298,17 @@ class RunDir:
     def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:
         return self._load_verified("checkpoint.pt", map_location, weights_only=False)
 
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[None]:
+        """Around loading ``checkpoint.pt``'s states into the run's objects: a state
+        that does not fit them (another model, optimizer or weighting) is a one-line
+        :class:`RunError` naming the file, not a size-mismatch traceback."""
+        try:
+            yield
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise RunError(f"{self.file('checkpoint.pt')} does not fit this run "
+                           f"({str(e).splitlines()[0]}): --overwrite to start again") from None
+
     # ------------------------------------------------------------------ results.json
     def write_results(self, results: dict[str, Any]) -> None:
         if self.writes:

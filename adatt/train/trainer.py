@@ -160,14 +160,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if resume:
         run.path.mkdir(parents=True, exist_ok=True)
         ck = run.load_checkpoint(device)
-        try:
+        with run.restoring():
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["schedule"])
             weighting.load_state_dict(ck["weighting"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise RunError(f"{run.file('checkpoint.pt')} does not fit this run "
-                           f"({str(e).splitlines()[0]}): --overwrite to start again") from None
         progress = Progress.from_state_dict(ck["state"])
         selection = Selection.from_state_dict(ck["state"])
         guard.skipped = ck["state"].get("nonfinite_skipped", 0)
