@@ -55,6 +55,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import describe  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "census" / "adatt_sp.yaml"
 # census-like cardinalities: 28 fields, ~470 one-hot columns (as benchmarks/models.py)
@@ -195,6 +198,7 @@ def main() -> None:
         kind, s = args.one.split(":")
         print(json.dumps(run_one(kind, int(s), args)))
         return
+    print(describe())
     data_desc = f"census ({args.census})" if args.census else "synthetic census-shaped"
     threads = args.threads or os.cpu_count()
     print(f"adatt_sp census config, batch 512, {data_desc} data, device {args.device}, "

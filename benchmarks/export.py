@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import describe  # noqa: E402
 from models import SIZES, our_kwargs  # noqa: E402
 
 FORMATS = ("eager", "torchscript", "export", "onnx")
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print(describe())
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     from adatt.serve.export import example_inputs
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import describe  # noqa: E402
 from paired import Worker, paired_ratio, run_group, serve, take_turns  # noqa: E402,I001
 
 # census-like cardinalities: 28 fields, ~470 one-hot columns once index 0 is added
@@ -214,6 +215,7 @@ def main() -> None:
         impl, name, size, bf16 = args.one.split(":")
         run_one(impl, name, size, args.reference, bf16 == "1")
         return
+    print(describe())
     peak = matmul_peak()
     print(f"fp32 matmul peak on this machine ({os.cpu_count()} threads): {peak:.0f} GFLOP/s\n")
     impls = [("ours", "0")] + ([("ours", "1")] if args.bf16 else []) \

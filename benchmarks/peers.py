@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import describe  # noqa: E402
 from paired import Worker, paired_ratio, run_group, say, serve, take_turns  # noqa: E402,I001
 
 
@@ -559,6 +560,7 @@ def main() -> None:
         measure(lib, name, size, args.threads, args.quick, args.reference, args.fused_all,
                 args.keep_memory_all)
         return
+    print(describe())
 
     sizes = (args.sizes or ("census" if args.quick else ",".join(SIZES))).split(",")
     models = args.models.split(",") if args.models else \

@@ -45,6 +45,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import describe  # noqa: E402
+
 
 def _load_peers():
     """``benchmarks/peers.py`` (its builders), registered so its dataclasses work."""
@@ -212,6 +215,7 @@ def main() -> None:
                    "tables (same settings assumed; e.g. --libs torch-rechub-no-bn after a "
                    "default call)")
     args = p.parse_args()
+    print(describe())
     bad = [m for m in args.models.split(",") if m not in EXPERTS]
     if bad:
         sys.exit(f"error: unknown model {bad[0]!r}; known: {', '.join(EXPERTS)}")

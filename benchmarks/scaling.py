@@ -35,6 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import describe  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "census" / "adatt_sp.yaml"
 
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--max-examples", type=int, help="stop after this many training examples "
                     "(a quick check)")
     args = ap.parse_args()
+    print(describe())
     p = args.procs
     common = [f"train.epochs={args.epochs}"]
     if args.max_examples:
