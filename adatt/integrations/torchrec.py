@@ -622,7 +622,7 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         selection_score,
         warn_one_class,
     )
-    from adatt.train.tracking import NoTracker, eval_metrics, finish, flatten, open_tracker
+    from adatt.train.tracking import NoTracker, finish, flatten, log_evaluation, open_tracker
 
     # ---------------------------------------------------------------- setup
     t_start = time.perf_counter()
@@ -733,11 +733,10 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
             full = full_state_dict(model)
             if selection.update(score, higher, progress.at(), tc.selection.patience):
                 run.save_best(full)
-            line = {**progress.at(), "train_loss": losses.tolist(), "score": score,
-                    "improved": selection.improved, "valid": metrics,
-                    "lr": sched.get_last_lr()[0]}
-            run.append_metrics(line)
-            tracker.log_metrics(progress.examples, eval_metrics(line, schema.task_names))
+            line = log_evaluation(run, tracker, progress, schema.task_names,
+                                  train_loss=losses.tolist(), score=score,
+                                  improved=selection.improved, valid=metrics,
+                                  lr=sched.get_last_lr()[0])
             bar.evaluation(progress, sum(line["train_loss"]), score)
             state = progress.state_dict()
             state["wall_time"] = progress.wall_time + time.perf_counter() - t_start

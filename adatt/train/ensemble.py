@@ -116,7 +116,7 @@ from adatt.train.selection import (
     selection_score,
     warn_one_class,
 )
-from adatt.train.tracking import Tracker, eval_metrics, finish, flatten, open_tracker
+from adatt.train.tracking import Tracker, finish, flatten, log_evaluation, open_tracker
 from adatt.train.trainer import make_weighting, setup_runtime
 from adatt.train.weighting import WEIGHTINGS, Weighting
 
@@ -532,10 +532,9 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
                                             one_class)
             if not sel.update(score, higher, progress.at(), tc.selection.patience) and sel.done:
                 stop_examples[k] = progress.examples
-            line = {**progress.at(), "train_loss": train_loss[k], "score": score,
-                    "improved": sel.improved, "valid": metrics[k], "lr": lr}
-            run.append_metrics(line)
-            trackers[k].log_metrics(progress.examples, eval_metrics(line, schema.task_names))
+            log_evaluation(run, trackers[k], progress, schema.task_names,
+                           train_loss=train_loss[k], score=score, improved=sel.improved,
+                           valid=metrics[k], lr=lr)
             live_scores.append(score)
         improved = [sel.improved for sel in selections]
         if any(improved):

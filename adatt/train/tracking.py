@@ -58,12 +58,16 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adatt.config import ConfigError, RunConfig
 
+if TYPE_CHECKING:
+    from adatt.train.progress import Progress
+    from adatt.train.rundir import RunDir
+
 __all__ = ["Tracker", "NoTracker", "TensorBoardTracker", "MlflowTracker", "open_tracker",
-           "backend_of", "flatten", "eval_metrics", "numeric", "finish"]
+           "backend_of", "flatten", "eval_metrics", "log_evaluation", "numeric", "finish"]
 
 
 class Tracker(Protocol):
@@ -131,6 +135,18 @@ def eval_metrics(line: dict[str, Any], task_names: Sequence[str]) -> dict[str, f
         out[f"train_loss/{task}"] = float(loss)
     out.update(numeric({"valid": line.get("valid", {})}))
     return out
+
+
+def log_evaluation(run: RunDir, tracker: Tracker, progress: Progress, task_names: Sequence[str],
+                   *, train_loss: list[float], score: float, improved: bool,
+                   valid: dict[str, dict[str, float]], lr: float) -> dict[str, Any]:
+    """One evaluation's record, the same for every recipe: appended to the run's
+    ``metrics.jsonl`` and sent to the tracker; returned for the caller's own use."""
+    line = {**progress.at(), "train_loss": train_loss, "score": score, "improved": improved,
+            "valid": valid, "lr": lr}
+    run.append_metrics(line)
+    tracker.log_metrics(progress.examples, eval_metrics(line, task_names))
+    return line
 
 
 # --------------------------------------------------------------------------- TensorBoard

@@ -68,7 +68,7 @@ from adatt.train.selection import (
     selection_score,
     warn_one_class,
 )
-from adatt.train.tracking import eval_metrics, finish, flatten, open_tracker
+from adatt.train.tracking import finish, flatten, log_evaluation, open_tracker
 
 __all__ = ["train", "setup_runtime", "make_weighting",
            # components re-exported for existing callers (they live in their own modules)
@@ -185,11 +185,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         progress.evals += 1
         if selection.update(score, higher, progress.at(), tc.selection.patience):
             run.save_best(model.state_dict())
-        line = {**progress.at(), "train_loss": [float(x) for x in losses.detach()],
-                "score": score, "improved": selection.improved, "valid": metrics,
-                "lr": sched.get_last_lr()[0]}
-        run.append_metrics(line)
-        tracker.log_metrics(progress.examples, eval_metrics(line, schema.task_names))
+        line = log_evaluation(run, tracker, progress, schema.task_names,
+                              train_loss=[float(x) for x in losses.detach()], score=score,
+                              improved=selection.improved, valid=metrics,
+                              lr=sched.get_last_lr()[0])
         bar.evaluation(progress, sum(line["train_loss"]), score)
         state = progress.state_dict()
         state["wall_time"] = progress.wall_time + time.perf_counter() - t_start
