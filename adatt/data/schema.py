@@ -10,30 +10,88 @@ Example:
     ...                   tasks=(TaskSpec("income", "binary"),))
     >>> s.num_tasks, s.dense_dim, s.task_names
     (1, 1, ['income'])
+    >>> buy = TaskSpec("buy", missing="mask", condition="income")
+    >>> s2 = FeatureSchema((), (), (), (TaskSpec("income"), buy))
+    >>> s2.partial, s2.to_dict()["tasks"][1]
+    (True, {'name': 'buy', 'kind': 'binary', 'missing': 'mask', 'condition': 'income'})
+    >>> FeatureSchema.from_dict(s2.to_dict()) == s2
+    True
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["TaskSpec", "FeatureSchema"]
+__all__ = ["TaskSpec", "FeatureSchema", "MissingRule"]
 
 TaskKind = Literal["binary", "regression"]
 
 
+MissingRule = Literal["error", "mask"]
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: its label name and kind (``binary`` or ``regression``)."""
+    """One task: its label name and kind, and how its labels are observed.
+
+    Args:
+        name: the label (and task) name.
+        kind: ``binary`` (BCE on logits) or ``regression`` (squared error).
+        missing: ``error`` (every row has a label; a missing one is a data
+            error) or ``mask`` (a row without a label is unlabelled for this
+            task: it adds nothing to the task's loss, gradient or metrics).
+            Unlabelled entries travel as NaN in ``labels [B, T]``.
+        condition: the name of another *binary* task; this task is defined
+            only on rows where that label is 1 (elsewhere its label is NaN).
+        weight: the name of a per-task sample-weight column, multiplied into
+            the per-row weight for this task's loss and metrics.
+        center, scale: regression label standardisation fitted on the
+            training split: the model learns ``(y - center) / scale`` and
+            predictions and errors are reported as ``center + scale * output``
+            (``0`` and ``1``: labels used as they are).
+
+    A task may hold NaN labels (is *partial*) when ``missing`` is ``mask`` or
+    it has a ``condition``.
+    """
 
     name: str
     kind: TaskKind = "binary"
+    missing: MissingRule = "error"
+    condition: str | None = None
+    weight: str | None = None
+    center: float = 0.0
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("binary", "regression"):
             raise ValueError(
                 f"task {self.name!r}: kind must be binary or regression, got {self.kind!r}"
             )
+        if self.missing not in ("error", "mask"):
+            raise ValueError(
+                f"task {self.name!r}: missing must be error or mask, got {self.missing!r}"
+            )
+        if self.condition == self.name:
+            raise ValueError(f"task {self.name!r}: a task cannot be its own condition")
+        if not (self.scale > 0 and math.isfinite(self.scale) and math.isfinite(self.center)):
+            raise ValueError(
+                f"task {self.name!r}: label center/scale must be finite with scale > 0, "
+                f"got {self.center!r}/{self.scale!r}"
+            )
+        if self.kind == "binary" and (self.center, self.scale) != (0.0, 1.0):
+            raise ValueError(f"task {self.name!r}: binary labels are not standardised")
+
+    @property
+    def partial(self) -> bool:
+        """True when some rows may have no label for this task (NaN)."""
+        return self.missing == "mask" or self.condition is not None
+
+
+_TASK_DEFAULTS = {
+    "missing": "error", "condition": None, "weight": None, "center": 0.0, "scale": 1.0
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +116,14 @@ class FeatureSchema:
             raise ValueError("one cardinality per categorical field is required")
         if not self.tasks:
             raise ValueError("a schema needs at least one task")
+        kinds = {t.name: t.kind for t in self.tasks}
+        for t in self.tasks:
+            if t.condition is not None and kinds.get(t.condition) != "binary":
+                what = "unknown" if t.condition not in kinds else "not binary"
+                raise ValueError(
+                    f"task {t.name!r}: condition {t.condition!r} must name another binary "
+                    f"task ({what})"
+                )
 
     @property
     def num_tasks(self) -> int:
@@ -75,8 +141,20 @@ class FeatureSchema:
     def task_kinds(self) -> list[str]:
         return [t.kind for t in self.tasks]
 
+    @property
+    def partial(self) -> bool:
+        """True when any task may hold NaN (unlabelled) entries."""
+        return any(t.partial for t in self.tasks)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A JSON-ready dict; task keys left at their defaults are omitted (saved
+        schemas of fully-labelled, unstandardised data keep their old form)."""
+        d = asdict(self)
+        d["tasks"] = [
+            {k: v for k, v in t.items() if k in ("name", "kind") or v != _TASK_DEFAULTS[k]}
+            for t in d["tasks"]
+        ]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSchema:
