@@ -100,7 +100,7 @@ def test_write_sim_shards(tmp_path):
     assert [m.num_rows for m in md] == [1000, 1000, 500]
     assert [md[0].row_group(i).num_rows for i in range(md[0].num_row_groups)] == [400, 400, 200]
     fs = read_file_schema(out / "schema.yaml")
-    assert fs.standardize is False and [c for c, _ in fs.labels] == ["view", "like"]
+    assert fs.standardize is False and [lab.column for lab in fs.labels] == ["view", "like"]
     # the rows are the simulator's, of a data set of 2500 + 200 + 300 rows
     dense, cat, labels = Simulator("group1", 3_000, 0).arrays(1_000, 2_000)
     t = pq.read_table(shards[1])

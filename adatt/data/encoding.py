@@ -72,8 +72,8 @@ __all__ = [
 EncodingKind = Literal["encoded", "vocab", "hash"]
 PathLike = str | os.PathLike[str]
 
-# numpy arrays of one block of rows: dense [n, Dd] f32, cat [n, F] i64, labels [n, T] f32,
-# weight [n] f32 or None
+# numpy arrays of one block of rows: dense [n, Dd] f32, cat [n, F] i64, labels [n, T] f32
+# (NaN: unlabelled), weight [n] or [n, T] (per-task weights) f32 or None
 Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 _SAVED_KIND = {"vocab": "files", "hash": "hash", "encoded": "encoded"}  # kind -> data.json

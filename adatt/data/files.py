@@ -66,7 +66,7 @@ import torch
 from adatt.data.batch import TensorDataset
 from adatt.data.encoding import EncodingFit, FeatureEncoding
 from adatt.data.errors import DataError
-from adatt.data.schema import FeatureSchema, TaskSpec
+from adatt.data.schema import FeatureSchema
 from adatt.data.splits import Splits
 from adatt.data.tables import (
     SCHEMA_KEYS,
@@ -96,8 +96,8 @@ class RawRows:
     """One file's rows before encoding: checked numbers, categories as text.
 
     ``dense float64 [N, Dd]``, ``cat`` F pyarrow string arrays
-    (:func:`~adatt.data.tables.category_text`), ``labels float32 [N, T]``,
-    ``weight float32 [N]`` or None.
+    (:func:`~adatt.data.tables.category_text`), ``labels float32 [N, T]`` (NaN:
+    unlabelled), ``weight float32 [N]``, ``[N, T]`` (per-task weights) or None.
     """
 
     path: Path
@@ -235,7 +235,7 @@ def load_files(
         dense=fs.dense,
         categorical=fs.categorical,
         cardinalities=enc.cardinalities,
-        tasks=tuple(TaskSpec(c, k) for c, k in fs.labels),  # type: ignore[arg-type]
+        tasks=fs.tasks,
     )
     vocabs = enc.vocabularies or ()
     unseen = {

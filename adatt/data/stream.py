@@ -33,7 +33,8 @@ Encoding (the same for the training stream and the in-memory valid / test)
       none is unknown. Cardinality ``hash_buckets + 1`` for every field.
     * dense: with ``standardize`` (schema, default true) shifted and scaled by
       the sample's mean and standard deviation.
-    * label variance (for ``train.selection.metric=loss``): the sample's.
+    * label variance (for ``train.selection.metric=loss``): the sample's (of a
+      partial label: over its labelled rows).
 
     The encoding is saved in ``info["encoding"]`` (the run's ``data.json``), so
     that ``adatt predict`` and ``adatt export`` encode raw columns as training did.
@@ -74,7 +75,7 @@ import torch
 from adatt.data.batch import TensorDataset
 from adatt.data.encoding import EncodingFit, FeatureEncoding, RunningMoments
 from adatt.data.errors import DataError
-from adatt.data.schema import FeatureSchema, TaskSpec
+from adatt.data.schema import FeatureSchema
 from adatt.data.shard_stream import ParquetShards, ShardStream
 from adatt.data.shard_writer import write_sim_shards
 from adatt.data.shards import (
@@ -90,6 +91,7 @@ from adatt.data.splits import Splits
 from adatt.data.tables import (
     FileSchema,
     category_text,
+    label_columns,
     numbers,
     read_file_schema,
     read_table,
@@ -125,6 +127,9 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
     fit = EncodingFit(fs.dense, fs.categorical, cat_encoding, standardize=fs.standardize,
                       hash_buckets=hash_buckets, delimiter=fs.delimiter)
     labels = RunningMoments(len(fs.labels))
+    # partial labels: moments per regression label over its labelled rows
+    partial = {j: RunningMoments(1) for j, lab in enumerate(fs.labels)
+               if fs.partial and lab.kind == "regression"}
     for shard in shards:
         got = 0
         pf = open_shard(shard.path)
@@ -138,19 +143,30 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
                 d = np.zeros((rb.num_rows, len(fs.dense)))
                 for j, c in enumerate(fs.dense):
                     d[:, j] = numbers(rb.column(c), shard.path, c)
-                y = np.zeros((rb.num_rows, len(fs.labels)))
-                for j, (c, _) in enumerate(fs.labels):
-                    y[:, j] = numbers(rb.column(c), shard.path, c)
+                if partial:
+                    y = label_columns(rb, shard.path, fs)[0].astype(np.float64)
+                else:
+                    y = np.zeros((rb.num_rows, len(fs.labels)))
+                    for j, lab in enumerate(fs.labels):
+                        y[:, j] = numbers(rb.column(lab.column), shard.path, lab.column)
             except DataError as e:
                 raise shift_rows(e, got) from None
             fit.add(d, cat)
-            labels.add(y)
+            if partial:
+                for j, m in partial.items():
+                    m.add(y[~np.isnan(y[:, j]), j : j + 1])  # [labelled, 1]
+            else:
+                labels.add(y)
             got += rb.num_rows
             if got >= per_shard:
                 break
     n = fit.rows
-    var = {c: float(labels.m2[j] / (n - 1)) if n > 1 else 1.0
-           for j, (c, kind) in enumerate(fs.labels) if kind == "regression"}
+    if partial:
+        var = {fs.labels[j].column: float(m.m2[0] / (m.n - 1)) if m.n > 1 else 1.0
+               for j, m in partial.items()}
+    else:
+        var = {lab.column: float(labels.m2[j] / (n - 1)) if n > 1 else 1.0
+               for j, lab in enumerate(fs.labels) if lab.kind == "regression"}
     return fit.encoding(), var, n
 
 
@@ -198,7 +214,7 @@ def load_stream(
         dense=fs.dense,
         categorical=fs.categorical,
         cardinalities=enc.cardinalities,
-        tasks=tuple(TaskSpec(c, k) for c, k in fs.labels),  # type: ignore[arg-type]
+        tasks=fs.tasks,
     )
     data = ParquetShards(shards, fs, enc, feature_schema, label_var, shuffle_buffer)
     info: dict[str, Any] = {

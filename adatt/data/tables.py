@@ -38,10 +38,13 @@ import numpy as np
 
 from adatt.data.errors import DataError
 from adatt.data.manifest import verify
+from adatt.data.schema import TaskSpec
 
 __all__ = [
     "SCHEMA_KEYS",
+    "LABEL_KEYS",
     "PARQUET_SUFFIXES",
+    "LabelSpec",
     "FileSchema",
     "read_file_schema",
     "file_suffix",
@@ -52,6 +55,7 @@ __all__ = [
     "numbers",
     "category_text",
     "numeric_columns",
+    "label_columns",
     "shift_rows",
 ]
 
@@ -61,21 +65,153 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 PathLike = str | os.PathLike[str]
 
 
+LABEL_KINDS = ("binary", "regression")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One label column of the schema: its kind and how it is observed.
+
+    ``missing``: ``error`` (every row needs a label) or ``mask`` (an empty /
+    null / NaN value is unlabelled: NaN in ``labels``). ``condition``: another
+    binary label; this one is NaN wherever that label is not 1 (a row where it
+    is 1 still needs a label unless ``missing`` is ``mask``). ``weight``: a
+    column of per-task sample weights (finite, >= 0 where the task is labelled).
+    """
+
+    column: str
+    kind: str = "binary"
+    missing: str = "error"
+    condition: str | None = None
+    weight: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether this label may hold NaN (unlabelled rows)."""
+        return self.missing == "mask" or self.condition is not None
+
+    def task(self) -> TaskSpec:
+        """The model-side :class:`~adatt.data.schema.TaskSpec` of this label."""
+        return TaskSpec(self.column, self.kind, self.missing,  # type: ignore[arg-type]
+                        self.condition, self.weight)
+
+
 @dataclass(frozen=True)
 class FileSchema:
-    """The parsed YAML schema: column roles, label kinds, options."""
+    """The parsed YAML schema: column roles, labels (in task order), options.
+
+    ``labels`` holds :class:`LabelSpec` (``(column, kind)`` pairs are taken too).
+    """
 
     dense: tuple[str, ...]
     categorical: tuple[str, ...]
-    labels: tuple[tuple[str, str], ...]  # (column, kind) in task order
+    labels: tuple[LabelSpec, ...]
     weight: str | None = None
     standardize: bool = True
     delimiter: str | None = None
 
+    def __post_init__(self) -> None:
+        specs = tuple(x if isinstance(x, LabelSpec) else LabelSpec(*x) for x in self.labels)
+        object.__setattr__(self, "labels", specs)
+
+    @property
+    def task_weights(self) -> tuple[str, ...]:
+        """The per-task weight columns, each once, in task order."""
+        return tuple(dict.fromkeys(lab.weight for lab in self.labels if lab.weight))
+
+    @property
+    def partial(self) -> bool:
+        """Whether any label may hold NaN."""
+        return any(lab.partial for lab in self.labels)
+
+    @property
+    def tasks(self) -> tuple[TaskSpec, ...]:
+        """The tasks of the feature schema, in label order."""
+        return tuple(lab.task() for lab in self.labels)
+
     @property
     def columns(self) -> list[str]:
-        cols = [*self.dense, *self.categorical, *(c for c, _ in self.labels)]
-        return cols + ([self.weight] if self.weight else [])
+        cols = [*self.dense, *self.categorical, *(lab.column for lab in self.labels)]
+        return cols + ([self.weight] if self.weight else []) + list(self.task_weights)
+
+
+def _name(path: Path, where: str, v: Any) -> str:
+    if not isinstance(v, str | int) or isinstance(v, bool):
+        raise DataError(f"{path}: {where} holds {v!r}, not a column name")
+    return str(v)
+
+
+def _label_kind(path: Path, col: str, v: Any) -> str:
+    if v not in LABEL_KINDS:
+        raise DataError(f"{path}: label {col!r} has kind {v!r}; expected 'binary' or 'regression'")
+    return str(v)
+
+
+def _label_missing(path: Path, col: str, v: Any) -> str:
+    if v not in ("error", "mask"):
+        raise DataError(f"{path}: label {col!r}: 'missing' must be error or mask, got {v!r}")
+    return str(v)
+
+
+def _label_column(key: str) -> Any:
+    def parse(path: Path, col: str, v: Any) -> str:
+        if not isinstance(v, str | int) or isinstance(v, bool):
+            raise DataError(f"{path}: label {col!r}: {key!r} must be a column name, got {v!r}")
+        return str(v)
+    return parse
+
+
+#: The keys of a label's long form -> parser ``(schema path, label column, value) -> value``;
+#: a parsed value becomes the :class:`LabelSpec` field of the same name. Add a key here
+#: (and the field) to extend the long form.
+LABEL_KEYS: dict[str, Any] = {
+    "kind": _label_kind,
+    "missing": _label_missing,
+    "condition": _label_column("condition"),
+    "weight": _label_column("weight"),
+}
+
+
+def _parse_label(path: Path, col: str, raw: Any) -> LabelSpec:
+    """One entry of ``labels``: the shorthand ``col: kind`` or the long form mapping."""
+    if not isinstance(raw, dict):
+        if isinstance(raw, str):
+            return LabelSpec(col, _label_kind(path, col, raw))
+        raise DataError(f"{path}: label {col!r} has kind {raw!r}; expected 'binary' or "
+                        f"'regression', or a mapping with keys {', '.join(LABEL_KEYS)}")
+    fields: dict[str, Any] = {}
+    for key, v in raw.items():
+        if key not in LABEL_KEYS:
+            raise DataError(f"{path}: label {col!r}: unknown key {key!r} "
+                            f"(known keys: {', '.join(LABEL_KEYS)})")
+        fields[str(key)] = LABEL_KEYS[key](path, col, v)
+    if "kind" not in fields:
+        raise DataError(f"{path}: label {col!r}: the long form needs 'kind' (binary or regression)")
+    return LabelSpec(col, **fields)
+
+
+def _check_conditions(path: Path, labels: list[LabelSpec]) -> None:
+    kinds = {lab.column: lab.kind for lab in labels}
+    cond = {lab.column: lab.condition for lab in labels if lab.condition is not None}
+    for lab in labels:
+        c = lab.condition
+        if c is None:
+            continue
+        if c == lab.column:
+            raise DataError(f"{path}: label {lab.column!r}: condition {c!r} is the label itself")
+        if c not in kinds:
+            raise DataError(f"{path}: label {lab.column!r}: condition {c!r} is not a label "
+                            f"(labels: {', '.join(kinds)})")
+        if kinds[c] != "binary":
+            raise DataError(f"{path}: label {lab.column!r}: condition {c!r} is a {kinds[c]} "
+                            "label; a condition must be a binary label")
+        seen, at = [lab.column], c
+        while at in cond:
+            seen.append(at)
+            at = cond[at]
+            if at in seen:
+                raise DataError(f"{path}: label {lab.column!r}: conditions form a cycle "
+                                f"({' -> '.join([*seen, at])})")
 
 
 def read_file_schema(path: PathLike) -> FileSchema:
@@ -102,22 +238,14 @@ def read_file_schema(path: PathLike) -> FileSchema:
         v = doc.get(key) or []
         if isinstance(v, str) or not isinstance(v, list):
             raise DataError(f"{path}: {key!r} must be a list of column names")
-        for c in v:
-            if not isinstance(c, str | int) or isinstance(c, bool):
-                raise DataError(f"{path}: {key!r} holds {c!r}, not a column name")
-        return tuple(str(c) for c in v)
+        return tuple(_name(path, repr(key), c) for c in v)
 
     dense, categorical = names("dense"), names("categorical")
     labels_raw = doc.get("labels")
     if not isinstance(labels_raw, dict) or not labels_raw:
         raise DataError(f"{path}: 'labels' must map each label column to binary or regression")
-    labels = []
-    for col, kind in labels_raw.items():
-        if kind not in ("binary", "regression"):
-            raise DataError(
-                f"{path}: label {col!r} has kind {kind!r}; expected 'binary' or 'regression'"
-            )
-        labels.append((str(col), kind))
+    labels = [_parse_label(path, str(col), raw) for col, raw in labels_raw.items()]
+    _check_conditions(path, labels)
     weight = doc.get("weight")
     if weight is not None and not isinstance(weight, str):
         raise DataError(f"{path}: 'weight' must be one column name")
@@ -129,6 +257,7 @@ def read_file_schema(path: PathLike) -> FileSchema:
         raise DataError(f"{path}: 'delimiter' must be one character, got {delimiter!r}")
     schema = FileSchema(dense, categorical, tuple(labels), weight, standardize, delimiter)
     seen: set[str] = set()
+    # a per-task weight column may serve several tasks, but no other role
     for c in schema.columns:
         if c in seen:
             raise DataError(f"{path}: column {c!r} is given more than one role")
@@ -185,7 +314,10 @@ def read_table(path: Path, schema: FileSchema) -> Any:
 def check_columns(path: Path, schema: FileSchema, have: list[str]) -> None:
     """A :class:`DataError` naming the first of the schema's columns not in ``have``."""
     roles = {c: "dense" for c in schema.dense} | {c: "categorical" for c in schema.categorical}
-    roles |= {c: "label" for c, _ in schema.labels}
+    roles |= {lab.column: "label" for lab in schema.labels}
+    for lab in schema.labels:
+        if lab.weight:
+            roles.setdefault(lab.weight, f"weight of label {lab.column!r}")
     if schema.weight:
         roles[schema.weight] = "weight"
     for c in schema.columns:
@@ -276,8 +408,14 @@ def read_header(path: Path, delimiter: str) -> list[str]:
 # --------------------------------------------------------------------------- converting
 
 
-def numbers(col: Any, path: PathLike, name: str) -> np.ndarray:
-    """float64 ``[N]`` from a string or numeric column; a missing value or text is an error."""
+def numbers(col: Any, path: PathLike, name: str, missing_ok: bool = False) -> np.ndarray:
+    """float64 ``[N]`` from a string or numeric column; text is an error, and so is a
+    missing value (empty, null, NaN) unless ``missing_ok``: then it is NaN.
+
+    >>> import pyarrow as pa
+    >>> numbers(pa.array(["1", " ", None, "nan"]), "in.csv", "y", missing_ok=True).tolist()
+    [1.0, nan, nan, nan]
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -286,8 +424,10 @@ def numbers(col: Any, path: PathLike, name: str) -> np.ndarray:
         text = pc.utf8_trim_whitespace(col)
         empty = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
         if empty.any():
-            i = int(np.flatnonzero(empty)[0])
-            raise DataError(f"{path}: column {name!r}, row {i + 1}: missing value")
+            if not missing_ok:
+                i = int(np.flatnonzero(empty)[0])
+                raise DataError(f"{path}: column {name!r}, row {i + 1}: missing value")
+            text = pc.if_else(pa.array(empty), pa.scalar("nan"), text)
         try:
             x = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
         except pa.ArrowInvalid:
@@ -304,14 +444,16 @@ def numbers(col: Any, path: PathLike, name: str) -> np.ndarray:
         or pa.types.is_floating(col.type)
         or pa.types.is_boolean(col.type)
     ):
-        if col.null_count:
+        if col.null_count and not missing_ok:
             i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise DataError(f"{path}: column {name!r}, row {i + 1}: missing value")
         x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        if col.null_count:  # missing_ok: null -> NaN
+            x = np.where(col.is_null().to_numpy(zero_copy_only=False), np.nan, x)
     else:
         raise DataError(f"{path}: column {name!r} has type {col.type}, not numbers")
     nan = np.isnan(x)
-    if nan.any():
+    if nan.any() and not missing_ok:
         i = int(np.flatnonzero(nan)[0])
         raise DataError(f"{path}: column {name!r}, row {i + 1}: missing value (NaN)")
     return x
@@ -335,25 +477,120 @@ def category_text(col: Any) -> Any:
 
 
 def _check_labels(y: np.ndarray, kind: str, path: PathLike, name: str) -> None:
+    """Binary labels 0 / 1, regression labels finite; NaN (unlabelled) is passed over."""
     if kind == "binary":
-        bad = (y != 0) & (y != 1)
+        bad = (y != 0) & (y != 1) & ~np.isnan(y)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"{path}: column {name!r}, row {i + 1}: binary label {y[i]:g} is not 0 or 1"
             )
     else:
-        bad = ~np.isfinite(y)
+        bad = np.isinf(y)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(f"{path}: column {name!r}, row {i + 1}: label {y[i]} is not finite")
 
 
+def _check_weights(w: np.ndarray, path: PathLike, name: str) -> None:
+    bad = np.isinf(w) | (w < 0)  # NaN: checked by the caller
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}: column {name!r}, row {i + 1}: weight {w[i]} is not a finite number >= 0"
+        )
+
+
+def _apply_conditions(labels: np.ndarray, schema: FileSchema, path: PathLike) -> None:
+    """In place: a conditional label is NaN where its condition label is not 1 (NaN
+    included; chains are applied condition first). A label with ``missing: error``
+    must have a value wherever its condition is 1."""
+    index = {lab.column: j for j, lab in enumerate(schema.labels)}
+    done: set[int] = set()
+
+    def apply(j: int) -> None:
+        if j in done:
+            return
+        done.add(j)
+        lab = schema.labels[j]
+        if lab.condition is None:
+            return
+        k = index[lab.condition]
+        apply(k)
+        off = labels[:, k] != 1  # [n]; NaN != 1
+        if lab.missing == "error":
+            gap = ~off & np.isnan(labels[:, j])
+            if gap.any():
+                i = int(np.flatnonzero(gap)[0])
+                raise DataError(f"{path}: column {lab.column!r}, row {i + 1}: missing value "
+                                f"(its condition {lab.condition!r} is 1 here; give "
+                                "'missing: mask' to allow it)")
+        labels[off, j] = np.nan
+
+    for j in range(len(schema.labels)):
+        apply(j)
+
+
+def label_columns(
+    table: Any, path: PathLike, schema: FileSchema
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(labels float32 [n, T], weight)`` of a pyarrow table or record batch, checked.
+
+    ``labels``: NaN where a partial label is unlabelled (``missing: mask`` and
+    no value, or its ``condition`` is not 1). ``weight``: None without weight
+    columns; ``float32 [n]`` (the per-row weight) when no label has a weight
+    column; else ``float32 [n, T]``: the per-row weight (or 1) times the
+    label's weight column (or 1); a label's weight may be missing only where
+    the label is unlabelled (weight 0 there).
+
+    >>> import pyarrow as pa
+    >>> fs = FileSchema((), (), (LabelSpec("click"), LabelSpec("buy", condition="click",
+    ...                 weight="bw")), weight="w")
+    >>> t = pa.table({"click": [1, 0, 1], "buy": [1, None, 0], "bw": [2.0, None, 3.0],
+    ...               "w": [1.0, 1.0, 0.5]})
+    >>> y, w = label_columns(t, "in.parquet", fs)
+    >>> y.tolist(), w.tolist()
+    ([[1.0, 1.0], [0.0, nan], [1.0, 0.0]], [[1.0, 2.0], [1.0, 0.0], [0.5, 1.5]])
+    """
+    n = table.num_rows
+    labels = np.zeros((n, len(schema.labels)), dtype=np.float32)
+    for j, lab in enumerate(schema.labels):
+        y = numbers(table.column(lab.column), path, lab.column, missing_ok=lab.partial)
+        _check_labels(y, lab.kind, path, lab.column)
+        labels[:, j] = y
+    if schema.partial:
+        _apply_conditions(labels, schema, path)
+    row = None
+    if schema.weight:
+        row = numbers(table.column(schema.weight), path, schema.weight)
+        _check_weights(row, path, schema.weight)
+    if not schema.task_weights:
+        return labels, None if row is None else row.astype(np.float32)
+    weight = np.empty((n, len(schema.labels)), dtype=np.float32)
+    columns: dict[str, np.ndarray] = {}
+    for c in schema.task_weights:
+        columns[c] = numbers(table.column(c), path, c, missing_ok=True)
+        _check_weights(columns[c], path, c)
+    for j, lab in enumerate(schema.labels):
+        w = np.ones(n) if row is None else row  # float64 [n]
+        if lab.weight:
+            tw = columns[lab.weight]
+            gap = np.isnan(tw) & ~np.isnan(labels[:, j])
+            if gap.any():
+                i = int(np.flatnonzero(gap)[0])
+                raise DataError(f"{path}: column {lab.weight!r}, row {i + 1}: missing weight "
+                                f"where label {lab.column!r} has a value")
+            w = w * np.nan_to_num(tw, nan=0.0)
+        weight[:, j] = w
+    return labels, weight
+
+
 def numeric_columns(
     table: Any, path: PathLike, schema: FileSchema
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(dense float64 [n, Dd], labels float32 [n, T], weight float32 [n] | None)`` of a
-    pyarrow table or record batch, checked (finite values, valid labels, weights >= 0)."""
+    """``(dense float64 [n, Dd], labels float32 [n, T], weight)`` of a pyarrow table or
+    record batch, checked (finite values, valid labels, weights >= 0); ``labels`` and
+    ``weight`` (None, ``[n]`` or ``[n, T]``) as :func:`label_columns` gives them."""
     n = table.num_rows
     dense = np.zeros((n, len(schema.dense)), dtype=np.float64)
     for j, c in enumerate(schema.dense):
@@ -362,22 +599,7 @@ def numeric_columns(
             i = int(np.flatnonzero(~np.isfinite(x))[0])
             raise DataError(f"{path}: column {c!r}, row {i + 1}: {x[i]} is not finite")
         dense[:, j] = x
-    labels = np.zeros((n, len(schema.labels)), dtype=np.float32)
-    for j, (c, kind) in enumerate(schema.labels):
-        y = numbers(table.column(c), path, c)
-        _check_labels(y, kind, path, c)
-        labels[:, j] = y
-    weight = None
-    if schema.weight:
-        w = numbers(table.column(schema.weight), path, schema.weight)
-        bad = ~np.isfinite(w) | (w < 0)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DataError(
-                f"{path}: column {schema.weight!r}, row {i + 1}: weight {w[i]} is not a "
-                "finite number >= 0"
-            )
-        weight = w.astype(np.float32)
+    labels, weight = label_columns(table, path, schema)
     return dense, labels, weight
 
 
