@@ -4,10 +4,21 @@ Notation: B batch size, Dd dense width, F categorical fields, T tasks.
 
 A :class:`Batch` holds ``dense [B, Dd] float32``, ``cat [B, F] int64``
 (per-field indices, each in ``[0, cardinality)``), ``labels [B, T] float32``
-and an optional ``weight [B] float32`` (per-example loss weight).
+and an optional ``weight`` (loss and metric weights).
+
+Shape rules
+    * ``labels [B, T]``: NaN marks an unlabelled entry (a task with
+      ``missing: mask`` and no value, or whose ``condition`` label is not 1);
+      only a task whose :attr:`~adatt.data.schema.TaskSpec.partial` is true
+      holds NaN.
+    * ``weight``: None (every row weighs 1); ``[B]``, one weight per row for
+      every task; or ``[B, T]`` when any task has a per-task weight column:
+      entry ``(i, t)`` is row ``i``'s weight (or 1) times its weight for task
+      ``t`` (or 1).
 
 :class:`TensorDataset` keeps whole columns as tensors and batches by slicing
-a shuffled index (no per-row Python objects).
+a shuffled index (no per-row Python objects); ``subset``, ``batch``,
+``batches`` and ``to`` keep the weight's shape.
 
 Example:
     >>> import torch
@@ -15,6 +26,11 @@ Example:
     ...                    torch.ones(10, 3))
     >>> [b.labels.shape[0] for b in ds.batches(4)]
     [4, 4, 2]
+    >>> wt = TensorDataset(torch.zeros(4, 2), torch.zeros(4, 1, dtype=torch.long),
+    ...                    torch.ones(4, 3), weight=torch.rand(4, 3))
+    >>> sub, b = wt.subset(torch.tensor([0, 2])), wt.batch(slice(0, 3))
+    >>> tuple(sub.weight.shape), tuple(b.weight.shape), tuple(b.to("cpu").weight.shape)
+    ((2, 3), (3, 3), (3, 3))
 """
 
 from __future__ import annotations
@@ -30,7 +46,8 @@ __all__ = ["Batch", "TensorDataset", "regression_label_variance"]
 
 @dataclass
 class Batch:
-    """One batch: ``dense [B, Dd]``, ``cat [B, F]``, ``labels [B, T]``, ``weight [B]`` or None."""
+    """One batch: ``dense [B, Dd]``, ``cat [B, F]``, ``labels [B, T]`` (NaN: unlabelled),
+    ``weight [B]``, ``[B, T]`` or None (module docstring)."""
 
     dense: Tensor
     cat: Tensor
@@ -55,8 +72,8 @@ class TensorDataset:
     Args:
         dense: ``[N, Dd]`` float32.
         cat: ``[N, F]`` int64.
-        labels: ``[N, T]`` float32.
-        weight: ``[N]`` float32 or None.
+        labels: ``[N, T]`` float32 (NaN: unlabelled).
+        weight: ``[N]`` (per row) or ``[N, T]`` (per row and task) float32, or None.
     """
 
     def __init__(self, dense: Tensor, cat: Tensor, labels: Tensor, weight: Tensor | None = None):
@@ -64,6 +81,11 @@ class TensorDataset:
         for name, t in (("dense", dense), ("cat", cat), ("weight", weight)):
             if t is not None and t.shape[0] != n:
                 raise ValueError(f"{name} has {t.shape[0]} rows, labels have {n}")
+        if weight is not None and weight.dim() == 2 and weight.shape != labels.shape:
+            raise ValueError(f"weight [N, T] has shape {tuple(weight.shape)}, labels "
+                             f"{tuple(labels.shape)}")
+        if weight is not None and weight.dim() not in (1, 2):
+            raise ValueError(f"weight must be [N] or [N, T], got shape {tuple(weight.shape)}")
         self.dense = dense.float()
         self.cat = cat.long()
         self.labels = labels.float()
@@ -113,6 +135,16 @@ class TensorDataset:
 
 def regression_label_variance(data: TensorDataset, schema) -> dict[str, float]:
     """Per regression task of ``schema``, the variance of its labels in ``data``
-    (the scale of a normalised MSE)."""
+    (the scale of a normalised MSE); of a partial task, over its labelled rows."""
     var = data.labels.var(dim=0)  # [T]
-    return {t.name: float(var[i]) for i, t in enumerate(schema.tasks) if t.kind == "regression"}
+    out = {}
+    for i, t in enumerate(schema.tasks):
+        if t.kind != "regression":
+            continue
+        if t.partial:
+            y = data.labels[:, i]
+            var_i = y[~torch.isnan(y)].var() if int((~torch.isnan(y)).sum()) > 1 else var[i]
+            out[t.name] = float(var_i)
+        else:
+            out[t.name] = float(var[i])
+    return out
