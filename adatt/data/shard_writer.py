@@ -33,11 +33,26 @@ from pathlib import Path
 
 from adatt.data.errors import DataError
 from adatt.data.manifest import MANIFEST, write_manifest
+from adatt.data.schema import TaskSpec
 from adatt.data.tempfiles import sweep, temp_name
 
-__all__ = ["write_sim_shards"]
+__all__ = ["write_sim_shards", "label_entry"]
 
 PathLike = str | os.PathLike[str]
+
+
+def label_entry(task: TaskSpec) -> str | dict[str, str]:
+    """A task as an entry of the files schema's ``labels``: the shorthand (its kind) for
+    a fully-labelled task, else the long form with ``missing`` / ``condition`` / ``weight``.
+
+    >>> label_entry(TaskSpec("click")), label_entry(TaskSpec("finish", condition="view"))
+    ('binary', {'kind': 'binary', 'condition': 'view'})
+    """
+    if not (task.partial or task.weight):
+        return task.kind
+    entry = {"kind": task.kind, "missing": task.missing, "condition": task.condition,
+             "weight": task.weight}
+    return {k: v for k, v in entry.items() if v is not None and (k, v) != ("missing", "error")}
 
 
 def write_sim_shards(
@@ -65,14 +80,16 @@ def write_sim_shards(
     row group at a time (memory: one row group). ``out/schema.yaml`` is a
     :mod:`adatt.data.files` schema with ``standardize: false`` (the simulator's
     dense features are already standardised). Categorical columns hold the
-    simulator's integer IDs, labels float32, dense float32.
+    simulator's integer IDs, labels float32 (NaN where a partial task is
+    unlabelled; the schema gives such a task in the long form, with its
+    ``missing`` and ``condition``: :func:`label_entry`), dense float32.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
     import yaml
     from tqdm import tqdm
 
-    from adatt.data.simulator import CATEGORICAL, DENSE, PRESETS, TASKS, Simulator
+    from adatt.data.simulator import CATEGORICAL, DENSE, PRESETS, Simulator
 
     if preset not in PRESETS:
         raise DataError(f"unknown simulator preset {preset!r}; known: {list(PRESETS)}")
@@ -127,7 +144,7 @@ def write_sim_shards(
     header = (f"# simulator preset {preset}, seed {seed}: {rows} training rows in {n_shards} "
               f"shards, {valid_rows} valid, {test_rows} test rows\n")
     doc = {"dense": list(DENSE), "categorical": list(CATEGORICAL),
-           "labels": {t: TASKS[t].kind for t in tasks}, "standardize": False}
+           "labels": {t.name: label_entry(t) for t in sim.schema.tasks}, "standardize": False}
     try:
         for s, name in enumerate(names):
             write(train_dir / name, s * shard_rows, min(rows, (s + 1) * shard_rows))
