@@ -6,13 +6,22 @@ The schema file names the columns and their roles::
     dense: [age, price]            # numeric features (optional)
     categorical: [user, item]      # categorical features, strings or integers (optional)
     labels:                        # required, in task order: column -> binary | regression
-      click: binary
+      click: binary                # shorthand: every row needs a label
       watch_time: regression
+      buy: {kind: binary, missing: mask, condition: click, weight: buy_weight}  # long form
     weight: sample_weight          # optional per-row loss weight (finite, >= 0)
     standardize: true              # optional, default true: dense columns -> (x - mean) / std
     delimiter: ","                 # optional, CSV only
 
 Any other key is an error. Columns not named are ignored.
+
+A label's long form (keys: :data:`~adatt.data.tables.LABEL_KEYS`): ``kind``
+(required); ``missing``: ``error`` (default) or ``mask`` (an empty / null /
+NaN value is unlabelled: NaN in ``labels``); ``condition``: another binary
+label, this one is NaN wherever that one is not 1 (and needs a value where it
+is 1, unless masked); ``weight``: a per-task weight column. With any per-task
+weight, ``weight`` is ``[N, T]``: the row weight (or 1) times the task's
+weight (or 1); else ``[N]`` or None as before (see :mod:`adatt.data.batch`).
 
 Files
     ``.csv`` / ``.tsv`` (optionally ``.gz`` / ``.bz2``; first line is the
@@ -31,7 +40,8 @@ Encoding (:mod:`adatt.data.encoding`, kind ``vocab``, fitted on the training spl
     * dense: parsed as float64; with ``standardize`` (default) shifted and
       scaled by the training mean and standard deviation (a constant column is
       only shifted); stored float32.
-    * labels: binary labels must be 0 or 1; regression labels any finite number.
+    * labels: binary labels must be 0 or 1; regression labels any finite number
+      (where present: a masked label may be missing).
     * weight: used as given.
 
 Errors
@@ -40,7 +50,10 @@ Errors
     because of the header): unknown or malformed schema key, unreadable or
     empty file, a row with the wrong number of fields, missing column, missing
     value or non-number in a dense / label / weight column, a binary label
-    other than 0 / 1, a non-finite regression label, a negative weight.
+    other than 0 / 1, a non-finite regression label, a negative or infinite
+    weight; in the long form an unknown key, a ``condition`` that is not
+    another binary label (or makes a cycle), a missing per-task weight where
+    the task is labelled.
 
 Example:
     >>> import pathlib, tempfile
@@ -200,7 +213,8 @@ def load_files(
 
     Returns:
         :class:`Splits` with ``dense [N, Dd]``, ``cat [N, F]``, ``labels [N, T]``
-        and ``weight [N]`` when the schema names a weight column; ``info["encoding"]``
+        (NaN: unlabelled) and ``weight [N]`` when the schema names a weight
+        column (``[N, T]`` when a label has a per-task weight); ``info["encoding"]``
         is the fitted :class:`~adatt.data.encoding.FeatureEncoding` (``to_dict()``).
     """
     import pyarrow.compute as pc
