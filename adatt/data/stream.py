@@ -143,7 +143,7 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
                 d = np.zeros((rb.num_rows, len(fs.dense)))
                 for j, c in enumerate(fs.dense):
                     d[:, j] = numbers(rb.column(c), shard.path, c)
-                if partial:
+                if fs.partial:
                     y = label_columns(rb, shard.path, fs)[0].astype(np.float64)
                 else:
                     y = np.zeros((rb.num_rows, len(fs.labels)))
@@ -152,7 +152,7 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
             except DataError as e:
                 raise shift_rows(e, got) from None
             fit.add(d, cat)
-            if partial:
+            if fs.partial:
                 for j, m in partial.items():
                     m.add(y[~np.isnan(y[:, j]), j : j + 1])  # [labelled, 1]
             else:
@@ -161,7 +161,7 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
             if got >= per_shard:
                 break
     n = fit.rows
-    if partial:
+    if fs.partial:
         var = {fs.labels[j].column: float(m.m2[0] / (m.n - 1)) if m.n > 1 else 1.0
                for j, m in partial.items()}
     else:
