@@ -336,3 +336,134 @@ def test_write_shards_of_a_partial_simulator_task(tmp_path: Path, monkeypatch):
     assert s.schema.tasks[1].condition == "view"
     y = torch.cat([b.labels for b in s.train.stream(batch_size=256).epoch_batches(0)])
     assert torch.equal(torch.isnan(y[:, 1]), y[:, 0] != 1)
+
+
+# --------------------------------------------------------------------------- errors
+
+LONG = "dense: [x]\nlabels:\n  click: binary\n  rating: regression\n"
+
+
+@pytest.mark.parametrize(("buy", "message"), [
+    ("{kind: binary, mising: mask}", "label 'buy': unknown key 'mising' (known keys: kind, "
+                                     "missing, condition, weight)"),
+    ("{kind: binary, missing: skip}", "label 'buy': 'missing' must be error or mask, got 'skip'"),
+    ("{kind: binary, condition: clik}", "label 'buy': condition 'clik' is not a label "
+                                        "(labels: click, rating, buy)"),
+    ("{kind: binary, condition: rating}", "label 'buy': condition 'rating' is a regression "
+                                          "label; a condition must be a binary label"),
+    ("{kind: binary, condition: buy}", "label 'buy': condition 'buy' is the label itself"),
+    ("{missing: mask}", "label 'buy': the long form needs 'kind'"),
+    ("{kind: probability}", "label 'buy' has kind 'probability'"),
+    ("{kind: binary, weight: [a, b]}", "label 'buy': 'weight' must be a column name"),
+    ("{kind: binary, condition: 1.5}", "label 'buy': 'condition' must be a column name"),
+    ("[binary]", "label 'buy' has kind ['binary']"),
+    ("{kind: binary, weight: x}", "column 'x' is given more than one role"),
+    ("{kind: binary, weight: click}", "column 'click' is given more than one role"),
+])
+def test_long_form_errors(tmp_path: Path, buy: str, message: str):
+    (tmp_path / "s.yaml").write_text(LONG + f"  buy: {buy}\n")
+    with pytest.raises(DataError) as e:
+        read_file_schema(tmp_path / "s.yaml")
+    text = str(e.value)
+    assert text.startswith(f"{tmp_path / 's.yaml'}: ") and message in text and "\n" not in text
+
+
+def test_condition_cycle(tmp_path: Path):
+    (tmp_path / "s.yaml").write_text(
+        "dense: [x]\nlabels:\n  a: {kind: binary, condition: b}\n  b: {kind: binary, "
+        "condition: a}\n")
+    with pytest.raises(DataError, match=r"s\.yaml: label 'a': conditions form a cycle "
+                                        r"\(a -> b -> a\)"):
+        read_file_schema(tmp_path / "s.yaml")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda t: t.replace("rating_weight", "rw"), r"train\.(csv|parquet): column 'rating_weight' "
+     r"\(weight of label 'rating'\) is missing"),
+    (lambda t: t.replace("3.0,1,1\n", "3.0,-1,1\n"), r"column 'rating_weight', row 4: weight "
+     r"-1\.0 is not a finite number >= 0"),
+    (lambda t: t.replace("3.0,1,1\n", "3.0,inf,1\n"), r"column 'rating_weight', row 4: weight "
+     r"inf is not a finite number >= 0"),
+    (lambda t: t.replace("3.0,1,1\n", "3.0,1,inf\n"), r"column 'sample_weight', row 4: weight "
+     r"inf is not a finite number >= 0"),
+    (lambda t: t.replace("2.5,3,2\n", "2.5,,2\n"), r"column 'rating_weight', row 5: missing "
+     r"weight where label 'rating' has a value"),
+    (lambda t: t.replace("1,1,4.0", "1,2,4.0"), r"column 'buy', row 1: binary label 2 is not "
+     r"0 or 1"),
+    (lambda t: t.replace("1,1,4.0", "1,1,inf"), r"column 'rating', row 1: label inf is not "
+     r"finite"),
+    (lambda t: t.replace(",u1,0,,", ",u1,,,"), r"column 'click', row 2: missing value"),
+    (lambda t: t.replace("1,1,4.0", "1,yes,4.0"), r"column 'buy', row 1: 'yes' is not a number"),
+])
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_bad_rows_are_one_line_errors(partial: Path, edit, message: str, fmt: str):
+    path = partial / "train.csv"
+    path.write_text(edit(partial_csv()))
+    if fmt == "parquet":
+        try:
+            path = as_parquet(path, partial / "train.parquet")
+        except pa.ArrowInvalid:
+            pytest.skip("text in a numeric column: CSV only")
+    with pytest.raises(DataError, match=message) as e:
+        load_files(partial / "schema.yaml", path)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_rows_in_shards_name_the_file_and_row(partial_shards: Path):
+    d = partial_shards
+    t = partial_table(200, 1)
+    w = t["rating_weight"].to_numpy(zero_copy_only=False).copy()
+    i = int(np.flatnonzero(~np.isnan(w))[120])  # past the fitting sample
+    w[i] = -2.0
+    t = t.set_column(t.column_names.index("rating_weight"), "rating_weight",
+                     pa.array(w, from_pandas=True))
+    pq.write_table(t, d / "train" / "part-1.parquet", row_group_size=64)
+    s = load_stream(d / "schema.yaml", d / "train", d / "valid.parquet", d / "test.parquet",
+                    fit_rows=30)
+    with pytest.raises(DataError, match=rf"part-1\.parquet: column 'rating_weight', row {i + 1}: "
+                                        r"weight -2\.0 is not"):
+        list(s.train.stream(batch_size=64).epoch_batches(0))
+
+
+# --------------------------------------------------------------------------- datasets, info
+
+
+def test_tensor_dataset_with_task_weights():
+    from adatt.data.batch import TensorDataset
+
+    y = torch.tensor([[1.0, NAN], [0.0, 1.0], [1.0, 0.0], [0.0, NAN]])
+    w = torch.arange(8, dtype=torch.float32).view(4, 2)  # [N, T]
+    ds = TensorDataset(torch.zeros(4, 1), torch.zeros(4, 0, dtype=torch.long), y, w)
+    assert torch.equal(ds.subset(torch.tensor([3, 1])).weight, w[[3, 1]])
+    got = torch.cat([b.weight for b in ds.batches(3, shuffle=True,
+                                                   generator=torch.Generator().manual_seed(0))])
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, w.tolist()))
+    assert torch.equal(ds.to("cpu").weight, w) and torch.equal(ds.batch(slice(1, 3)).to("cpu")
+                                                              .weight, w[1:3])
+    with pytest.raises(ValueError, match=r"weight \[N, T\] has shape \(4, 3\)"):
+        TensorDataset(torch.zeros(4, 1), torch.zeros(4, 0, dtype=torch.long), y, torch.ones(4, 3))
+
+
+def test_describe_counts_labelled_rows_and_flags_empty_splits(partial: Path):
+    from adatt.data.info import describe, labelled_counts
+
+    (partial / "test.csv").write_text(partial_csv([ROWS[1], ROWS[3]]))  # buy, rating: none
+    s = load_files(partial / "schema.yaml", partial / "train.csv", partial / "train.csv",
+                   partial / "test.csv")
+    assert labelled_counts(s) == {
+        "click": {"train": 6, "valid": 6, "test": 2},
+        "buy": {"train": 3, "valid": 3, "test": 0},
+        "rating": {"train": 4, "valid": 4, "test": 1}}
+    text = describe(s)
+    assert "  buy     click       3 (50%)" in text and "0 (0%) NONE" in text
+    assert "warning: no labelled row for 'buy' in test" in text
+    assert "mean 3.62 sd 0.96 " in text  # rating over its 4 labelled rows
+    full = describe(load_files(partial / "schema.yaml", partial / "train.csv"))
+    assert "labelled rows" in full
+
+
+def test_fully_labelled_describe_has_no_labelled_table(tmp_path: Path):
+    from adatt.data.info import describe
+
+    s = full_data(tmp_path)["csv"]
+    assert "labelled rows" not in describe(s) and "weight: per-row loss weight" in describe(s)
