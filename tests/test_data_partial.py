@@ -467,3 +467,45 @@ def test_fully_labelled_describe_has_no_labelled_table(tmp_path: Path):
 
     s = full_data(tmp_path)["csv"]
     assert "labelled rows" not in describe(s) and "weight: per-row loss weight" in describe(s)
+
+
+# --------------------------------------------------------------------------- runs, predict
+
+
+def test_run_saves_the_task_fields_and_predicts_without_labels(tmp_path: Path):
+    """data.json keeps missing / condition / weight; predict needs no label or weight column.
+
+    The labels are all present here and there is no per-task weight (the masked, weighted
+    loss is the training side's): the run trains on a schema that declares a masked task;
+    prediction reads only the feature columns."""
+    import json
+
+    from adatt.config import load_config
+    from adatt.serve.predict import predict_file
+    from adatt.train.trainer import load_run, train
+
+    (tmp_path / "schema.yaml").write_text(
+        "dense: [x0, x1]\ncategorical: [user]\nlabels:\n  click: binary\n"
+        "  watch: {kind: regression, missing: mask}\n")
+    t = full_table(200, 0)
+    pacsv.write_csv(t, tmp_path / "train.csv")
+    features = t.select(["x0", "x1", "user"])
+    pacsv.write_csv(features, tmp_path / "features.csv")
+    threads = torch.get_num_threads()
+    cfg = load_config(None, [
+        "data.source=files", f"data.schema={tmp_path / 'schema.yaml'}",
+        f"data.train={tmp_path / 'train.csv'}", "model.name=mmoe", "model.expert_sizes=[[4]]",
+        "model.tower_sizes=[3]", "train.epochs=1", "runtime.progress=false",
+        "runtime.threads=1", "train.batch_size=64", f"out_dir={tmp_path / 'runs'}", "name=r"])
+    try:
+        train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    run = tmp_path / "runs" / "r"
+    meta = json.loads((run / "data.json").read_text())
+    assert meta["schema"]["tasks"][1] == {"name": "watch", "kind": "regression",
+                                          "missing": "mask"}
+    _, _, splits = load_run(run)
+    assert splits.schema.tasks[1].partial
+    res = predict_file(run, tmp_path / "features.csv", tmp_path / "p.csv", progress=False)
+    assert res.rows == 200 and res.columns == ["click_prob", "watch_pred"]
