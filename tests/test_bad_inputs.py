@@ -78,6 +78,62 @@ def _csv(n: int, seed: int, header: str = "age,price,user,item,click,watch") -> 
     return "\n".join(rows) + "\n"
 
 
+P_SCHEMA = """\
+dense: [age, price]
+categorical: [user, item]
+labels:
+  click: binary
+  buy: {kind: binary, missing: mask, condition: click, weight: bw}
+  watch: regression
+weight: w
+"""
+
+
+def _pcsv(root: Path, name: str, edit: Callable[[list[list[str]]], None] | None = None,
+          schema: str = P_SCHEMA) -> None:
+    """``name`` (CSV) and ``name``.yaml: partial labels (``buy`` given ``click``, masked,
+    weighted by ``bw``) and a row weight; ``edit`` changes the rows (lists of fields)."""
+    import random
+
+    r = random.Random(5)
+    rows = [["age", "price", "user", "item", "click", "buy", "watch", "bw", "w"]]
+    for _ in range(120):
+        click = int(r.random() < 0.4)
+        buy = str(int(r.random() < 0.5)) if click and r.random() < 0.8 else ""
+        rows.append([f"{r.gauss(40, 10):.2f}", f"{r.random() * 9:.3f}", f"u{r.randrange(12)}",
+                     str(r.randrange(9)), str(click), buy, f"{r.gauss(2, 1):.3f}",
+                     f"{r.random() + 0.5:.2f}" if buy else "", "1"])
+    if edit is not None:
+        edit(rows)
+    (root / name).write_text("\n".join(",".join(x) for x in rows) + "\n")
+    (root / (name + ".yaml")).write_text(schema)
+
+
+def _labelled_row(rows: list[list[str]]) -> list[str]:
+    return next(x for x in rows[1:] if x[5])
+
+
+def _pset(name: str, edit: Callable[[list[list[str]]], None] | None = None,
+          schema: str = P_SCHEMA) -> Callable[[Path], None]:
+    return lambda root: _pcsv(root, name, edit, schema)
+
+
+def _pinfo(name: str) -> list[str]:
+    return ["data", "info", "files", "--schema", "{root}/" + name + ".yaml", "--train",
+            "{root}/" + name]
+
+
+def _ptrain(name: str) -> list[str]:
+    return ["train", *SIM[2:], "data.source=files", "data.schema={root}/" + name + ".yaml",
+            "data.train={root}/" + name, "out_dir={root}/runs", f"name=p_{name[:-4]}"]
+
+
+def _set(col: int, value: str) -> Callable[[list[list[str]]], None]:
+    def edit(rows: list[list[str]]) -> None:
+        _labelled_row(rows)[col] = value
+    return edit
+
+
 def build_fixtures(root: Path) -> None:
     """Tiny runs and files every case refers to (made with the adatt being tested)."""
     from adatt.cli import main
@@ -255,6 +311,57 @@ CASES: list[Case] = [
     Case("info: stream shards glob matches nothing",
          ["data", "info", "files", "--schema", "{root}/schema.yaml", "--train",
           "{root}/nothing/*.csv"]),
+    # ---- data info and train: partial labels, conditions, per-task weights
+    Case("info: partial labels, conditions and task weights are described",
+         _pinfo("p_ok.csv"), expect="ok", setup=_pset("p_ok.csv")),
+    Case("info: unknown key in a label's long form", _pinfo("p_key.csv"),
+         says="label 'buy': unknown key 'mising'",
+         setup=_pset("p_key.csv", schema=P_SCHEMA.replace("missing:", "mising:"))),
+    Case("info: missing is neither error nor mask", _pinfo("p_miss.csv"),
+         says="'missing' must be error or mask",
+         setup=_pset("p_miss.csv", schema=P_SCHEMA.replace("missing: mask", "missing: skip"))),
+    Case("info: condition names an unknown label", _pinfo("p_cond.csv"),
+         says="condition 'clik' is not a label",
+         setup=_pset("p_cond.csv", schema=P_SCHEMA.replace("condition: click",
+                                                           "condition: clik"))),
+    Case("info: condition names a regression label", _pinfo("p_creg.csv"),
+         says="a condition must be a binary label",
+         setup=_pset("p_creg.csv", schema=P_SCHEMA.replace("condition: click",
+                                                           "condition: watch"))),
+    Case("info: condition names the label itself", _pinfo("p_self.csv"),
+         says="condition 'buy' is the label itself",
+         setup=_pset("p_self.csv", schema=P_SCHEMA.replace("condition: click",
+                                                           "condition: buy"))),
+    Case("info: task weight column missing from the file", _pinfo("p_nobw.csv"),
+         says="column 'bw' (weight of label 'buy') is missing",
+         setup=_pset("p_nobw.csv", lambda rows: rows[0].__setitem__(7, "bw2"))),
+    Case("info: negative task weight", _pinfo("p_negw.csv"),
+         says="column 'bw', row", setup=_pset("p_negw.csv", _set(7, "-1"))),
+    Case("info: infinite task weight", _pinfo("p_infw.csv"),
+         says="weight inf is not a finite number", setup=_pset("p_infw.csv", _set(7, "inf"))),
+    Case("info: task weight missing where the task is labelled", _pinfo("p_gapw.csv"),
+         says="missing weight where label 'buy' has a value",
+         setup=_pset("p_gapw.csv", _set(7, ""))),
+    Case("info: non-finite row weight", _pinfo("p_rowinf.csv"),
+         says="column 'w', row 2: weight inf", setup=_pset("p_rowinf.csv", _set(8, "inf"))),
+    Case("info: negative row weight", _pinfo("p_rowneg.csv"),
+         says="column 'w', row 2: weight -2.0", setup=_pset("p_rowneg.csv", _set(8, "-2"))),
+    Case("info: masked binary label not 0 or 1", _pinfo("p_two.csv"),
+         says="binary label 2 is not 0 or 1", setup=_pset("p_two.csv", _set(5, "2"))),
+    Case("info: label missing where missing is error", _pinfo("p_noclick.csv"),
+         says="column 'click', row", setup=_pset("p_noclick.csv", _set(4, ""))),
+    Case("info: conditional label missing where its condition is 1 (no mask)",
+         _pinfo("p_gap.csv"), says="its condition 'click' is 1 here",
+         setup=_pset("p_gap.csv", _set(5, ""), P_SCHEMA.replace("missing: mask, ", ""))),
+    Case("train: condition names an unknown label", _ptrain("p_tcond.csv"),
+         says="condition 'clik'", check=_no_file("runs/p_p_tcond"),
+         setup=_pset("p_tcond.csv", schema=P_SCHEMA.replace("condition: click",
+                                                            "condition: clik"))),
+    Case("train: negative task weight", _ptrain("p_tnegw.csv"), says="column 'bw', row",
+         setup=_pset("p_tnegw.csv", _set(7, "-0.5")), check=_no_file("runs/p_p_tnegw")),
+    Case("train: label missing where missing is error", _ptrain("p_tnoclick.csv"),
+         says="column 'click', row", setup=_pset("p_tnoclick.csv", _set(4, "")),
+         check=_no_file("runs/p_p_tnoclick")),
     # ---- data write-shards
     Case("write-shards: --out is a file", ["data", "write-shards", "sim", "--out",
                                            "{root}/a_file", "--rows", "100", "--no-progress"],
