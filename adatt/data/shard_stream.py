@@ -126,8 +126,9 @@ class ShardStream:
     """Batches of one rank's shards, shuffled per epoch, with an exact resumption position.
 
     See the module docstring for the shuffling. :meth:`epoch_batches` yields an
-    epoch's batches (``dense [B, Dd]``, ``cat [B, F]``, ``labels [B, T]``,
-    ``weight [B]`` or None, on ``device``); :meth:`state_dict` after any batch
+    epoch's batches (``dense [B, Dd]``, ``cat [B, F]``, ``labels [B, T]`` with NaN
+    where unlabelled, ``weight [B]``, ``[B, T]`` (per-task weights) or None, on
+    ``device``); :meth:`state_dict` after any batch
     and :meth:`load_state_dict` on a new stream continue exactly there.
     """
 
