@@ -90,6 +90,7 @@ from adatt.data.splits import Splits
 from adatt.data.tables import (
     FileSchema,
     category_text,
+    list_text,
     numbers,
     read_file_schema,
     read_table,
@@ -123,7 +124,8 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
     """
     per_shard = math.ceil(fit_rows / len(shards))
     fit = EncodingFit(fs.dense, fs.categorical, cat_encoding, standardize=fs.standardize,
-                      hash_buckets=hash_buckets, delimiter=fs.delimiter)
+                      hash_buckets=hash_buckets, delimiter=fs.delimiter,
+                      multi_valued=fs.multi_valued)
     labels = RunningMoments(len(fs.labels))
     for shard in shards:
         got = 0
@@ -135,6 +137,8 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
             try:
                 cat = ([category_text(rb.column(c)) for c in fs.categorical]
                        if cat_encoding == "vocab" else [])
+                bags = ([list_text(rb.column(m.name), shard.path, m) for m in fs.multi_valued]
+                        if cat_encoding == "vocab" else [])
                 d = np.zeros((rb.num_rows, len(fs.dense)))
                 for j, c in enumerate(fs.dense):
                     d[:, j] = numbers(rb.column(c), shard.path, c)
@@ -143,7 +147,7 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
                     y[:, j] = numbers(rb.column(c), shard.path, c)
             except DataError as e:
                 raise shift_rows(e, got) from None
-            fit.add(d, cat)
+            fit.add(d, cat, bags)
             labels.add(y)
             got += rb.num_rows
             if got >= per_shard:
@@ -199,6 +203,7 @@ def load_stream(
         categorical=fs.categorical,
         cardinalities=enc.cardinalities,
         tasks=tuple(TaskSpec(c, k) for c, k in fs.labels),  # type: ignore[arg-type]
+        multi_valued=enc.schema_multi_valued(),
     )
     data = ParquetShards(shards, fs, enc, feature_schema, label_var, shuffle_buffer)
     info: dict[str, Any] = {
@@ -218,7 +223,9 @@ def load_stream(
         info["vocabulary_sizes"] = dict(zip(fs.categorical,
                                             (c - 1 for c in enc.cardinalities), strict=True))
         info["unseen_categories"] = {
-            split: dict(zip(fs.categorical, (int(x) for x in (ds.cat == 0).sum(0)), strict=True))
+            split: dict(zip(fs.categorical,
+                            (int(x) for x in (ds.cat[:, :len(fs.categorical)] == 0).sum(0)),
+                            strict=True))
             for split, ds in sets.items()
         }
     info["encoding"] = enc.to_dict()  # what adatt.serve.predict reads back
