@@ -417,3 +417,31 @@ def test_torchrec_refuses_lists(files, tmp_path):
 
     with pytest.raises(ConfigError, match="multi-valued features"):
         train_torchrec(_cfg(files, tmp_path, "tr"))
+
+
+def test_two_processes_equal_one(files, tmp_path):
+    """Data-parallel (2 CPU processes under torchrun, gloo): the global batch's lists split
+    with their rows; the same evaluations and best weights as one process."""
+    import os
+    import sys
+
+    from tests.ranks import run_ranks
+
+    extra = ["train.epochs=2", "train.batch_size=100", "model.embedding_dim=null"]
+    one = _cfg(files, tmp_path, "one", *extra)
+    _quiet_train(one)
+    args = ["data.source=files", f"data.schema={files / 'schema.yaml'}",
+            f"data.train={files / 'train.csv'}", f"data.valid={files / 'valid.csv'}",
+            f"data.test={files / 'test.parquet'}", *MODEL, *TRAIN, *extra,
+            f"out_dir={tmp_path}", "name=two"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "adatt", "train", *args]
+    p = run_ranks(cmd, {**os.environ, "OMP_NUM_THREADS": "1"}, tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    a, b = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two"))
+    assert a["selected"] == b["selected"]
+    for task, ms in a["test"].items():
+        for k, v in ms.items():
+            assert b["test"][task][k] == pytest.approx(v, abs=1e-5), (task, k)
+    wa, wb = (torch.load(tmp_path / n / "best.pt", weights_only=True) for n in ("one", "two"))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
