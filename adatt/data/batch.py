@@ -9,6 +9,9 @@ and an optional ``weight [B] float32`` (per-example loss weight).
 :class:`TensorDataset` keeps whole columns as tensors and batches by slicing
 a shuffled index (no per-row Python objects).
 
+With multi-valued categorical features (:class:`~adatt.data.schema.MultiValued`)
+``cat`` is ``[B, F + L]``: their padded index lists (-1 pads) follow the F fields.
+
 Example:
     >>> import torch
     >>> ds = TensorDataset(torch.zeros(10, 2), torch.zeros(10, 1, dtype=torch.long),

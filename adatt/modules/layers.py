@@ -34,6 +34,15 @@ Example:
     True
     >>> SlotLinear(3, 4, [2, 2, 2])(torch.randn(3, 8, 4)).shape
     torch.Size([3, 8, 2])
+
+    A multi-valued feature of 6 values, lists of up to 3 (-1 pads), mean-pooled:
+
+    >>> lin = InputLinear(0, [], None, 5, multi_valued=[(6, "mean", 3)])
+    >>> out = lin(torch.zeros(2, 0), torch.tensor([[1, 4, -1], [-1, -1, -1]]))
+    >>> torch.allclose(out[0], lin.bias + (lin.bag_weight[1] + lin.bag_weight[4]) / 2)
+    True
+    >>> torch.allclose(out[1], lin.bias)  # the empty list pools to zeros
+    True
 """
 
 from __future__ import annotations
