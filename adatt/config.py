@@ -28,8 +28,8 @@ task weights, weighting and model options, ...), a negative integer in a model
 option (sizes and counts), an invalid ``runtime.device`` string, and a ``name``
 that would leave ``out_dir`` (an absolute path or a ``..`` component). Model
 options are checked against the model constructor's signature and type hints
-(``num_tasks``, ``dense_dim`` and ``cat_cardinalities`` come from the data and
-may not be set).
+(``num_tasks``, ``dense_dim``, ``cat_cardinalities`` and ``multi_valued`` come from
+the data and may not be set).
 
 A config is a YAML file given by path, or one of the configs shipped inside
 the package given by name (``census/adatt_sp``; :func:`packaged_configs`
@@ -77,7 +77,7 @@ __all__ = ["ConfigError", "OptimizerConfig", "ScheduleConfig", "SelectionConfig"
            "check_finite", "check_name", "check_device", "REFERENCE_COMMAND",
            "config_rows", "model_option_rows", "reference_text", "reference_markdown"]
 
-FROM_DATA = ("num_tasks", "dense_dim", "cat_cardinalities")
+FROM_DATA = ("num_tasks", "dense_dim", "cat_cardinalities", "multi_valued")
 
 #: The configs shipped inside the package (``configs/`` in a clone links here).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

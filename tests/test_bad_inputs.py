@@ -263,6 +263,16 @@ def _dup_csv(root: Path) -> None:
         ln + (",1" if i else "") for i, ln in enumerate(text.splitlines())) + "\n")
 
 
+def _lists(root: Path) -> None:
+    """Files with a multi-valued column: row 3 has an empty element, row 4 five tags."""
+    (root / "schema_mv.yaml").write_text(
+        "multi_valued: {tags: {max_length: 4, truncate: false}}\nlabels: {click: binary}\n")
+    (root / "schema_mv_pool.yaml").write_text(
+        "multi_valued: {tags: {pooling: max}}\nlabels: {click: binary}\n")
+    (root / "mv.csv").write_text("tags,click\n1|2,0\n,1\n3|4|5|6|7,1\n")
+    (root / "mv_empty.csv").write_text("tags,click\n1|2,0\n,1\n3||4,1\n")
+
+
 def _dirs(root: Path) -> None:
     (root / "adir").mkdir(exist_ok=True)
     (root / "emptyrun").mkdir(exist_ok=True)
@@ -362,6 +372,15 @@ CASES: list[Case] = [
     Case("train: label missing where missing is error", _ptrain("p_tnoclick.csv"),
          says="column 'click', row", setup=_pset("p_tnoclick.csv", _set(4, "")),
          check=_no_file("runs/p_p_tnoclick")),
+    Case("info: multi-valued list longer than max_length", [
+        "data", "info", "files", "--schema", "{root}/schema_mv.yaml", "--train", "{root}/mv.csv"],
+         says="mv.csv: column 'tags', row 3: 5 elements, more than max_length 4", setup=_lists),
+    Case("info: multi-valued empty element", [
+        "data", "info", "files", "--schema", "{root}/schema_mv.yaml", "--train",
+        "{root}/mv_empty.csv"], says="column 'tags', row 3: empty element", setup=_lists),
+    Case("info: multi-valued unknown pooling", [
+        "data", "info", "files", "--schema", "{root}/schema_mv_pool.yaml", "--train",
+        "{root}/mv.csv"], says="pooling must be sum or mean", setup=_lists),
     # ---- data write-shards
     Case("write-shards: --out is a file", ["data", "write-shards", "sim", "--out",
                                            "{root}/a_file", "--rows", "100", "--no-progress"],

@@ -20,6 +20,9 @@ Shape rules
 a shuffled index (no per-row Python objects); ``subset``, ``batch``,
 ``batches`` and ``to`` keep the weight's shape.
 
+With multi-valued categorical features (:class:`~adatt.data.schema.MultiValued`)
+``cat`` is ``[B, F + L]``: their padded index lists (-1 pads) follow the F fields.
+
 Example:
     >>> import torch
     >>> ds = TensorDataset(torch.zeros(10, 2), torch.zeros(10, 1, dtype=torch.long),

@@ -25,6 +25,14 @@ serving encode alike by construction. Its kinds:
   :func:`adatt.serve.predict.dataset_table`); categorical indices are checked
   to be integers in ``[0, cardinality)``.
 
+Multi-valued features (``vocab`` / ``hash``): each element of a row's list
+(:func:`~adatt.data.tables.list_text`) is coded as a single category is, with
+the feature's own vocabulary (fitted on every element of the fitted rows) or
+hash; the row becomes ``max_length`` columns appended to ``cat`` (after the
+single-valued fields, features in schema order), the codes first and -1 after
+them. A list longer than ``max_length`` keeps its first elements, or is an
+error when the feature's ``truncate`` is false.
+
 Dense scaling (``vocab`` / ``hash``): with ``standardize`` the columns are
 shifted and scaled by the fitted mean and standard deviation (population
 standard deviation; a constant column is only shifted), then stored float32.
@@ -43,6 +51,19 @@ Example:
     True
     >>> encode_categorical(["b", "zz", "a"], build_vocabulary(["b", "a", "b"]))
     array([2, 0, 1])
+
+    A multi-valued column ``tags`` (at most 3 elements per row):
+
+    >>> tags = MultiValuedColumn("tags", max_length=3)
+    >>> fit = EncodingFit((), (), "vocab", standardize=False, multi_valued=[tags])
+    >>> fit.add(np.zeros((2, 0)), [], [list_text(pa.array(["7|9", "9"]), "in.csv", tags)])
+    >>> enc = fit.encoding()
+    >>> enc.bag_vocabularies, enc.bag_cardinalities
+    ((('7', '9'),), (3,))
+    >>> enc.encode(pa.table({"tags": ["9|5|7|7", ""]}), "in.csv")[1].tolist()
+    [[2, 0, 1], [-1, -1, -1]]
+    >>> FeatureEncoding.from_dict(enc.to_dict()) == enc
+    True
 """
 
 from __future__ import annotations
@@ -57,7 +78,16 @@ from typing import Any, Literal
 import numpy as np
 
 from adatt.data.errors import DataError
-from adatt.data.tables import FileSchema, category_text, numbers, numeric_columns, shift_rows
+from adatt.data.schema import MultiValued
+from adatt.data.tables import (
+    FileSchema,
+    MultiValuedColumn,
+    category_text,
+    list_text,
+    numbers,
+    numeric_columns,
+    shift_rows,
+)
 
 __all__ = [
     "EncodingKind",
@@ -67,6 +97,7 @@ __all__ = [
     "RunningMoments",
     "build_vocabulary",
     "encode_categorical",
+    "pad_lists",
 ]
 
 EncodingKind = Literal["encoded", "vocab", "hash"]
@@ -176,6 +207,9 @@ class FeatureEncoding:
         vocabularies: per categorical field the sorted fitted values (``vocab``).
         hash_buckets: indices per field besides 0 (``hash``).
         delimiter: CSV delimiter of the run's files (None: ``,``, tab for .tsv).
+        multi_valued: the multi-valued columns (``vocab`` / ``hash`` only).
+        bag_cardinalities: per multi-valued column, the number of indices.
+        bag_vocabularies: per multi-valued column the sorted fitted elements (``vocab``).
     """
 
     dense: tuple[str, ...]
@@ -187,6 +221,9 @@ class FeatureEncoding:
     vocabularies: tuple[tuple[str, ...], ...] | None = None
     hash_buckets: int | None = None
     delimiter: str | None = None
+    multi_valued: tuple[MultiValuedColumn, ...] = ()
+    bag_cardinalities: tuple[int, ...] = ()
+    bag_vocabularies: tuple[tuple[str, ...], ...] | None = None
     _lookups: list[_Lookup | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -210,7 +247,17 @@ class FeatureEncoding:
         ):
             raise ValueError("a hash encoding needs hash_buckets >= 1, cardinalities "
                              "hash_buckets + 1")
-        object.__setattr__(self, "_lookups", [None] * len(self.categorical))
+        if len(self.bag_cardinalities) != len(self.multi_valued):
+            raise ValueError("one cardinality per multi-valued column")
+        if self.multi_valued and self.kind == "encoded":
+            raise ValueError("multi-valued columns need a vocab or hash encoding")
+        if self.multi_valued and self.kind == "vocab" and (
+                self.bag_vocabularies is None
+                or [len(v) + 1 for v in self.bag_vocabularies] != list(self.bag_cardinalities)):
+            raise ValueError("a vocab encoding needs one vocabulary per multi-valued column, "
+                             "its size + 1 the cardinality")
+        object.__setattr__(self, "_lookups", [None] * (len(self.categorical)
+                                                       + len(self.multi_valued)))
 
     @property
     def raw(self) -> bool:
@@ -233,6 +280,14 @@ class FeatureEncoding:
         }
         if self.kind == "hash":
             d["hash_buckets"] = self.hash_buckets
+        if self.multi_valued:  # absent without them: saved encodings keep their old form
+            vocabs = self.bag_vocabularies or [None] * len(self.multi_valued)
+            d["multi_valued"] = [
+                {"name": m.name, "delimiter": m.delimiter, "pooling": m.pooling,
+                 "max_length": m.max_length, "truncate": m.truncate, "cardinality": c,
+                 "vocabulary": None if v is None else list(v)}
+                for m, c, v in zip(self.multi_valued, self.bag_cardinalities, vocabs, strict=True)
+            ]
         return d
 
     @classmethod
@@ -242,6 +297,7 @@ class FeatureEncoding:
         std = d.get("standardize")
         vocabs = d.get("vocabularies")
         buckets = d.get("hash_buckets")
+        multi = d.get("multi_valued") or []
         return cls(
             dense=tuple(d["dense"]),
             categorical=tuple(d["categorical"]),
@@ -253,7 +309,18 @@ class FeatureEncoding:
                 tuple(vocabs[c]) for c in d["categorical"]),
             hash_buckets=None if buckets is None else int(buckets),
             delimiter=d.get("delimiter"),
+            multi_valued=tuple(
+                MultiValuedColumn(m["name"], m["delimiter"], m["pooling"], int(m["max_length"]),
+                                  bool(m["truncate"])) for m in multi),
+            bag_cardinalities=tuple(int(m["cardinality"]) for m in multi),
+            bag_vocabularies=None if kinds[d["kind"]] != "vocab" or not multi else tuple(
+                tuple(m["vocabulary"]) for m in multi),
         )
+
+    def schema_multi_valued(self) -> tuple[MultiValued, ...]:
+        """The multi-valued features as the models' schema describes them."""
+        return tuple(MultiValued(m.name, c, m.pooling, m.max_length)
+                     for m, c in zip(self.multi_valued, self.bag_cardinalities, strict=True))
 
     # ---- encoding ----------------------------------------------------------------------
     def encode_dense(self, dense: np.ndarray) -> np.ndarray:
@@ -292,11 +359,42 @@ class FeatureEncoding:
                             "read as categories") from None
         if lookup is not None:
             return lookup.of_text(text)
+        return self._hash(text)
+
+    def _hash(self, text: Any) -> np.ndarray:
+        """Hash codes ``int64 [n]`` in ``1..hash_buckets`` of a pyarrow string array."""
         import pandas as pd
 
         assert self.hash_buckets is not None
         h = pd.util.hash_array(text.to_numpy(zero_copy_only=False).astype(object))  # uint64 [n]
         return (h % np.uint64(self.hash_buckets)).astype(np.int64) + 1
+
+    def encode_bag(self, m: int, col: Any, path: PathLike = "input") -> np.ndarray:
+        """Indices ``int64 [n, max_length]`` of multi-valued column ``m`` (padded with -1)
+        from a pyarrow column (module docstring; errors name ``path``, column, row)."""
+        import pyarrow.compute as pc
+
+        spec = self.multi_valued[m]
+        lists = list_text(col, path, spec)  # list<string> [n]
+        values = pc.list_flatten(lists)  # [total] string
+        if self.kind == "vocab":
+            lookup = self._lookups[len(self.categorical) + m]
+            if lookup is None:
+                assert self.bag_vocabularies is not None
+                lookup = _Lookup(self.bag_vocabularies[m])
+                self._lookups[len(self.categorical) + m] = lookup
+            codes = lookup.of_text(values)
+        else:
+            codes = self._hash(values)
+        lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+        return pad_lists(codes, lengths, spec, path)
+
+    def encode_bags(self, table: Any, path: PathLike = "input") -> np.ndarray:
+        """Every multi-valued column of ``table``: ``int64 [n, L]`` (L the sum of the
+        max lengths), -1 pads."""
+        parts = [self.encode_bag(m, table[spec.name], path)
+                 for m, spec in enumerate(self.multi_valued)]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((table.num_rows, 0), np.int64)
 
     def encode(self, table: Any, path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         """``dense [N, Dd] float32`` and ``cat [N, F] int64`` from a table's feature columns.
@@ -307,7 +405,7 @@ class FeatureEncoding:
         """
         path = Path(path)
         have = table.column_names
-        for c in (*self.dense, *self.categorical):
+        for c in (*self.dense, *self.categorical, *(m.name for m in self.multi_valued)):
             if c not in have:
                 raise DataError(f"{path}: column {c!r} is missing; the file has columns "
                                 f"[{', '.join(have[:20])}{', ...' if len(have) > 20 else ''}]")
@@ -323,6 +421,8 @@ class FeatureEncoding:
         cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, c in enumerate(self.categorical):
             cat[:, j] = self.encode_field(j, table[c], path)
+        if self.multi_valued:  # cat [n, F + L]
+            cat = np.concatenate([cat, self.encode_bags(table, path)], axis=1)
         return dense, cat
 
     def encode_rows(self, table: Any, path: PathLike, schema: FileSchema, row0: int = 0) -> Rows:
@@ -338,6 +438,12 @@ class FeatureEncoding:
         cat = np.zeros((table.num_rows, len(self.categorical)), dtype=np.int64)
         for j, c in enumerate(self.categorical):
             cat[:, j] = self.encode_field(j, table.column(c), path)
+        if self.multi_valued:  # cat [n, F + L]
+            try:
+                bags = self.encode_bags(table, path)
+            except DataError as e:
+                raise shift_rows(e, row0) from None
+            cat = np.concatenate([cat, bags], axis=1)
         return self.encode_dense(dense), cat, labels, weight
 
     def read(self, path: PathLike) -> Any:
@@ -345,8 +451,33 @@ class FeatureEncoding:
         from adatt.data.tables import read_table
 
         fs = FileSchema(self.dense, self.categorical, (), None, self.mean is not None,
-                        self.delimiter)
+                        self.delimiter, self.multi_valued)
         return read_table(Path(path), fs)
+
+
+def pad_lists(codes: np.ndarray, lengths: np.ndarray, spec: MultiValuedColumn,
+              path: PathLike = "input") -> np.ndarray:
+    """Flat codes ``[total]`` of lists of ``lengths [n]`` as ``int64 [n, max_length]``,
+    padded with -1; a longer list keeps its first elements, or is a one-line
+    :class:`DataError` when ``spec.truncate`` is false.
+
+    >>> spec = MultiValuedColumn("tags", max_length=2)
+    >>> pad_lists(np.array([5, 6, 7, 8]), np.array([3, 0, 1]), spec).tolist()
+    [[5, 6], [-1, -1], [8, -1]]
+    """
+    n, width = len(lengths), spec.max_length
+    long = lengths > width
+    if not spec.truncate and long.any():
+        i = int(np.flatnonzero(long)[0])
+        raise DataError(f"{path}: column {spec.name!r}, row {i + 1}: {lengths[i]} elements, more "
+                        f"than max_length {width} (truncate: false)")
+    out = np.full((n, width), -1, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths  # [n] first element of each list
+    row = np.repeat(np.arange(n), lengths)  # [total] the row of each element
+    pos = np.arange(len(codes)) - np.repeat(starts, lengths)  # [total] place in its list
+    keep = pos < width
+    out[row[keep], pos[keep]] = codes[keep]
+    return out
 
 
 def _check_finite(x: np.ndarray, path: PathLike, name: str, what: str) -> None:
@@ -418,11 +549,14 @@ class EncodingFit:
         standardize: fit the dense mean and standard deviation.
         hash_buckets: indices per field (``hash``).
         delimiter: the CSV delimiter to save with the encoding.
+        multi_valued: the multi-valued columns (their elements are fitted as one
+            field each).
     """
 
     def __init__(self, dense: Sequence[str], categorical: Sequence[str],
                  kind: Literal["vocab", "hash"], *, standardize: bool,
-                 hash_buckets: int | None = None, delimiter: str | None = None):
+                 hash_buckets: int | None = None, delimiter: str | None = None,
+                 multi_valued: Sequence[MultiValuedColumn] = ()):
         if kind not in ("vocab", "hash"):
             raise ValueError(f"an encoding is fitted as vocab or hash, not {kind!r}")
         self.dense, self.categorical = tuple(dense), tuple(categorical)
@@ -430,34 +564,43 @@ class EncodingFit:
         self.hash_buckets, self.delimiter = hash_buckets, delimiter
         self.moments = RunningMoments(len(self.dense))
         self._values: list[list[Any]] = [[] for _ in self.categorical]
+        self.multi_valued = tuple(multi_valued)
+        self._bag_values: list[list[Any]] = [[] for _ in self.multi_valued]
 
     @property
     def rows(self) -> int:
         """Rows added so far."""
         return self.moments.n
 
-    def add(self, dense: np.ndarray, cat: Sequence[Any]) -> None:
-        """Add rows: raw ``dense float64 [n, Dd]`` and per categorical field a pyarrow
-        string array as :func:`~adatt.data.tables.category_text` gives it."""
+    def add(self, dense: np.ndarray, cat: Sequence[Any], bags: Sequence[Any] = ()) -> None:
+        """Add rows: raw ``dense float64 [n, Dd]``, per categorical field a pyarrow
+        string array as :func:`~adatt.data.tables.category_text` gives it and per
+        multi-valued column a ``list<string>`` array (:func:`~adatt.data.tables.list_text`)."""
         import pyarrow.compute as pc
 
         if self.kind == "vocab":
             for values, col in zip(self._values, cat, strict=True):
                 values.append(pc.unique(col))  # keeps the memory to the distinct values
+            for values, lists in zip(self._bag_values, bags, strict=True):
+                values.append(pc.unique(pc.list_flatten(lists)))
         self.moments.add(dense)
 
     def encoding(self) -> FeatureEncoding:
         """The fitted encoding."""
         import pyarrow as pa
 
-        vocabs = None
+        vocabs = bag_vocabs = None
         if self.kind == "vocab":
             vocabs = tuple(tuple(build_vocabulary(pa.chunked_array(v, type=pa.string())))
                            for v in self._values)
             cards = tuple(len(v) + 1 for v in vocabs)
+            bag_vocabs = tuple(tuple(build_vocabulary(pa.chunked_array(v, type=pa.string())))
+                               for v in self._bag_values)
+            bag_cards = tuple(len(v) + 1 for v in bag_vocabs)
         else:
             assert self.hash_buckets is not None
             cards = (self.hash_buckets + 1,) * len(self.categorical)
+            bag_cards = (self.hash_buckets + 1,) * len(self.multi_valued)
         mean = std = None
         if self.standardize:
             m, s = np.zeros(0), np.ones(0)
@@ -467,4 +610,5 @@ class EncodingFit:
             mean, std = tuple(float(x) for x in m), tuple(float(x) for x in s)
         return FeatureEncoding(self.dense, self.categorical, cards, self.kind, mean, std,
                                vocabs, self.hash_buckets if self.kind == "hash" else None,
-                               self.delimiter)
+                               self.delimiter, self.multi_valued, bag_cards,
+                               bag_vocabs if self.multi_valued else None)

@@ -5,6 +5,8 @@ The schema file names the columns and their roles::
     # my_data.yaml
     dense: [age, price]            # numeric features (optional)
     categorical: [user, item]      # categorical features, strings or integers (optional)
+    multi_valued:                  # list-valued categorical features (optional)
+      tags: {delimiter: "|", pooling: mean, max_length: 50, truncate: true}
     labels:                        # required, in task order: column -> binary | regression
       click: binary                # shorthand: every row needs a label
       watch_time: regression
@@ -43,6 +45,16 @@ Encoding (:mod:`adatt.data.encoding`, kind ``vocab``, fitted on the training spl
     * labels: binary labels must be 0 or 1; regression labels any finite number
       (where present: a masked label may be missing).
     * weight: used as given.
+    * multi_valued: a CSV cell is a delimited string (``"12|7|99"``, the
+      feature's ``delimiter``, default ``|``; an empty cell is the empty list), a
+      Parquet cell a list (null: the empty list; a string column is split as in
+      CSV). Each element is a category of the feature's own vocabulary, coded
+      as categorical values are; a row keeps its first ``max_length`` (default
+      50) elements, or a longer list is an error with ``truncate: false``
+      (default true). ``pooling`` (``sum`` or ``mean``, default ``mean``) is how
+      the model's embedding bag pools the list; an empty list pools to zeros.
+      The lists ride in ``cat`` after the single-valued fields, ``max_length``
+      columns each, padded with -1 (:class:`~adatt.data.schema.MultiValued`).
 
 Errors
     Every problem is a one-line :class:`~adatt.data.errors.DataError` naming
@@ -53,7 +65,8 @@ Errors
     other than 0 / 1, a non-finite regression label, a negative or infinite
     weight; in the long form an unknown key, a ``condition`` that is not
     another binary label (or makes a cycle), a missing per-task weight where
-    the task is labelled.
+    the task is labelled; an empty or null element of a multi-valued list, a
+    list longer than its ``max_length`` when ``truncate`` is false.
 
 Example:
     >>> import pathlib, tempfile
@@ -69,7 +82,7 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +90,7 @@ import numpy as np
 import torch
 
 from adatt.data.batch import TensorDataset
-from adatt.data.encoding import EncodingFit, FeatureEncoding
+from adatt.data.encoding import EncodingFit, FeatureEncoding, pad_lists
 from adatt.data.errors import DataError
 from adatt.data.schema import FeatureSchema
 from adatt.data.splits import Splits
@@ -85,6 +98,7 @@ from adatt.data.tables import (
     SCHEMA_KEYS,
     FileSchema,
     category_text,
+    list_text,
     numeric_columns,
     read_file_schema,
     read_table,
@@ -110,7 +124,9 @@ class RawRows:
 
     ``dense float64 [N, Dd]``, ``cat`` F pyarrow string arrays
     (:func:`~adatt.data.tables.category_text`), ``labels float32 [N, T]`` (NaN:
-    unlabelled), ``weight float32 [N]``, ``[N, T]`` (per-task weights) or None.
+    unlabelled), ``weight float32 [N]``, ``[N, T]`` (per-task weights) or None,
+    ``bags`` per multi-valued column a pyarrow ``list<string>`` array
+    (:func:`~adatt.data.tables.list_text`).
     """
 
     path: Path
@@ -118,6 +134,7 @@ class RawRows:
     cat: list[Any]
     labels: np.ndarray
     weight: np.ndarray | None
+    bags: list[Any] = field(default_factory=list)
 
     def take(self, idx: np.ndarray) -> RawRows:
         """The rows ``idx`` (int64 ``[n]``), in that order."""
@@ -131,12 +148,14 @@ class RawRows:
             [c.take(take) for c in self.cat],
             self.labels[idx],
             w,
+            [b.take(take) for b in self.bags],
         )
 
 
 def read_raw(path: Path, schema: FileSchema) -> RawRows:
     """A whole file's rows, checked (one-line :class:`DataError` naming file, column, row)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     table = read_table(path, schema)
     dense, labels, weight = numeric_columns(table, path, schema)
@@ -147,7 +166,14 @@ def read_raw(path: Path, schema: FileSchema) -> RawRows:
         except pa.ArrowException:  # e.g. a list or struct column
             raise DataError(f"{path}: column {c!r} has type {table[c].type}, which cannot be "
                             "read as categories (one string or number per row)") from None
-    return RawRows(path, dense, cat, labels, weight)
+    bags = []
+    for m in schema.multi_valued:
+        lists = list_text(table[m.name], path, m)
+        if not m.truncate:  # checked here, where rows are the file's
+            pad_lists(np.zeros(0, np.int64), pc.list_value_length(lists).to_numpy(
+                zero_copy_only=False).astype(np.int64), m, path)
+        bags.append(lists)
+    return RawRows(path, dense, cat, labels, weight, bags)
 
 
 def split_raw(
@@ -188,8 +214,9 @@ def split_raw(
 def fit_files_encoding(schema: FileSchema, train: RawRows) -> FeatureEncoding:
     """The ``vocab`` encoding fitted on the whole training split (module docstring)."""
     fit = EncodingFit(schema.dense, schema.categorical, "vocab",
-                      standardize=schema.standardize, delimiter=schema.delimiter)
-    fit.add(train.dense, train.cat)
+                      standardize=schema.standardize, delimiter=schema.delimiter,
+                      multi_valued=schema.multi_valued)
+    fit.add(train.dense, train.cat, train.bags)
     return fit.encoding()
 
 
@@ -240,6 +267,9 @@ def load_files(
         cat = np.zeros((n, len(fs.categorical)), dtype=np.int64)
         for j, col in enumerate(r.cat):
             cat[:, j] = enc.encode_field(j, col, r.path)
+        if r.bags:  # cat [n, F + L]: the padded lists after the single-valued fields
+            cat = np.concatenate([cat, *(enc.encode_bag(m, b, r.path)
+                                         for m, b in enumerate(r.bags))], axis=1)
         w = None if r.weight is None else torch.from_numpy(r.weight)
         return TensorDataset(torch.from_numpy(enc.encode_dense(r.dense)), torch.from_numpy(cat),
                              torch.from_numpy(r.labels), w)
@@ -250,6 +280,7 @@ def load_files(
         categorical=fs.categorical,
         cardinalities=enc.cardinalities,
         tasks=fs.tasks,
+        multi_valued=enc.schema_multi_valued(),
     )
     vocabs = enc.vocabularies or ()
     unseen = {

@@ -124,6 +124,11 @@ def describe(splits: Splits) -> str:
     if schema.categorical:
         cats = [f"{n} {c:,}" for n, c in zip(schema.categorical, schema.cardinalities, strict=True)]
         lines.extend(_wrap(cats))
+    if schema.multi_valued:  # their lists follow the single-valued fields in cat
+        lines.append(f"multi-valued features ({len(schema.multi_valued)}; cardinality incl. "
+                     "index 0, pooling, max length):")
+        lines.extend(_wrap([f"{m.name} {m.cardinality:,} {m.pooling} {m.max_length}"
+                            for m in schema.multi_valued]))
     facts = {k: v for k, v in splits.info.items() if _scalar(v)}
     if facts:
         lines.append("info:")

@@ -16,6 +16,12 @@ Example:
     (True, {'name': 'buy', 'kind': 'binary', 'missing': 'mask', 'condition': 'income'})
     >>> FeatureSchema.from_dict(s2.to_dict()) == s2
     True
+    >>> s3 = FeatureSchema((), ("sex",), (3,), (TaskSpec("income"),),
+    ...                    multi_valued=(MultiValued("tags", 10, "mean", 4),))
+    >>> s3.cat_width, s3.bag_specs, "multi_valued" in s.to_dict()
+    (5, [(10, 'mean', 4)], False)
+    >>> FeatureSchema.from_dict(s3.to_dict()) == s3
+    True
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["TaskSpec", "FeatureSchema", "MissingRule"]
+__all__ = ["TaskSpec", "FeatureSchema", "MissingRule", "MultiValued", "POOLINGS"]
 
 TaskKind = Literal["binary", "regression"]
 
@@ -89,6 +95,41 @@ class TaskSpec:
         return self.missing == "mask" or self.condition is not None
 
 
+#: how a multi-valued feature's list is pooled
+POOLINGS = ("sum", "mean")
+
+
+@dataclass(frozen=True)
+class MultiValued:
+    """One multi-valued categorical feature (a list of categories per row).
+
+    Args:
+        name: the column name.
+        cardinality: the number of indices (index 0: unknown values).
+        pooling: ``sum`` or ``mean`` of the list's embedding rows; an empty list
+            pools to zeros.
+        max_length: the list's slot width in ``cat`` (longer lists are cut or
+            refused when read, see :mod:`adatt.data.files`).
+
+    In a batch, the multi-valued features ride in ``cat [B, F + L]`` after the F
+    single-valued fields: feature ``m`` holds ``max_length`` columns with its
+    indices, padded with -1 (L is the sum of the ``max_length``).
+    """
+
+    name: str
+    cardinality: int
+    pooling: str = "mean"
+    max_length: int = 50
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"multi-valued {self.name!r}: pooling must be sum or mean, "
+                             f"got {self.pooling!r}")
+        if self.cardinality < 1 or self.max_length < 1:
+            raise ValueError(f"multi-valued {self.name!r}: cardinality and max_length "
+                             "must be >= 1")
+
+
 _TASK_DEFAULTS = {
     "missing": "error", "condition": None, "weight": None, "center": 0.0, "scale": 1.0
 }
@@ -104,12 +145,15 @@ class FeatureSchema:
         cardinalities: per categorical field, the number of distinct indices
             (index 0 is reserved for unknown / missing values).
         tasks: the tasks, in label column order.
+        multi_valued: the multi-valued categorical features, whose padded index
+            lists follow the single-valued fields in ``cat`` (:class:`MultiValued`).
     """
 
     dense: tuple[str, ...]
     categorical: tuple[str, ...]
     cardinalities: tuple[int, ...]
     tasks: tuple[TaskSpec, ...]
+    multi_valued: tuple[MultiValued, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.categorical) != len(self.cardinalities):
@@ -124,6 +168,17 @@ class FeatureSchema:
                     f"task {t.name!r}: condition {t.condition!r} must name another binary "
                     f"task ({what})"
                 )
+
+    @property
+    def cat_width(self) -> int:
+        """Columns of ``cat``: the single-valued fields plus every multi-valued slot."""
+        return len(self.categorical) + sum(m.max_length for m in self.multi_valued)
+
+    @property
+    def bag_specs(self) -> list[tuple[int, str, int]]:
+        """``(cardinality, pooling, max_length)`` per multi-valued feature: the models'
+        ``multi_valued`` option."""
+        return [(m.cardinality, m.pooling, m.max_length) for m in self.multi_valued]
 
     @property
     def num_tasks(self) -> int:
@@ -154,6 +209,8 @@ class FeatureSchema:
             {k: v for k, v in t.items() if k in ("name", "kind") or v != _TASK_DEFAULTS[k]}
             for t in d["tasks"]
         ]
+        if not self.multi_valued:  # saved schemas without them keep their old form
+            del d["multi_valued"]
         return d
 
     @classmethod
@@ -163,4 +220,5 @@ class FeatureSchema:
             categorical=tuple(d["categorical"]),
             cardinalities=tuple(int(c) for c in d["cardinalities"]),
             tasks=tuple(TaskSpec(**t) for t in d["tasks"]),
+            multi_valued=tuple(MultiValued(**m) for m in d.get("multi_valued", ())),
         )

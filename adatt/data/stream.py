@@ -92,6 +92,7 @@ from adatt.data.tables import (
     FileSchema,
     category_text,
     label_columns,
+    list_text,
     numbers,
     read_file_schema,
     read_table,
@@ -125,7 +126,8 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
     """
     per_shard = math.ceil(fit_rows / len(shards))
     fit = EncodingFit(fs.dense, fs.categorical, cat_encoding, standardize=fs.standardize,
-                      hash_buckets=hash_buckets, delimiter=fs.delimiter)
+                      hash_buckets=hash_buckets, delimiter=fs.delimiter,
+                      multi_valued=fs.multi_valued)
     labels = RunningMoments(len(fs.labels))
     # partial labels: moments per regression label over its labelled rows
     partial = {j: RunningMoments(1) for j, lab in enumerate(fs.labels)
@@ -140,6 +142,8 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
             try:
                 cat = ([category_text(rb.column(c)) for c in fs.categorical]
                        if cat_encoding == "vocab" else [])
+                bags = ([list_text(rb.column(m.name), shard.path, m) for m in fs.multi_valued]
+                        if cat_encoding == "vocab" else [])
                 d = np.zeros((rb.num_rows, len(fs.dense)))
                 for j, c in enumerate(fs.dense):
                     d[:, j] = numbers(rb.column(c), shard.path, c)
@@ -151,7 +155,7 @@ def fit_sample(shards: list[Shard], fs: FileSchema, cat_encoding: CatEncoding, f
                         y[:, j] = numbers(rb.column(lab.column), shard.path, lab.column)
             except DataError as e:
                 raise shift_rows(e, got) from None
-            fit.add(d, cat)
+            fit.add(d, cat, bags)
             if fs.partial:
                 for j, m in partial.items():
                     m.add(y[~np.isnan(y[:, j]), j : j + 1])  # [labelled, 1]
@@ -215,6 +219,7 @@ def load_stream(
         categorical=fs.categorical,
         cardinalities=enc.cardinalities,
         tasks=fs.tasks,
+        multi_valued=enc.schema_multi_valued(),
     )
     data = ParquetShards(shards, fs, enc, feature_schema, label_var, shuffle_buffer)
     info: dict[str, Any] = {
@@ -234,7 +239,9 @@ def load_stream(
         info["vocabulary_sizes"] = dict(zip(fs.categorical,
                                             (c - 1 for c in enc.cardinalities), strict=True))
         info["unseen_categories"] = {
-            split: dict(zip(fs.categorical, (int(x) for x in (ds.cat == 0).sum(0)), strict=True))
+            split: dict(zip(fs.categorical,
+                            (int(x) for x in (ds.cat[:, :len(fs.categorical)] == 0).sum(0)),
+                            strict=True))
             for split, ds in sets.items()
         }
     info["encoding"] = enc.to_dict()  # what adatt.serve.predict reads back

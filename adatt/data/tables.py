@@ -46,6 +46,8 @@ __all__ = [
     "PARQUET_SUFFIXES",
     "LabelSpec",
     "FileSchema",
+    "MultiValuedColumn",
+    "MULTI_VALUED_KEYS",
     "read_file_schema",
     "file_suffix",
     "read_table",
@@ -54,12 +56,15 @@ __all__ = [
     "check_columns",
     "numbers",
     "category_text",
+    "list_text",
     "numeric_columns",
     "label_columns",
     "shift_rows",
 ]
 
-SCHEMA_KEYS = ("dense", "categorical", "labels", "weight", "standardize", "delimiter")
+SCHEMA_KEYS = ("dense", "categorical", "multi_valued", "labels", "weight", "standardize",
+               "delimiter")
+MULTI_VALUED_KEYS = ("delimiter", "pooling", "max_length", "truncate")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 PathLike = str | os.PathLike[str]
@@ -97,6 +102,26 @@ class LabelSpec:
 
 
 @dataclass(frozen=True)
+class MultiValuedColumn:
+    """One multi-valued categorical column of the YAML schema (``multi_valued:``).
+
+    Args:
+        name: the column.
+        delimiter: separates the elements of a CSV (or Parquet string) cell.
+        pooling: ``sum`` or ``mean`` (the model's embedding bag).
+        max_length: elements kept per row.
+        truncate: a longer list keeps its first ``max_length`` elements (true)
+            or is an error naming the file, column and row (false).
+    """
+
+    name: str
+    delimiter: str = "|"
+    pooling: str = "mean"
+    max_length: int = 50
+    truncate: bool = True
+
+
+@dataclass(frozen=True)
 class FileSchema:
     """The parsed YAML schema: column roles, labels (in task order), options.
 
@@ -109,6 +134,7 @@ class FileSchema:
     weight: str | None = None
     standardize: bool = True
     delimiter: str | None = None
+    multi_valued: tuple[MultiValuedColumn, ...] = ()
 
     def __post_init__(self) -> None:
         specs = tuple(x if isinstance(x, LabelSpec) else LabelSpec(*x) for x in self.labels)
@@ -131,7 +157,8 @@ class FileSchema:
 
     @property
     def columns(self) -> list[str]:
-        cols = [*self.dense, *self.categorical, *(lab.column for lab in self.labels)]
+        cols = [*self.dense, *self.categorical, *(m.name for m in self.multi_valued),
+                *(lab.column for lab in self.labels)]
         return cols + ([self.weight] if self.weight else []) + list(self.task_weights)
 
 
@@ -255,16 +282,54 @@ def read_file_schema(path: PathLike) -> FileSchema:
     delimiter = doc.get("delimiter")
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
         raise DataError(f"{path}: 'delimiter' must be one character, got {delimiter!r}")
-    schema = FileSchema(dense, categorical, tuple(labels), weight, standardize, delimiter)
+    multi = _multi_valued(path, doc.get("multi_valued"), delimiter)
+    schema = FileSchema(dense, categorical, tuple(labels), weight, standardize, delimiter, multi)
     seen: set[str] = set()
     # a per-task weight column may serve several tasks, but no other role
     for c in schema.columns:
         if c in seen:
             raise DataError(f"{path}: column {c!r} is given more than one role")
         seen.add(c)
-    if not dense and not categorical:
-        raise DataError(f"{path}: no feature columns (give 'dense' and/or 'categorical')")
+    if not dense and not categorical and not multi:
+        raise DataError(f"{path}: no feature columns (give 'dense', 'categorical' and/or "
+                        "'multi_valued')")
     return schema
+
+
+def _multi_valued(path: Path, raw: Any, csv_delimiter: str | None
+                  ) -> tuple[MultiValuedColumn, ...]:
+    """The ``multi_valued:`` section: column -> options (or null: every default)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: 'multi_valued' must map each list column to its options, "
+                        "e.g. {tags: {delimiter: '|', pooling: mean, max_length: 50}}")
+    out = []
+    for col, opts in raw.items():
+        where = f"{path}: multi_valued {col!r}"
+        opts = {} if opts is None else opts
+        if not isinstance(opts, dict):
+            raise DataError(f"{where}: options must be a mapping (keys: "
+                            f"{', '.join(MULTI_VALUED_KEYS)})")
+        for key in opts:
+            if key not in MULTI_VALUED_KEYS:
+                raise DataError(f"{where}: unknown key {key!r} (known keys: "
+                                f"{', '.join(MULTI_VALUED_KEYS)})")
+        m = MultiValuedColumn(str(col), **opts)
+        if not isinstance(m.delimiter, str) or len(m.delimiter) != 1:
+            raise DataError(f"{where}: delimiter must be one character, got {m.delimiter!r}")
+        if m.delimiter == (csv_delimiter or ","):
+            raise DataError(f"{where}: delimiter {m.delimiter!r} is the CSV field delimiter")
+        if m.pooling not in ("sum", "mean"):
+            raise DataError(f"{where}: pooling must be sum or mean, got {m.pooling!r}")
+        if not isinstance(m.max_length, int) or isinstance(m.max_length, bool) or (
+                m.max_length < 1):
+            raise DataError(f"{where}: max_length must be an integer >= 1, got "
+                            f"{m.max_length!r}")
+        if not isinstance(m.truncate, bool):
+            raise DataError(f"{where}: truncate must be true or false, got {m.truncate!r}")
+        out.append(m)
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- reading
@@ -314,6 +379,7 @@ def read_table(path: Path, schema: FileSchema) -> Any:
 def check_columns(path: Path, schema: FileSchema, have: list[str]) -> None:
     """A :class:`DataError` naming the first of the schema's columns not in ``have``."""
     roles = {c: "dense" for c in schema.dense} | {c: "categorical" for c in schema.categorical}
+    roles |= {m.name: "multi-valued" for m in schema.multi_valued}
     roles |= {lab.column: "label" for lab in schema.labels}
     for lab in schema.labels:
         if lab.weight:
@@ -474,6 +540,81 @@ def category_text(col: Any) -> Any:
         else:
             col = pc.cast(col, pa.string())
     return pc.fill_null(col.cast(pa.string()), "")
+
+
+def list_text(col: Any, path: PathLike, spec: MultiValuedColumn) -> Any:
+    """A multi-valued column as a pyarrow ``list<string>`` array, one list per row.
+
+    A string cell is split at ``spec.delimiter`` (``"12|7|99"``; an empty
+    string is the empty list); a Parquet list cell's elements are compared as
+    text like single categories (:func:`category_text`); a null cell is the
+    empty list. Elements are trimmed of spaces. An empty or null element
+    (``"12||7"``), a nested list, or a column of another type is a one-line
+    :class:`DataError` naming ``path``, the column and the row.
+
+    >>> import pyarrow as pa
+    >>> spec = MultiValuedColumn("tags")
+    >>> list_text(pa.array(["12|7", "", None]), "in.csv", spec).to_pylist()
+    [['12', '7'], [], []]
+    >>> list_text(pa.array([[1, 2], None, []]), "in.pq", spec).to_pylist()
+    [['1', '2'], [], []]
+    >>> list_text(pa.array(["1||2"]), "in.csv", spec)
+    Traceback (most recent call last):
+    ...
+    adatt.data.errors.DataError: in.csv: column 'tags', row 1: empty element in '1||2'
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    name = spec.name
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        text = pc.utf8_trim_whitespace(pc.fill_null(col.cast(pa.string()), ""))
+        lists = pc.split_pattern(text, spec.delimiter)  # "" -> [""]
+        lists = pc.if_else(pc.equal(text, ""), pa.scalar([], pa.list_(pa.string())), lists)
+        values = pc.utf8_trim_whitespace(pc.list_flatten(lists))
+        bad = pc.equal(values, "")
+        source = text
+    elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        inner = col.type.value_type
+        if pa.types.is_nested(inner) or not (
+                pa.types.is_string(inner) or pa.types.is_large_string(inner)
+                or pa.types.is_integer(inner) or pa.types.is_floating(inner)
+                or pa.types.is_boolean(inner)):
+            raise DataError(f"{path}: column {name!r} has type {col.type}; a multi-valued column "
+                            "holds lists of strings or integers")
+        col = pc.fill_null(col, pa.scalar([], col.type))
+        flat = pc.list_flatten(col)
+        bad = flat.is_null()
+        if pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type):
+            flat = pc.utf8_trim_whitespace(flat.cast(pa.string()))
+            bad = pc.or_(bad, pc.equal(flat, ""))
+        values = category_text(flat)
+        lengths = pc.list_value_length(col)
+        offsets = np.concatenate([[0], np.cumsum(lengths.to_numpy(zero_copy_only=False))])
+        lists = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+        source = None
+    else:
+        raise DataError(f"{path}: column {name!r} has type {col.type}; a multi-valued column "
+                        f"holds delimited strings or lists")
+    bad_np = pc.fill_null(bad, True).to_numpy(zero_copy_only=False)
+    if bad_np.any():
+        k = int(np.flatnonzero(bad_np)[0])
+        row = int(np.searchsorted(_offsets(lists), k, side="right")) - 1
+        cell = "" if source is None else f" in {source[row].as_py()!r}"
+        what = "empty" if source is not None else "null or empty"
+        raise DataError(f"{path}: column {name!r}, row {row + 1}: {what} element{cell}")
+    if source is not None:
+        lists = pa.ListArray.from_arrays(pa.array(_offsets(lists), pa.int32()), values)
+    return lists
+
+
+def _offsets(lists: Any) -> np.ndarray:
+    """Start of every list in the flattened values, and the end: ``int64 [n + 1]``."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
 def _check_labels(y: np.ndarray, kind: str, path: PathLike, name: str) -> None:

@@ -673,6 +673,10 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         if not isinstance(splits.train, TensorDataset):
             raise ConfigError(f"data.source={cfg.data.source}: the torchrec trainer needs "
                               "in-memory training data")
+        if schema.multi_valued:
+            raise ConfigError(f"data: multi-valued features ({schema.multi_valued[0].name}, ...) "
+                              "are not read by the torchrec trainer; use the single, DDP or "
+                              "ensemble recipe")
         torch.manual_seed(tc.seed)
         tables = schema_to_tables(schema, dim)
         try:

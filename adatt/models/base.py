@@ -4,9 +4,13 @@ Notation: B batch, Dd dense width, F categorical fields, T tasks, G fusion
 units of a level, E experts of a level.
 
 A model maps raw feature tensors ``dense [B, Dd]`` and ``cat [B, F]`` to raw
-logits ``[B, T]``. :meth:`MultiTaskModel.forward_with_weights` also returns,
-per level, the combined expert weights of every fusion unit ``[B, G, E]``
-(AdaTT: ``pad(v_t) + G_t``, Eq. 11; MMoE/PLE: the gate weights).
+logits ``[B, T]``. With multi-valued categorical features (the ``multi_valued``
+option, from the data) ``cat`` is ``[B, F + L]``: after the F single-valued
+fields, each multi-valued feature's ``max_length`` columns of indices, padded
+with -1 (:class:`~adatt.modules.layers.InputLinear` pools them).
+:meth:`MultiTaskModel.forward_with_weights` also returns, per level, the
+combined expert weights of every fusion unit ``[B, G, E]`` (AdaTT: ``pad(v_t) +
+G_t``, Eq. 11; MMoE/PLE: the gate weights).
 
 Example:
     >>> import torch

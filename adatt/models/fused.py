@@ -61,6 +61,8 @@ class FusedExpertModel(MultiTaskModel):
     Args:
         plans: one :class:`LevelPlan` per level; the last level has T gates.
         num_tasks, dense_dim, cat_cardinalities, embedding_dim: the input.
+        multi_valued: per multi-valued feature ``(cardinality, pooling, max_length)``
+            (from the data; see :class:`~adatt.modules.layers.InputLinear`).
         expert_sizes: per level, every expert's MLP widths.
         gate_hidden: hidden widths of every gate.
         tower_sizes: hidden widths of every task tower.
@@ -78,6 +80,7 @@ class FusedExpertModel(MultiTaskModel):
         gate_hidden: Sequence[int],
         tower_sizes: Sequence[int],
         activation: str,
+        multi_valued: Sequence[tuple[int, str, int]] = (),
     ) -> None:
         super().__init__()
         sizes = level_sizes(expert_sizes)
@@ -95,7 +98,8 @@ class FusedExpertModel(MultiTaskModel):
         self.levels = nn.ModuleList(levels)
         # x-consumers: level 0's experts and gates, then later levels' external gates
         self.split = [levels[0].first_width] + [lv.external_width for lv in levels[1:]]
-        self.input = InputLinear(dense_dim, cat_cardinalities, embedding_dim, sum(self.split))
+        self.input = InputLinear(dense_dim, cat_cardinalities, embedding_dim, sum(self.split),
+                                 multi_valued)
         self.towers = TowerBank(num_tasks, sizes[-1][-1], tower_sizes, activation)
 
     def forward_from_input(self, z: Tensor, want_weights: bool = False) -> tuple[Tensor, list]:
@@ -183,6 +187,7 @@ class AdaTTSp(FusedExpertModel):
         activation: str = "relu",
         native_fusion: bool = True,
         native_rule: str = "authors",
+        multi_valued: Sequence[tuple[int, str, int]] = (),
     ) -> None:
         m = per_task_counts(experts_per_task, num_tasks, "experts_per_task")
         learned = native_learned(m, native_rule)
@@ -204,7 +209,7 @@ class AdaTTSp(FusedExpertModel):
         self.experts_per_task, self.native_fusion = m, native_fusion
         self.native_rule = native_rule
         super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
-                         expert_sizes, gate_hidden, tower_sizes, activation)
+                         expert_sizes, gate_hidden, tower_sizes, activation, multi_valued)
 
 
 def _with_shared_unit_plans(
@@ -262,6 +267,7 @@ class AdaTT(FusedExpertModel):
         activation: str = "relu",
         native_fusion: bool = True,
         native_rule: str = "authors",
+        multi_valued: Sequence[tuple[int, str, int]] = (),
     ) -> None:
         m = per_task_counts(experts_per_task, num_tasks, "experts_per_task")
         if shared_experts < 0:
@@ -272,7 +278,7 @@ class AdaTT(FusedExpertModel):
         self.experts_per_task, self.shared_experts = m, shared_experts
         self.native_fusion, self.native_rule = native_fusion, native_rule
         super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
-                         expert_sizes, gate_hidden, tower_sizes, activation)
+                         expert_sizes, gate_hidden, tower_sizes, activation, multi_valued)
 
 
 @register_model
@@ -298,6 +304,7 @@ class PLE(FusedExpertModel):
         gate_hidden: Sequence[int] = (),
         tower_sizes: Sequence[int] = (32,),
         activation: str = "relu",
+        multi_valued: Sequence[tuple[int, str, int]] = (),
     ) -> None:
         m = per_task_counts(experts_per_task, num_tasks, "experts_per_task")
         if shared_experts < 0:
@@ -306,7 +313,7 @@ class PLE(FusedExpertModel):
         plans = _with_shared_unit_plans(num_tasks, m, shared_experts, L, True, False)
         self.experts_per_task, self.shared_experts = m, shared_experts
         super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
-                         expert_sizes, gate_hidden, tower_sizes, activation)
+                         expert_sizes, gate_hidden, tower_sizes, activation, multi_valued)
 
 
 def _mmoe_plans(num_tasks: int, n: int, num_levels: int) -> list[LevelPlan]:
@@ -344,11 +351,12 @@ class MLMMoE(FusedExpertModel):
         gate_hidden: Sequence[int] = (),
         tower_sizes: Sequence[int] = (32,),
         activation: str = "relu",
+        multi_valued: Sequence[tuple[int, str, int]] = (),
     ) -> None:
         plans = _mmoe_plans(num_tasks, num_experts, len(level_sizes(expert_sizes)))
         self.num_experts = num_experts
         super().__init__(plans, num_tasks, dense_dim, cat_cardinalities, embedding_dim,
-                         expert_sizes, gate_hidden, tower_sizes, activation)
+                         expert_sizes, gate_hidden, tower_sizes, activation, multi_valued)
 
 
 @register_model
@@ -372,8 +380,9 @@ class MMoE(MLMMoE):
         gate_hidden: Sequence[int] = (),
         tower_sizes: Sequence[int] = (32,),
         activation: str = "relu",
+        multi_valued: Sequence[tuple[int, str, int]] = (),
     ) -> None:
         if len(level_sizes(expert_sizes)) != 1:
             raise ValueError("mmoe has one level: give expert_sizes as one MLP, e.g. [[128, 64]]")
         super().__init__(num_tasks, dense_dim, cat_cardinalities, embedding_dim, expert_sizes,
-                         num_experts, gate_hidden, tower_sizes, activation)
+                         num_experts, gate_hidden, tower_sizes, activation, multi_valued)

@@ -43,6 +43,8 @@ class SharedBottom(MultiTaskModel):
 
     Args:
         num_tasks, dense_dim, cat_cardinalities, embedding_dim: the input.
+        multi_valued: per multi-valued feature ``(cardinality, pooling, max_length)``
+            (from the data; see :class:`~adatt.modules.layers.InputLinear`).
         expert_sizes: the shared MLP's widths, level by level (flattened).
         tower_sizes: task tower hidden widths.
         activation: activation name.
@@ -60,11 +62,13 @@ class SharedBottom(MultiTaskModel):
         expert_sizes: Sequence[int | Sequence[int]] = (128, 64),
         tower_sizes: Sequence[int] = (32,),
         activation: str = "relu",
+        multi_valued: Sequence[tuple[int, str, int]] = (),
     ) -> None:
         super().__init__()
         widths = [w for lvl in level_sizes(expert_sizes) for w in lvl]
         self.num_tasks, self.act = num_tasks, activation_fn(activation)
-        self.input = InputLinear(dense_dim, cat_cardinalities, embedding_dim, widths[0])
+        self.input = InputLinear(dense_dim, cat_cardinalities, embedding_dim, widths[0],
+                                 multi_valued)
         self.bottom = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
@@ -83,6 +87,8 @@ class CrossStitch(MultiTaskModel):
 
     Args:
         num_tasks, dense_dim, cat_cardinalities, embedding_dim: the input.
+        multi_valued: per multi-valued feature ``(cardinality, pooling, max_length)``
+            (from the data; see :class:`~adatt.modules.layers.InputLinear`).
         expert_sizes: per level, each task stack's MLP widths.
         tower_sizes: task tower hidden widths.
         activation: activation name.
@@ -107,6 +113,7 @@ class CrossStitch(MultiTaskModel):
         tower_sizes: Sequence[int] = (32,),
         activation: str = "relu",
         stitch_init: str = "authors",
+        multi_valued: Sequence[tuple[int, str, int]] = (),
     ) -> None:
         super().__init__()
         if stitch_init not in STITCH_INITS:
@@ -114,7 +121,8 @@ class CrossStitch(MultiTaskModel):
                 f"stitch_init must be one of {', '.join(STITCH_INITS)}, got {stitch_init!r}")
         T, sizes = num_tasks, level_sizes(expert_sizes)
         self.num_tasks, self.act = T, activation_fn(activation)
-        self.input = InputLinear(dense_dim, cat_cardinalities, embedding_dim, T * sizes[0][0])
+        self.input = InputLinear(dense_dim, cat_cardinalities, embedding_dim, T * sizes[0][0],
+                                 multi_valued)
         layers, prev = [], None
         for lvl, s in enumerate(sizes):
             dims = ([] if lvl == 0 else [prev]) + s

@@ -2,14 +2,18 @@
 
 Notation: B batch, S slots (independent linear maps run as one batched
 product), D input width, W output width, Dd dense width, F categorical fields,
-C one-hot columns (the sum of the cardinalities), k embedding size.
+C one-hot columns (the sum of the cardinalities), k embedding size, M
+multi-valued features, L their slot columns (the sum of their max lengths),
+Cb their one-hot columns.
 
 * :class:`InputLinear` -- the first linear map applied to a raw example
   ``x = [dense, onehot(cat)]`` (or ``[dense, embed(cat)]``). In one-hot mode the
   categorical part is an embedding-bag *gather* of weight rows, never a
   product with one-hot columns: ``onehot(c) @ W == W[c]``.
   :meth:`InputLinear.forward_copies` runs S copies of the layer at once (the
-  vectorised seed ensemble).
+  vectorised seed ensemble). Multi-valued categorical features (a list of
+  indices per row, in ``cat`` after the single-valued fields, padded with -1)
+  are pooled by an embedding bag: the sum, or the mean, of their rows.
 * :class:`SlotLinear` -- S linear maps, slot ``s`` reading its own input
   ``x[s]``, computed as one ``baddbmm``. Slots may have different output widths;
   narrower slots are zero-padded to the widest.
@@ -30,6 +34,15 @@ Example:
     True
     >>> SlotLinear(3, 4, [2, 2, 2])(torch.randn(3, 8, 4)).shape
     torch.Size([3, 8, 2])
+
+    A multi-valued feature of 6 values, lists of up to 3 (-1 pads), mean-pooled:
+
+    >>> lin = InputLinear(0, [], None, 5, multi_valued=[(6, "mean", 3)])
+    >>> out = lin(torch.zeros(2, 0), torch.tensor([[1, 4, -1], [-1, -1, -1]]))
+    >>> torch.allclose(out[0], lin.bias + (lin.bag_weight[1] + lin.bag_weight[4]) / 2)
+    True
+    >>> torch.allclose(out[1], lin.bias)  # the empty list pools to zeros
+    True
 """
 
 from __future__ import annotations
@@ -93,8 +106,19 @@ class InputLinear(nn.Module):
         cardinalities: per categorical field, its number of indices.
         embedding_dim: None for one-hot semantics, else the embedding size.
         out_features: N, total width of all consumers' first layers.
+        multi_valued: per multi-valued feature ``(cardinality, pooling,
+            max_length)``, pooling ``sum`` or ``mean``.
 
-    Shapes: ``dense [B, Dd]``, ``cat [B, F]`` int64 -> ``[B, N]``.
+    Multi-valued features: feature ``m`` occupies ``max_length`` columns of
+    ``cat`` after the F single-valued fields, its indices padded with -1. It
+    is pooled like a one-hot field with several ones: one-hot mode adds
+    ``sum_i w_i Wb[c_i]`` (``w_i`` 1 for ``sum``, ``1/len`` for ``mean``; rows of
+    its own weight ``bag_weight [Cb, N]``); embedding mode feeds the pooled
+    embedding ``sum_i w_i Eb[c_i]`` (``bag_embedding``) through
+    ``bag_weight [M*k, N]``. An empty list (all -1) pools to zeros. Without
+    multi-valued features the layer has no extra parameter and runs as before.
+
+    Shapes: ``dense [B, Dd]``, ``cat [B, F + L]`` int64 -> ``[B, N]``.
     """
 
     def __init__(
@@ -103,13 +127,19 @@ class InputLinear(nn.Module):
         cardinalities: Sequence[int],
         embedding_dim: int | None,
         out_features: int,
+        multi_valued: Sequence[tuple[int, str, int]] = (),
     ) -> None:
         super().__init__()
         self.dense_dim = int(dense_dim)
         self.cardinalities = [int(c) for c in cardinalities]
         self.embedding_dim = embedding_dim
         self.out_features = int(out_features)
-        if self.dense_dim == 0 and not self.cardinalities:
+        self.multi_valued = [(int(c), str(p), int(n)) for c, p, n in multi_valued]
+        for c, p, n in self.multi_valued:
+            if c < 1 or n < 1 or p not in ("sum", "mean"):
+                raise ValueError("a multi-valued feature needs cardinality >= 1, pooling sum "
+                                 f"or mean and max_length >= 1, got {(c, p, n)}")
+        if self.dense_dim == 0 and not self.cardinalities and not self.multi_valued:
             raise ValueError("the model needs an input: dense_dim > 0 or categorical fields")
         if any(c < 1 for c in self.cardinalities):
             raise ValueError("every categorical cardinality must be >= 1")
@@ -146,13 +176,90 @@ class InputLinear(nn.Module):
             nn.Parameter(torch.empty(self.dense_dim, out_features)) if self.dense_dim else None
         )
         self.bias = nn.Parameter(torch.empty(out_features))
+        self.n_fields = len(self.cardinalities)
+        if self.multi_valued:
+            fan_in = self.in_width = self._init_bags(fan_in)
         for p in (self.dense_weight, self.cat_weight, self.bias):
             if p is not None:
                 uniform_init_(p, fan_in)
+        if self.multi_valued:
+            uniform_init_(self.bag_weight, fan_in)
+
+    def _init_bags(self, fan_in: int) -> int:
+        """The multi-valued features' parameters and buffers; returns the full fan-in."""
+        cards = [c for c, _, _ in self.multi_valued]
+        n_bag = sum(cards)
+        starts = [0, *torch.tensor(cards).cumsum(0).tolist()[:-1]]
+        # per slot column of cat[:, F:]: the first row of its feature in the bag table
+        slot_rows = [o for o, (_, _, n) in zip(starts, self.multi_valued, strict=True)
+                     for _ in range(n)]
+        self.register_buffer("bag_offsets", torch.tensor(slot_rows, dtype=torch.long),
+                             persistent=False)  # [L]
+        self.bag_slices = []  # per feature, its columns [a, b) of cat[:, F:]
+        a = 0
+        for _, _, n in self.multi_valued:
+            self.bag_slices.append((a, a + n))
+            a += n
+        n_out = self.out_features
+        if self.embedding_dim is None:
+            self.bag_embedding = None
+            self.bag_weight = nn.Parameter(torch.empty(n_bag, n_out))  # [Cb, N]
+            return fan_in + n_bag
+        k = self.embedding_dim
+        self.bag_embedding = nn.Embedding(n_bag, k)  # [Cb, k]
+        self.bag_weight = nn.Parameter(torch.empty(len(cards) * k, n_out))  # [M*k, N]
+        return fan_in + len(cards) * k
+
+    def bag_rows(self, bags: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows of the bag table and their pooling weights for ``bags = cat[..., F:]``.
+
+        Shapes: ``bags [..., B, L]`` (-1 pads) -> rows ``[..., B, L]`` (a pad reads
+        its feature's row 0) and weights ``[..., B, L]`` float: 0 for a pad, else 1
+        (``sum``) or 1 / the list's length (``mean``).
+        """
+        valid = bags >= 0  # [..., B, L]
+        rows = bags.clamp_min(0) + self.bag_offsets  # [..., B, L] + [L]
+        parts = []
+        for (a, b), (_, pooling, _) in zip(self.bag_slices, self.multi_valued, strict=True):
+            w = valid[..., a:b].to(self.bias.dtype)  # [..., B, n_m]
+            if pooling == "mean":
+                w = w / w.sum(-1, keepdim=True).clamp_min(1.0)  # [..., B, n_m] / [..., B, 1]
+            parts.append(w)
+        return rows, torch.cat(parts, dim=-1)  # [..., B, L]
+
+    def _pool(self, rows: Tensor, w: Tensor, table: Tensor) -> Tensor:
+        """``sum_l w[:, l] * table[rows[:, l]]``: ``rows, w [B', L'], table [R, D] -> [B', D]``.
+
+        An embedding bag with per-sample weights; when exporting, a gather and a
+        batched product (``[B',1,L'] x [B',L',D]``), plain ops every format takes.
+        """
+        if exporting():
+            g = F.embedding(rows, table)  # [B',L',D]
+            return torch.bmm(w.unsqueeze(1).to(g.dtype), g).squeeze(1)  # [B',1,L'] x [B',L',D]
+        return F.embedding_bag(rows, table, mode="sum",
+                               per_sample_weights=w.to(table.dtype))  # [B',L'] -> [B',D]
+
+    def _bags(self, bags: Tensor) -> Tensor:
+        """The multi-valued features' part of the output: ``bags [B, L] -> [B, N]``."""
+        rows, w = self.bag_rows(bags)  # [B, L], [B, L]
+        if self.bag_embedding is None:
+            return self._pool(rows, w, self.bag_weight)  # [B,L] -> [B,N]
+        pooled = [self._pool(rows[:, a:b], w[:, a:b], self.bag_embedding.weight)  # [B, k]
+                  for a, b in self.bag_slices]
+        return torch.cat(pooled, dim=1) @ self.bag_weight  # [B,M*k] x [M*k,N] -> [B,N]
 
     def forward(self, dense: Tensor, cat: Tensor) -> Tensor:
         if is_plain():
             return self.plain_forward(dense, cat)
+        if not self.multi_valued:
+            return self._forward(dense, cat)
+        bags = self._bags(cat[:, self.n_fields:])  # [B, L] -> [B, N]
+        out = self._forward(dense, cat[:, : self.n_fields])  # [B, F] -> [B, N] (or None)
+        return bags + self.bias if out is None else out + bags
+
+    def _forward(self, dense: Tensor, cat: Tensor) -> Tensor | None:
+        """Dense and single-valued part plus the bias, ``[B, Dd], [B, F] -> [B, N]``
+        (None when the layer has neither)."""
         pad = (align_pad(self.dense_dim, self.out_features, dense)
                if self.dense_weight is not None else 0)
         if pad:  # a large dense part: its product with cache-line rows (align_pad)
@@ -252,6 +359,8 @@ class InputLinear(nn.Module):
         if self.dense_weight is not None:
             parts.append(dense)
             weights.append(self.dense_weight)
+        bags = cat[:, self.n_fields:]  # [B, L] (empty without multi-valued features)
+        cat = cat[:, : self.n_fields]  # [B, F]
         if self.cat_weight is not None:
             if self.embedding is None:
                 parts += [F.one_hot(cat[:, f], c).to(self.bias.dtype)  # [B, c_f]
@@ -259,8 +368,31 @@ class InputLinear(nn.Module):
             else:
                 parts.append(self.embedding(cat + self.offsets).flatten(1))  # [B,F,k] -> [B,F*k]
             weights.append(self.cat_weight)
+        if self.multi_valued:
+            parts += self._plain_bags(bags)
+            weights.append(self.bag_weight)
         x = torch.cat(parts, dim=1)  # [B, Dd + C] (or [B, Dd + F*k])
         return x @ torch.cat(weights, dim=0) + self.bias  # [B,Dd+C] x [Dd+C,N] -> [B,N]
+
+    def _plain_bags(self, bags: Tensor) -> list[Tensor]:
+        """Per multi-valued feature its input as written: the list's one-hot rows
+        summed, or averaged (``[B, c_m]``); embedding mode: the pooled embeddings
+        ``[B, k]``. An empty list gives zeros."""
+        out = []
+        start = 0
+        for (a, b), (c, pooling, _) in zip(self.bag_slices, self.multi_valued, strict=True):
+            idx = bags[:, a:b]  # [B, n_m]
+            valid = (idx >= 0).to(self.bias.dtype)  # [B, n_m]
+            count = valid.sum(1, keepdim=True)  # [B, 1] list lengths
+            if self.bag_embedding is None:
+                x = torch.zeros(idx.shape[0], c, dtype=self.bias.dtype, device=idx.device)
+                x = x.scatter_add(1, idx.clamp_min(0), valid)  # [B, c]: how often each index
+            else:
+                e = self.bag_embedding.weight[start + idx.clamp_min(0)]  # [B, n_m, k]
+                x = (e * valid.unsqueeze(2)).sum(1)  # [B,n_m,k] * [B,n_m,1] -> [B,k]
+            out.append(x / count.clamp_min(1.0) if pooling == "mean" else x)
+            start += c
+        return out
 
     def forward_copies(self, dense: Tensor, cat: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         """S copies of this layer at once, each with its own parameters.
@@ -288,6 +420,38 @@ class InputLinear(nn.Module):
             >>> out.shape, torch.allclose(out[0], lin(dense, cat))
             (torch.Size([2, 6, 5]), True)
         """
+        if self.multi_valued:  # the single-valued part as before, plus the S copies' bags
+            out = self._copies(dense, cat[..., : self.n_fields], params)  # -> [S,B,N]
+            return out + self._bag_copies(cat[..., self.n_fields:], params)  # + [S,B,N]
+        return self._copies(dense, cat, params)
+
+    def _bag_copies(self, bags: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        """The multi-valued part of S copies: ``bags [B, L] | [S, B, L] -> [S, B, N]``.
+
+        One embedding bag over the S tables flattened (rows shifted by ``s*Cb``).
+        """
+        w_out = params["bag_weight"]  # [S,Cb,N] | [S,M*k,N]
+        S, n_out = w_out.shape[0], w_out.shape[2]
+        rows, w = self.bag_rows(bags)  # [(S,)B,L] each
+        B, L = rows.shape[-2], rows.shape[-1]
+        rows, w = rows.expand(S, B, L), w.expand(S, B, L)  # -> [S,B,L]
+        if self.bag_embedding is None:
+            n_bag = w_out.shape[1]
+            rows = rows + (torch.arange(S, device=rows.device) * n_bag).view(S, 1, 1)
+            table = w_out.reshape(S * n_bag, n_out)  # [S,Cb,N] -> [S*Cb,N]
+            out = self._pool(rows.reshape(S * B, L), w.reshape(S * B, L), table)  # -> [S*B,N]
+            return out.view(S, B, n_out)  # [S*B,N] -> [S,B,N]
+        emb = params["bag_embedding.weight"]  # [S,Cb,k]
+        n_bag, k = emb.shape[1], emb.shape[2]
+        rows = rows + (torch.arange(S, device=rows.device) * n_bag).view(S, 1, 1)
+        table = emb.reshape(S * n_bag, k)  # [S,Cb,k] -> [S*Cb,k]
+        pooled = [self._pool(rows[..., a:b].reshape(S * B, b - a),  # [S,B,n_m] -> [S*B,n_m]
+                             w[..., a:b].reshape(S * B, b - a), table).view(S, B, k)
+                  for a, b in self.bag_slices]  # M x [S*B,k] -> [S,B,k]
+        return torch.bmm(torch.cat(pooled, dim=2), w_out)  # [S,B,M*k] x [S,M*k,N] -> [S,B,N]
+
+    def _copies(self, dense: Tensor, cat: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        """:meth:`forward_copies` of the dense and single-valued part."""
         bias = params["bias"]  # [S,N]
         S, n_out = bias.shape
         B = cat.shape[-2]

@@ -9,6 +9,13 @@ and ``cat [B, F] int64`` (per-field indices in ``[0, cardinality)``, 0 the
 unknown value) to ``predictions [B, T] float32``: ``sigmoid(logit)`` for a
 binary task, the model's raw output for a regression task.
 
+With multi-valued categorical features (:class:`~adatt.data.schema.MultiValued`)
+the signature is the same, ``cat`` is wider: ``cat [B, F + L] int64``, after
+the F single-valued fields each multi-valued feature's ``max_length`` columns
+(schema order, L their sum) holding its list's indices in ``[0, cardinality)``
+and -1 in the unused places (an all -1 slot is the empty list, which pools to
+zeros). The sidecar lists the features, their columns and pooling.
+
 * ``torchscript``: ``torch.jit.trace`` (deprecated upstream, still working);
   load with ``torch.jit.load(path)``.
 * ``export``: ``torch.export.export`` + ``torch.export.save`` (.pt2); load with
@@ -108,6 +115,14 @@ def example_inputs(schema: FeatureSchema, batch: int, seed: int = 0) -> tuple[Te
     card = torch.tensor(schema.cardinalities, dtype=torch.float64)  # [F]
     u = torch.rand(batch, len(schema.cardinalities), generator=g, dtype=torch.float64)
     cat = (u * card).long().clamp_max((card - 1).long())  # [B, F], each in [0, card_f)
+    if schema.multi_valued:  # per feature lists of 0..max_length indices, -1 after them
+        parts = [cat]
+        for m in schema.multi_valued:
+            n = torch.randint(0, m.max_length + 1, (batch, 1), generator=g)  # [B, 1] lengths
+            idx = torch.randint(0, m.cardinality, (batch, m.max_length), generator=g)
+            place = torch.arange(m.max_length).expand(batch, m.max_length)  # [B, max_length]
+            parts.append(torch.where(place < n, idx, -1))  # [B, max_length]
+        cat = torch.cat(parts, dim=1)  # [B, F + L]
     return dense, cat
 
 
@@ -245,9 +260,10 @@ def describe(schema: FeatureSchema, fmt: str, path: Path) -> dict[str, Any]:
         "inputs": [
             {"name": "dense", "dtype": "float32", "shape": ["batch", schema.dense_dim],
              "columns": list(schema.dense)},
-            {"name": "cat", "dtype": "int64", "shape": ["batch", len(schema.categorical)],
+            {"name": "cat", "dtype": "int64", "shape": ["batch", schema.cat_width],
              "fields": list(schema.categorical), "cardinalities": list(schema.cardinalities),
-             "values": "per field an index in [0, cardinality); 0 is the unknown value"},
+             "values": "per field an index in [0, cardinality); 0 is the unknown value",
+             **_multi_valued_inputs(schema)},
         ],
         "outputs": [
             {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", schema.num_tasks],
@@ -258,6 +274,20 @@ def describe(schema: FeatureSchema, fmt: str, path: Path) -> dict[str, Any]:
              ]},
         ],
     }
+
+
+def _multi_valued_inputs(schema: FeatureSchema) -> dict[str, Any]:
+    """The sidecar's description of the multi-valued columns of ``cat`` (none: nothing)."""
+    if not schema.multi_valued:
+        return {}
+    out, start = [], len(schema.categorical)
+    for m in schema.multi_valued:
+        out.append({"name": m.name, "columns": [start, start + m.max_length],
+                    "cardinality": m.cardinality, "pooling": m.pooling})
+        start += m.max_length
+    return {"multi_valued": out,
+            "multi_valued_values": "columns [a, b): the list's indices in [0, cardinality), "
+                                   "-1 in unused places; pooled by sum or mean, empty: zeros"}
 
 
 def export_model(

@@ -19,7 +19,11 @@ How input columns are encoded (:class:`~adatt.data.encoding.FeatureEncoding`)
       sorted training vocabulary (0 for a value not seen in training; an empty
       / null value is the category ``""``) or hashed (``cat_encoding: hash``),
       dense values shifted and scaled by the training mean and standard
-      deviation (when the schema's ``standardize`` is on). A run made before
+      deviation (when the schema's ``standardize`` is on); a multi-valued
+      column is read as in training (a delimited string in CSV, a list in
+      Parquet), its elements coded with its own vocabulary or hash and its list
+      cut to (or, with ``truncate: false``, checked against) its
+      ``max_length``. A run made before
       ``data.json`` held the encoding loads its data again, which fits it again.
     * Any other run (census, sim, mmoe_synthetic): the already-encoded columns,
       as the data loader returns them: dense columns (already scaled) as

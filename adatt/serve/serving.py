@@ -148,8 +148,8 @@ def _saved_encoding(saved: dict[str, Any], schema: FeatureSchema, where: str) ->
         enc = FeatureEncoding.from_dict(saved)
     except (KeyError, TypeError, ValueError) as e:
         raise ServeError(f"{where} has an unreadable encoding ({e})") from None
-    if (enc.dense, enc.categorical, enc.cardinalities) != (
-        schema.dense, schema.categorical, schema.cardinalities
+    if (enc.dense, enc.categorical, enc.cardinalities, enc.schema_multi_valued()) != (
+        schema.dense, schema.categorical, schema.cardinalities, schema.multi_valued
     ):
         raise ServeError(f"the encoding saved in {where} does not match its schema")
     return enc

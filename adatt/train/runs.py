@@ -37,6 +37,8 @@ def build_model(model_cfg: dict[str, Any], schema: FeatureSchema) -> nn.Module:
     from adatt.models import create_model
 
     opts = {k: v for k, v in model_cfg.items() if k != "name"}
+    if schema.multi_valued:  # their padded lists follow the single-valued fields in cat
+        opts["multi_valued"] = schema.bag_specs
     try:
         return create_model(
             model_cfg["name"],
