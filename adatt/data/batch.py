@@ -112,7 +112,9 @@ class TensorDataset:
 
 
 def regression_label_variance(data: TensorDataset, schema) -> dict[str, float]:
-    """Per regression task of ``schema``, the variance of its labels in ``data``
-    (the scale of a normalised MSE)."""
+    """Per regression task of ``schema``, the variance of its labels in ``data`` in the
+    original units (times ``scale**2`` of standardised labels: the scale of a normalised
+    MSE, whose MSE is reported in the original units)."""
     var = data.labels.var(dim=0)  # [T]
-    return {t.name: float(var[i]) for i, t in enumerate(schema.tasks) if t.kind == "regression"}
+    return {t.name: float(var[i]) * t.scale**2 for i, t in enumerate(schema.tasks)
+            if t.kind == "regression"}
