@@ -4,6 +4,8 @@ It shows the row count per split, per task the positive rate (binary) or the
 mean and standard deviation (regression) in each split, the weight column if
 any, the dense features and the categorical features with their cardinalities
 (index 0, unknown, included), and the scalar facts in ``Splits.info``.
+Regression statistics are in the labels' original units; standardised labels
+(:mod:`adatt.data.label_scaling`) are listed with their center and scale.
 
 Example:
     >>> from adatt.data.mmoe_synthetic import load_mmoe_synthetic
@@ -29,7 +31,7 @@ def task_statistics(splits: Splits) -> dict[str, dict[str, dict[str, float]]]:
     for j, task in enumerate(splits.schema.tasks):
         out[task.name] = {}
         for split, ds in splits.items():
-            y = ds.labels[:, j].double()
+            y = ds.labels[:, j].double() * task.scale + task.center  # original units
             if len(y) == 0:
                 out[task.name][split] = {}
             elif task.kind == "binary":
@@ -70,6 +72,12 @@ def describe(splits: Splits) -> str:
             f"{_fmt_stat(t.kind, stats[t.name][k]):<22}" for k in sizes
         )
         lines.append(row.rstrip())
+    scaled = [t for t in schema.tasks if (t.center, t.scale) != (0.0, 1.0)]
+    if scaled:
+        lines.append("standardised labels (models learn (y - center) / scale; statistics above "
+                     "in original units):")
+        lines.extend(_wrap([f"{t.name} center {t.center:.6g} scale {t.scale:.6g}"
+                            for t in scaled]))
     if splits.train.weight is not None:
         means = ", ".join(
             f"{k} mean {float(ds.weight.double().mean()):.3g}"  # type: ignore[union-attr]
