@@ -252,3 +252,20 @@ def test_reported_errors_predictions_and_exports_in_original_units(tmp_path):
     # both fit, in the labels' units: below the label variance (100), above the noise
     # floor (variance 1; standardised units would read about 0.01)
     assert all(0.7 < v < 10 for v in reported.values()), reported
+
+
+def test_a_config_saved_before_the_option_reads_it_as_false(tmp_path):
+    """Runs saved before labels were standardised by default were trained on raw labels:
+    `adatt eval` / `predict` of such a run must load them raw."""
+    import yaml
+
+    from adatt.config import load_saved_config
+
+    cfg = load_config(None, ["data.source=mmoe_synthetic", "data.rows=1000"])
+    assert cfg.data.standardize_labels is True
+    saved = cfg.model_dump(mode="json")
+    (tmp_path / "new.yaml").write_text(yaml.safe_dump(saved))
+    assert load_saved_config(tmp_path / "new.yaml").data.standardize_labels is True
+    del saved["data"]["standardize_labels"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(saved))
+    assert load_saved_config(tmp_path / "old.yaml").data.standardize_labels is False

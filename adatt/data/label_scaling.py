@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -200,8 +201,8 @@ def standardize_labels(splits: Splits, fit_rows: int | None = None) -> Splits:
 
     train: Any = splits.train
     if isinstance(train, ParquetShards):
-        train = ParquetShards(train.shards, train.file_schema, train.encoder, schema,
-                              train.label_variance(), train.shuffle_buffer, label_scaler=scaler)
+        train = copy.copy(train)  # the same shards and encoding; labels scaled as read
+        train.schema, train.label_scaler = schema, scaler
     else:
         train = scaled(train)
     return dataclasses.replace(splits, schema=schema, train=train, valid=scaled(splits.valid),
