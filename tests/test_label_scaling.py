@@ -269,3 +269,28 @@ def test_a_config_saved_before_the_option_reads_it_as_false(tmp_path):
     del saved["data"]["standardize_labels"]
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(saved))
     assert load_saved_config(tmp_path / "old.yaml").data.standardize_labels is False
+
+
+def test_torchrec_evaluation_reports_original_units():
+    """The TorchRec recipe scores through the same evaluation: errors in original units."""
+    pytest.importorskip("torchrec")
+    import dataclasses
+
+    from adatt.integrations import torchrec as atr
+
+    tasks = (TaskSpec("click"), TaskSpec("y", "regression", center=3.0, scale=2.0))
+    schema = FeatureSchema(("d0", "d1"), ("user", "item"), (5, 7), tasks)
+    raw = dataclasses.replace(schema, tasks=(TaskSpec("click"), TaskSpec("y", "regression")))
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(40, 2, generator=g),
+                         torch.randint(0, 5, (40, 2), generator=g),
+                         torch.stack([torch.randint(0, 2, (40,), generator=g).float(),
+                                      torch.randn(40, generator=g)], 1))  # [N, T]
+    torch.manual_seed(0)
+    m = atr.TorchRecMultiTask("ple", 2, 2, atr.schema_to_tables(schema, 4),
+                              expert_sizes=[6], tower_sizes=[3])
+    got = atr.evaluate_sharded(m, data, schema, batch_size=16)
+    want = atr.evaluate_sharded(m, data, raw, batch_size=16)
+    assert got["y"]["mse"] == pytest.approx(4 * want["y"]["mse"], rel=1e-12)
+    assert got["y"]["mae"] == pytest.approx(2 * want["y"]["mae"], rel=1e-12)
+    assert got["click"] == want["click"]
