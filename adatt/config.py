@@ -422,7 +422,8 @@ def load_saved_config(path: str | Path) -> RunConfig:
 
     The old layout (execution keys under ``train``, every source's options under
     ``data``) is read without a warning: execution keys move to ``runtime`` and
-    data options of other sources are dropped.
+    data options of other sources are dropped. A config saved before
+    ``data.standardize_labels`` existed reads it as false (how that run was trained).
     """
     return _load(path, None, saved=True)
 
@@ -443,6 +444,8 @@ def _load(path: str | Path | None, overrides: list[str] | None, saved: bool) -> 
             own = SOURCES.get(data.get("source", "census"))
             if own is not None:
                 raw["data"] = {k: v for k, v in data.items() if k in own.model_fields}
+            # saved before regression labels were standardised by default: trained on raw ones
+            raw["data"].setdefault("standardize_labels", False)
     raw = apply_overrides(raw, list(overrides or []))
     if isinstance(raw.get("model", {}), dict):
         raw.setdefault("model", {}).setdefault("name", "adatt_sp")

@@ -163,5 +163,6 @@ def test_data_key_of_another_source_is_an_error(overrides, message):
 def test_resolved_config_holds_only_the_chosen_sources_keys():
     cfg = load_config(None, ["data.source=sim", "data.rows=1000"])
     assert dump_config(cfg).split("model:")[0] == (
-        "name: run\nout_dir: runs\ndata:\n  source: sim\n  valid_fraction: 0.1\n"
+        "name: run\nout_dir: runs\ndata:\n  source: sim\n  standardize_labels: true\n"
+        "  valid_fraction: 0.1\n"
         "  test_fraction: 0.1\n  preset: group1\n  rows: 1000\n  seed: 0\n")

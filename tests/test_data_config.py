@@ -55,7 +55,7 @@ def test_one_model_per_source_holding_only_its_options():
     assert isinstance(sim, SimData) and sim.preset == "group1"
     assert SimData.from_dict({"rows": 7}).rows == 7  # the subclass supplies its source
     assert set(sim.model_dump()) == {"source", "preset", "rows", "seed", "valid_fraction",
-                                     "test_fraction"}
+                                     "test_fraction", "standardize_labels"}
     for name, cls in SOURCES.items():
         assert cls.model_fields["source"].default == name
 

@@ -80,11 +80,15 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, variant: str = "adatt_sp_on
     return _LOADED[variant]
 
 
-def eager(model: torch.nn.Module, kinds: list[str], dense, cat) -> torch.Tensor:
+def eager(model: torch.nn.Module, schema, dense, cat) -> torch.Tensor:
+    """What serving must output: probabilities, and regression outputs in the labels'
+    original units (``center + scale * output``, the schema's label standardisation)."""
     with torch.no_grad():
         z = model.eval()(dense, cat)  # [B, T]
-    binary = torch.tensor([k == "binary" for k in kinds])
-    return torch.where(binary, torch.sigmoid(z), z)
+    binary = torch.tensor([t.kind == "binary" for t in schema.tasks])
+    center = torch.tensor([t.center for t in schema.tasks])  # [T]
+    scale = torch.tensor([t.scale for t in schema.tasks])  # [T]
+    return torch.where(binary, torch.sigmoid(z), center + scale * z)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -105,7 +109,7 @@ def test_export_matches_eager(tmp_path_factory, tmp_path, variant, fmt):
     cases.append((splits.test.dense[:70], splits.test.cat[:70]))
     for dense, cat in cases:
         with torch.no_grad():
-            got, want = run(dense, cat), eager(model, schema.task_kinds, dense, cat)
+            got, want = run(dense, cat), eager(model, schema, dense, cat)
         assert got.shape == want.shape == (dense.shape[0], schema.num_tasks)
         assert float((got - want).abs().max()) <= TOL
     side = json.loads((tmp_path / (out.name + ".json")).read_text())
@@ -117,7 +121,10 @@ def test_export_matches_eager(tmp_path_factory, tmp_path, variant, fmt):
     assert cat_in["cardinalities"] == list(schema.cardinalities) and cat_in["dtype"] == "int64"
     tasks = side["outputs"][0]["tasks"]
     assert [t["name"] for t in tasks] == schema.task_names
-    assert [t["transform"] for t in tasks] == ["identity"] + ["sigmoid"] * 4  # watch_time first
+    watch = schema.tasks[0]  # watch_time first, standardised in training (the default)
+    assert watch.kind == "regression" and watch.scale != 1.0
+    assert tasks[0]["transform"].startswith(f"{watch.center!r} + {watch.scale!r} * output")
+    assert [t["transform"] for t in tasks[1:]] == ["sigmoid"] * 4
     assert [t["column"] for t in tasks] == output_columns(schema)
 
 
@@ -142,7 +149,7 @@ def test_export_any_batch_size_and_thread_count(tmp_path_factory, tmp_path, fmt,
         for b in (1, 7, 512, 2 * 8003):
             dense, cat = example_inputs(schema, b, seed=b)
             with torch.no_grad():
-                got, want = run(dense, cat), eager(model, schema.task_kinds, dense, cat)
+                got, want = run(dense, cat), eager(model, schema, dense, cat)
             assert got.shape == (b, schema.num_tasks)
             assert float((got - want).abs().max()) <= TOL, (b, threads)
     finally:
@@ -161,7 +168,7 @@ def test_cli_export_writes_model_and_sidecar(tmp_path_factory, tmp_path, capsys)
     _, model, splits = loaded(tmp_path_factory)
     d, c = splits.test.dense[:9], splits.test.cat[:9]
     assert torch.allclose(torch.jit.load(str(out))(d, c),
-                          eager(model, splits.schema.task_kinds, d, c), atol=TOL, rtol=0)
+                          eager(model, splits.schema, d, c), atol=TOL, rtol=0)
 
 
 def test_missing_onnx_is_a_clear_error(tmp_path_factory, tmp_path, monkeypatch, capsys):

@@ -53,7 +53,7 @@ def test_sim_parquet_matches_eager_with_id_column(sim, tmp_path, capsys):
     got = pq.read_table(out)
     assert got.column_names == ["rid", *TASKS]
     assert got["rid"].to_pylist() == table["rid"].to_pylist()
-    want = eager(model, splits.schema.task_kinds, splits.test.dense, splits.test.cat).numpy()
+    want = eager(model, splits.schema, splits.test.dense, splits.test.cat).numpy()
     assert np.abs(read_preds(out, TASKS) - want).max() <= TOL
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet", "preds.parquet"]
 
@@ -64,7 +64,7 @@ def test_sim_csv_in_csv_out(sim, tmp_path):
     res = predict_file(run, tmp_path / "in.csv", tmp_path / "p.csv", progress=False,
                        predictor=predictor)
     assert res.rows == len(splits.test) and res.columns == TASKS
-    want = eager(model, splits.schema.task_kinds, splits.test.dense, splits.test.cat).numpy()
+    want = eager(model, splits.schema, splits.test.dense, splits.test.cat).numpy()
     assert np.abs(read_preds(tmp_path / "p.csv", TASKS) - want).max() <= 1e-5  # decimal text
 
 
@@ -147,7 +147,7 @@ def test_files_run_reproduces_training_encoding(files_runs, tmp_path):
     got = pq.read_table(out)
     users = got["user"].to_pylist()
     assert users[0] == "stranger" and users[2] is None  # passed through as read
-    want = eager(model, splits.schema.task_kinds, splits.test.dense, splits.test.cat).numpy()
+    want = eager(model, splits.schema, splits.test.dense, splits.test.cat).numpy()
     assert np.abs(read_preds(out, ["click_prob", "watch_pred"]) - want).max() <= TOL
     assert splits.test.cat[0, 0] == 0 and splits.test.cat[1, 1] == 0  # unseen -> index 0
 
@@ -160,7 +160,7 @@ def test_files_run_with_carved_splits(files_runs, tmp_path):
     preds = read_preds(out, ["click_prob", "watch_pred"])  # every row of the training file
     perm = np.random.default_rng(3).permutation(300)  # load_files: valid, test, then train rows
     for rows, data in ((perm[30:60], splits.test), (perm[60:], splits.train)):
-        want = eager(model, splits.schema.task_kinds, data.dense, data.cat).numpy()
+        want = eager(model, splits.schema, data.dense, data.cat).numpy()
         assert np.abs(preds[np.sort(rows)] - want).max() <= TOL
 
 
@@ -194,7 +194,7 @@ def test_files_run_serves_without_its_training_data(files_runs, tmp_path):
 
     tmp, run, _ = files_runs
     _, model, splits = load_run(run)
-    want = eager(model, splits.schema.task_kinds, splits.test.dense, splits.test.cat).numpy()
+    want = eager(model, splits.schema, splits.test.dense, splits.test.cat).numpy()
     moved = tmp_path / "moved"
     shutil.copytree(tmp, moved, ignore=shutil.ignore_patterns("runs"))
     shutil.copytree(run, tmp_path / "run")

@@ -137,8 +137,10 @@ class TensorDataset:
 
 
 def regression_label_variance(data: TensorDataset, schema) -> dict[str, float]:
-    """Per regression task of ``schema``, the variance of its labels in ``data``
-    (the scale of a normalised MSE); of a partial task, over its labelled rows."""
+    """Per regression task of ``schema``, the variance of its labels in ``data`` in the
+    original units (times ``scale**2`` of standardised labels: the scale of a normalised
+    MSE, whose MSE is reported in the original units); of a partial task, over its
+    labelled rows."""
     var = data.labels.var(dim=0)  # [T]
     out = {}
     for i, t in enumerate(schema.tasks):
@@ -147,7 +149,7 @@ def regression_label_variance(data: TensorDataset, schema) -> dict[str, float]:
         if t.partial:
             y = data.labels[:, i]
             var_i = y[~torch.isnan(y)].var() if int((~torch.isnan(y)).sum()) > 1 else var[i]
-            out[t.name] = float(var_i)
+            out[t.name] = float(var_i) * t.scale**2
         else:
-            out[t.name] = float(var[i])
+            out[t.name] = float(var[i]) * t.scale**2
     return out

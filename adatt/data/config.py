@@ -24,6 +24,10 @@ config's ``data`` section is the discriminated union :data:`AnyDataConfig`.
   required, ``shuffle_buffer``, ``cat_encoding``, ``fit_rows``, ``hash_buckets``,
   ``rank_shards``: read by the trainer, see :func:`adatt.train.distributed.batch_source`).
 
+Every source also has ``standardize_labels`` (default true): regression labels
+are standardised on the training split (:mod:`adatt.data.label_scaling`), metrics
+and predictions reported in the original units.
+
 :meth:`DataConfig.from_dict` turns a validation failure into a one-line
 :class:`~adatt.data.errors.DataError`.
 
@@ -82,6 +86,9 @@ class DataConfig(_Source):
     only its own options, and every one is an instance of this class."""
 
     source: str = Field(description="the data source: census, sim, mmoe_synthetic, files or stream")
+    standardize_labels: bool = Field(
+        True, description="regression labels -> (y - mean) / std of the training split; "
+                          "metrics and predictions stay in the original units (docs/data.md)")
 
 
 class _Fractions(DataConfig):
@@ -213,7 +220,9 @@ def format_validation_error(e: ValidationError, prefix: str = "data config") -> 
         msg = err["msg"].removeprefix("Value error, ")
         got = ""
         if err["type"] == "extra_forbidden" and source is not None:
-            options = ", ".join(k for k in SOURCES[source].model_fields if k != "source")
+            common = ("source", *DataConfig.model_fields)  # every source's options: last
+            options = ", ".join([*(k for k in SOURCES[source].model_fields if k not in common),
+                                 *(k for k in DataConfig.model_fields if k != "source")])
             msg = f"not an option of source {source} ({source} has: {options})"
         elif err["type"] == "union_tag_invalid":
             key = "source"
@@ -228,9 +237,23 @@ def format_validation_error(e: ValidationError, prefix: str = "data config") -> 
 
 
 def load_splits(cfg: DataConfig | Mapping[str, Any]) -> Splits:
-    """Load the train / valid / test splits that ``cfg`` describes."""
+    """Load the train / valid / test splits that ``cfg`` describes, regression labels
+    standardised on the training split unless ``standardize_labels`` is false
+    (:mod:`adatt.data.label_scaling`)."""
+    from adatt.data.label_scaling import standardize_labels, warn_unscaled_labels
+
     if not isinstance(cfg, (CensusData, SimData, MmoeSyntheticData, FilesData, StreamData)):
         cfg = DataConfig.from_dict(cfg)
+    splits = _load_source(cfg)
+    fit_rows = getattr(cfg, "fit_rows", None)  # stream: the statistics' sample
+    if cfg.standardize_labels:
+        return standardize_labels(splits, fit_rows)
+    warn_unscaled_labels(splits, fit_rows)
+    return splits
+
+
+def _load_source(cfg: Any) -> Splits:
+    """The splits of ``cfg``'s source, labels as read."""
     if cfg.source == "census":
         from adatt.data.census import load_census
 

@@ -7,7 +7,9 @@ categorical features with their cardinalities (index 0, unknown, included),
 and the scalar facts in ``Splits.info``. When a task may be unlabelled (a
 ``missing: mask`` or conditional task), a table gives the labelled rows per task
 and split, and a task with no labelled row in a split is flagged (``NONE``,
-and a line naming it).
+and a line naming it). Regression statistics are in the labels' original units;
+standardised labels (:mod:`adatt.data.label_scaling`) are listed with their
+center and scale.
 
 Example:
     >>> from adatt.data.mmoe_synthetic import load_mmoe_synthetic
@@ -52,7 +54,7 @@ def task_statistics(splits: Splits) -> dict[str, dict[str, dict[str, float]]]:
     for j, task in enumerate(splits.schema.tasks):
         out[task.name] = {}
         for split, ds in splits.items():
-            y = ds.labels[:, j].double()
+            y = ds.labels[:, j].double() * task.scale + task.center  # original units
             if task.partial:
                 y = y[~torch.isnan(y)]  # the labelled rows
             if len(y) == 0:
@@ -95,6 +97,12 @@ def describe(splits: Splits) -> str:
             f"{_fmt_stat(t.kind, stats[t.name][k]):<22}" for k in sizes
         )
         lines.append(row.rstrip())
+    scaled = [t for t in schema.tasks if (t.center, t.scale) != (0.0, 1.0)]
+    if scaled:
+        lines.append("standardised labels (models learn (y - center) / scale; statistics above "
+                     "in original units):")
+        lines.extend(_wrap([f"{t.name} center {t.center:.6g} scale {t.scale:.6g}"
+                            for t in scaled]))
     if schema.partial:
         lines.extend(_labelled_table(splits, width))
     w = splits.train.weight

@@ -59,7 +59,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +88,19 @@ class ParquetShards:
         file_schema: the files schema (column roles).
         encoder: the fitted encoding.
         schema: the feature schema the encoder produces.
-        label_variance: per regression task, the fitting sample's label variance.
+        label_variance: per regression task, the fitting sample's label variance
+            (original units).
         shuffle_buffer: default buffer rows of :meth:`stream`.
+        label_scaler: applied to the labels of every row read (``labels [n, T]`` ->
+            ``[n, T]``: :class:`adatt.data.label_scaling.LabelScaler`), or None.
     """
 
     def __init__(self, shards: list[Shard], file_schema: FileSchema, encoder: FeatureEncoding,
                  schema: FeatureSchema, label_variance: dict[str, float],
-                 shuffle_buffer: int = 131_072):
+                 shuffle_buffer: int = 131_072,
+                 label_scaler: Callable[[np.ndarray], np.ndarray] | None = None):
         self.shards, self.file_schema, self.encoder = shards, file_schema, encoder
-        self.schema = schema
+        self.schema, self.label_scaler = schema, label_scaler
         self._label_variance, self.shuffle_buffer = label_variance, int(shuffle_buffer)
 
     def __len__(self) -> int:
@@ -112,7 +116,10 @@ class ParquetShards:
 
     def encode_rows(self, table: Any, path: Path, row0: int = 0) -> Rows:
         """A record batch of a shard as training rows (``row0``: the file's rows before it)."""
-        return self.encoder.encode_rows(table, path, self.file_schema, row0)
+        rows = self.encoder.encode_rows(table, path, self.file_schema, row0)
+        if self.label_scaler is None:
+            return rows
+        return (*rows[:2], self.label_scaler(rows[2]), *rows[3:])  # type: ignore[return-value]
 
     def stream(self, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
                shuffle_buffer: int | None = None, device: torch.device | str = "cpu",

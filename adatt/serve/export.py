@@ -7,7 +7,9 @@ Every exported form is :class:`ServingModel`: the run's model followed by the
 output transform, so it maps the raw feature tensors ``dense [B, Dd] float32``
 and ``cat [B, F] int64`` (per-field indices in ``[0, cardinality)``, 0 the
 unknown value) to ``predictions [B, T] float32``: ``sigmoid(logit)`` for a
-binary task, the model's raw output for a regression task.
+binary task, for a regression task the model's output in the labels' original
+units (``center + scale * output`` when the labels were standardised in training,
+:mod:`adatt.data.label_scaling`; the raw output otherwise).
 
 With multi-valued categorical features (:class:`~adatt.data.schema.MultiValued`)
 the signature is the same, ``cat`` is wider: ``cat [B, F + L] int64``, after
@@ -248,6 +250,15 @@ class ExportResult:
     max_abs_diff: float  # over the check batches, vs the eager model
 
 
+def _transform(kind: str, center: float, scale: float) -> str:
+    """The sidecar's description of one output's transform (applied in the model)."""
+    if kind == "binary":
+        return "sigmoid"
+    if (center, scale) == (0.0, 1.0):
+        return "identity"
+    return f"{center!r} + {scale!r} * output (labels' original units)"
+
+
 def describe(schema: FeatureSchema, fmt: str, path: Path) -> dict[str, Any]:
     """The sidecar's description of the inputs and outputs of an exported model."""
     import adatt
@@ -269,7 +280,7 @@ def describe(schema: FeatureSchema, fmt: str, path: Path) -> dict[str, Any]:
             {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", schema.num_tasks],
              "tasks": [
                  {"name": t.name, "kind": t.kind, "column": col,
-                  "transform": "sigmoid" if t.kind == "binary" else "identity"}
+                  "transform": _transform(t.kind, t.center, t.scale)}
                  for t, col in zip(schema.tasks, output_columns(schema), strict=True)
              ]},
         ],
@@ -309,7 +320,7 @@ def export_model(
     was_training = model.training
     model.eval()
     try:
-        serving = ServingModel(model, schema.task_kinds).eval()
+        serving = ServingModel.of_schema(model, schema).eval()
         args = example_inputs(schema, EXAMPLE_BATCH, seed=0)
         with atomic_target(output) as tmp:
             try:

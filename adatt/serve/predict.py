@@ -6,7 +6,8 @@ Notation: N rows, B batch, Dd dense width, F categorical fields, T tasks.
 ``input`` (named as in the run's schema), turns them into ``dense [N, Dd]``
 and ``cat [N, F]`` as the run's training data was encoded, runs the model in
 batches and writes one column per task -- ``<task>_prob`` (binary,
-``sigmoid(logit)``) or ``<task>_pred`` (regression, the raw output) -- plus an
+``sigmoid(logit)``) or ``<task>_pred`` (regression, in the labels' original
+units: ``center + scale * output`` when they were standardised) -- plus an
 optional id column passed through, to a Parquet or CSV file (written to a
 temporary file and renamed: no partial output; an output naming the input
 file, also through a link or another relative path, is refused).
@@ -112,7 +113,7 @@ class Predictor:
     batch_size: int = 8192
 
     def __post_init__(self) -> None:
-        self.serving = ServingModel(self.model, self.schema.task_kinds).eval()
+        self.serving = ServingModel.of_schema(self.model, self.schema).eval()
         self.columns = output_columns(self.schema)
 
     @classmethod

@@ -12,7 +12,10 @@ Notation: B batch, Dd dense width, F categorical fields, T tasks.
   streamed shards: raw columns), or the ``encoded`` one (census, sim,
   mmoe_synthetic: the loader's already-encoded columns).
 * :class:`ServingModel`: the model followed by the output transform,
-  ``sigmoid(logit)`` for a binary task, the raw output for a regression task.
+  ``sigmoid(logit)`` for a binary task, for a regression task the output in the
+  labels' original units, ``center + scale * output`` (the training split's
+  label standardisation saved in the schema, :mod:`adatt.data.label_scaling`;
+  the raw output when the labels were not standardised).
 
 Example:
     >>> import torch
@@ -26,6 +29,10 @@ Example:
     >>> bool(torch.equal(out[:, 0], torch.sigmoid(logits[:, 0])))
     True
     >>> bool(torch.equal(out[:, 1], logits[:, 1]))
+    True
+    >>> scaled = ServingModel(m, ["binary", "regression"], center=[0.0, 30.0],
+    ...                       scale=[1.0, 4.0]).eval()
+    >>> bool(torch.allclose(scaled(dense, cat)[:, 1], 30.0 + 4.0 * logits[:, 1]))
     True
 """
 
@@ -69,23 +76,48 @@ class ServingModel(nn.Module):
 
     Args:
         model: maps ``dense [B, Dd]``, ``cat [B, F]`` to logits ``[B, T]``.
-        task_kinds: per task, ``binary`` (sigmoid) or ``regression`` (identity).
+        task_kinds: per task, ``binary`` (sigmoid) or ``regression``
+            (``center + scale * output``).
+        center, scale: per task, the label standardisation to undo (default 0 and 1:
+            the identity; binary tasks must have 0 and 1). :meth:`of_schema` takes
+            them from a schema.
     """
 
-    def __init__(self, model: nn.Module, task_kinds: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, task_kinds: Sequence[str],
+                 center: Sequence[float] | None = None,
+                 scale: Sequence[float] | None = None) -> None:
         super().__init__()
         kinds = list(task_kinds)
         if any(k not in ("binary", "regression") for k in kinds):
             raise ValueError(f"task kinds must be binary or regression, got {kinds}")
+        center = [0.0] * len(kinds) if center is None else [float(c) for c in center]
+        scale = [1.0] * len(kinds) if scale is None else [float(c) for c in scale]
+        if len(center) != len(kinds) or len(scale) != len(kinds):
+            raise ValueError("one center and one scale per task are required")
+        if any(k == "binary" and (c, s) != (0.0, 1.0)
+               for k, c, s in zip(kinds, center, scale, strict=True)):
+            raise ValueError("binary outputs are probabilities: center 0 and scale 1 only")
         self.model = model
+        # python bools: the traced / exported graph has the rescaling only when needed
+        self.rescale = any((c, s) != (0.0, 1.0) for c, s in zip(center, scale, strict=True))
+        self.register_buffer("center", torch.tensor(center), persistent=False)  # [T]
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)  # [T]
         self.all_binary = all(k == "binary" for k in kinds)
         self.any_binary = any(k == "binary" for k in kinds)
         self.register_buffer(
             "binary", torch.tensor([k == "binary" for k in kinds]), persistent=False
         )
 
+    @classmethod
+    def of_schema(cls, model: nn.Module, schema: FeatureSchema) -> ServingModel:
+        """The serving model of ``schema``'s tasks: kinds and label standardisation."""
+        return cls(model, schema.task_kinds, [t.center for t in schema.tasks],
+                   [t.scale for t in schema.tasks])
+
     def forward(self, dense: Tensor, cat: Tensor) -> Tensor:
         z = self.model(dense, cat)  # [B, T] logits / regression outputs
+        if self.rescale:  # binary tasks have scale 1, center 0: their logits unchanged
+            z = self.center + self.scale * z  # [T] broadcast over [B, T]
         if self.all_binary:
             return torch.sigmoid(z)
         if not self.any_binary:

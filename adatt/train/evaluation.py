@@ -45,7 +45,7 @@ from adatt.data.schema import FeatureSchema
 from adatt.train import distributed as ddp
 from adatt.train.metrics import EnsembleMetricAccumulator, MetricAccumulator
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "in_original_units"]
 
 
 def _device(model: Any) -> torch.device:
@@ -74,6 +74,7 @@ def evaluate(model: Any, data: Any, schema: FeatureSchema, batch_size: int = 819
 
     Returns:
         ``{task: {metric: value}}``; for an ensemble, one such dict per copy.
+        Regression errors are in the labels' original units (:func:`in_original_units`).
     """
     copies = getattr(model, "num_copies", None)
     rows = batch_size if copies is None else max(1, batch_size // copies)
@@ -96,7 +97,7 @@ def evaluate(model: Any, data: Any, schema: FeatureSchema, batch_size: int = 819
             b = data.batch(slice(s, s + rows)).to(device)
             acc.update(forward(b), b.labels, b.weight)
         model.train(was_training)
-        return acc.compute()
+        return in_original_units(acc.compute(), schema)
 
     ranges = [ddp.row_range(n, k, w) for k in range(w)]
     start, stop = ranges[r]
@@ -125,4 +126,30 @@ def evaluate(model: Any, data: Any, schema: FeatureSchema, batch_size: int = 819
             acc.update(logits[..., s : s + rows, :], b.labels, b.weight)
         out[0] = acc.compute()
     dist.broadcast_object_list(out, src=0)
-    return out[0]
+    return in_original_units(out[0], schema)
+
+
+def in_original_units(metrics: Any, schema: FeatureSchema) -> Any:
+    """``metrics`` (``{task: {metric: value}}``, or a list of them) with each
+    regression task's errors in its labels' original units: ``mse * scale**2``,
+    ``mae * scale`` (the schema's label standardisation, :mod:`adatt.data.label_scaling`).
+    The same object when no task is standardised.
+
+    >>> from adatt.data.schema import TaskSpec
+    >>> s = FeatureSchema((), (), (), (TaskSpec("y", "regression", center=5.0, scale=2.0),))
+    >>> in_original_units({"y": {"mse": 0.5, "mae": 0.5, "count": 3}}, s)
+    {'y': {'mse': 2.0, 'mae': 1.0, 'count': 3}}
+    """
+    scales = {t.name: t.scale for t in schema.tasks if t.kind == "regression" and t.scale != 1}
+    if not scales:
+        return metrics
+    if isinstance(metrics, list):
+        return [in_original_units(m, schema) for m in metrics]
+    out = dict(metrics)
+    for name, s in scales.items():
+        m = dict(out[name])
+        for key, power in (("mse", 2), ("mae", 1)):
+            if key in m:
+                m[key] = m[key] * s**power
+        out[name] = m
+    return out
