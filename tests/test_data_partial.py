@@ -503,8 +503,10 @@ def test_run_saves_the_task_fields_and_predicts_without_labels(tmp_path: Path):
         torch.set_num_threads(threads)
     run = tmp_path / "runs" / "r"
     meta = json.loads((run / "data.json").read_text())
-    assert meta["schema"]["tasks"][1] == {"name": "watch", "kind": "regression",
-                                          "missing": "mask"}
+    watch = meta["schema"]["tasks"][1]
+    assert {k: watch[k] for k in ("name", "kind", "missing")} == {
+        "name": "watch", "kind": "regression", "missing": "mask"}
+    assert watch["scale"] > 0  # standardised on the training split's labelled rows
     _, _, splits = load_run(run)
     assert splits.schema.tasks[1].partial
     res = predict_file(run, tmp_path / "features.csv", tmp_path / "p.csv", progress=False)

@@ -319,7 +319,7 @@ def _eager(model, schema, data) -> np.ndarray:
     from adatt.serve.serving import ServingModel
 
     with torch.no_grad():
-        return ServingModel(model.eval(), schema.task_kinds)(data.dense, data.cat).numpy()
+        return ServingModel.of_schema(model.eval(), schema)(data.dense, data.cat).numpy()
 
 
 def test_run_trains_and_predict_matches_eager(run, files, tmp_path):
