@@ -114,5 +114,10 @@ class TensorDataset:
 def regression_label_variance(data: TensorDataset, schema) -> dict[str, float]:
     """Per regression task of ``schema``, the variance of its labels in ``data``
     (the scale of a normalised MSE)."""
-    var = data.labels.var(dim=0)  # [T]
+    labels = data.labels
+    if bool(torch.isnan(labels).any()):  # partial tasks: the variance of the labelled rows
+        var = torch.stack([labels[:, i][~torch.isnan(labels[:, i])].var()
+                           for i in range(labels.shape[1])])  # [T]
+    else:
+        var = labels.var(dim=0)  # [T]
     return {t.name: float(var[i]) for i, t in enumerate(schema.tasks) if t.kind == "regression"}
