@@ -365,3 +365,23 @@ def test_torchrec_recipe_on_masked_data(tmp_path):
     got = atr.train_step(model, opt, b.dense, kjt, b.labels, b.weight,
                          TaskLoss.for_schema(SCHEMA))
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "dwa", "gradnorm", "pcgrad"])
+def test_loss_weightings_train_on_masked_losses(tmp_path, weighting):
+    """Every weighting trains on masked losses to finite numbers, also when the first
+    batch has no labelled row of a task (its loss there is 0)."""
+    s = _splits()
+    late = s.train.labels.clone()
+    # rating labelled on 8 rows only, none of them in the first batch of epoch 0 (the
+    # in-memory source's permutation of seed 0, epoch 0)
+    perm = torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(0))
+    keep = perm[50:58]
+    late[:, 2] = NAN
+    late[keep, 2] = s.train.labels[keep, 2].nan_to_num(1.0)
+    train_set = TensorDataset(s.train.dense, s.train.cat, late, s.train.weight)
+    splits = Splits("toy", SCHEMA, train_set, s.valid, s.test)
+    res = train(_cfg(tmp_path, weighting, f"train.weighting={weighting}",
+                     "train.optimizer.name=adam", "train.optimizer.lr=0.01"), splits=splits)
+    for task, ms in res["test"].items():
+        assert all(math.isfinite(v) for v in ms.values()), (weighting, task)
