@@ -308,7 +308,7 @@ def chained_metrics(logit_a: Tensor, logit_b: Tensor, label: Tensor, weight: Ten
         ``p``, log loss ``-(y log p + (1-y) log(1-p))`` computed from the logits,
         NE, calibration ``sum w p / sum w y``, the positive rate and the count.
 
-    Example (two rows, p = 0.25 and 0.25 * sigmoid(0)):
+    Example (two rows, each p = sigmoid(0) * sigmoid(0) = 0.25):
         >>> import torch
         >>> xa = torch.tensor([0.0, 0.0]); xb = torch.tensor([0.0, 0.0])
         >>> m = chained_metrics(xa, xb, torch.tensor([1.0, 0.0]), torch.ones(2))[0]
