@@ -66,7 +66,7 @@ def test_features_are_in_range(group3: Simulator):
 def test_positive_rates_match_the_design(preset: str):
     rows = 100_000
     sim = Simulator(preset, rows=rows, seed=3)
-    _, _, y = sim.arrays()
+    _, _, y = sim.arrays(observed=False)  # a partial preset's true labels
     assert sim.schema.task_names == list(PRESETS[preset].tasks)
     for j, name in enumerate(sim.schema.task_names):
         task = TASKS[name]
@@ -178,3 +178,42 @@ def test_mmoe_determinism_and_errors():
         mmoe_synthetic_arrays(10, 1.5)
     s = load_mmoe_synthetic(0.5, rows=1_000, dim=10)
     assert s.train.cat.shape == (800, 0) and s.schema.task_kinds == ["regression"] * 2
+
+
+def test_partial_preset_observes_labels_as_designed():
+    """finish and watch_time only where view = 1, like on about 30 % of the rows; the
+    observed labels are the true ones (the same world as group3), NaN elsewhere."""
+    sim = Simulator("partial", rows=40_000, seed=0)
+    tasks = {t.name: t for t in sim.schema.tasks}
+    assert tasks["finish"].condition == "view" and tasks["watch_time"].condition == "view"
+    assert tasks["like"].missing == "mask" and not tasks["view"].partial and sim.schema.partial
+    _, _, y = sim.arrays()
+    _, _, true = sim.arrays(observed=False)
+    assert not np.isnan(true).any()
+    seen = ~np.isnan(y)
+    np.testing.assert_array_equal(y[seen], true[seen])
+    view = true[:, 1] == 1
+    np.testing.assert_array_equal(seen[:, 0], view)
+    np.testing.assert_array_equal(seen[:, 2], view)
+    assert seen[:, 1].all() and abs(seen[:, 3].mean() - 0.3) < 0.01
+    g3 = Simulator("group3", rows=40_000, seed=0).arrays(observed=False)[2]
+    np.testing.assert_array_equal(true[:, :3], g3[:, :3])  # watch_time, view, finish
+    streamed = np.concatenate([b.labels.numpy() for b in iter_chunks("partial", 40_000, 0,
+                                                                       chunk_rows=5_000)])
+    np.testing.assert_array_equal(np.isnan(streamed), ~seen)
+    assert sim.info()["conditions"] == {"watch_time": "view", "finish": "view"}
+    assert "conditions" not in Simulator("group1", rows=5_000).info()
+
+
+def test_full_presets_have_no_unobserved_label():
+    for name in ("group1", "group3"):
+        sim = Simulator(name, rows=5_000, seed=2)
+        assert not sim.schema.partial
+        np.testing.assert_array_equal(sim.arrays()[2], sim.arrays(observed=False)[2])
+
+
+def test_bad_partial_presets():
+    with pytest.raises(DataError, match="condition"):
+        SimPreset("p", ("view", "watch_time"), 0.1, 0.1, conditions=(("view", "watch_time"),))
+    with pytest.raises(DataError, match="observed"):
+        SimPreset("p", ("view", "like"), 0.1, 0.1, observed=(("like", 0.0),))

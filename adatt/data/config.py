@@ -55,7 +55,7 @@ from adatt.data.splits import Splits
 __all__ = ["DataConfig", "AnyDataConfig", "CensusData", "SimData", "MmoeSyntheticData",
            "FilesData", "StreamData", "SOURCES", "load_splits", "format_validation_error"]
 
-SIM_PRESETS = ("group1", "group2", "group3", "all")  # adatt.data.simulator.PRESETS
+SIM_PRESETS = ("group1", "group2", "group3", "all", "partial")  # adatt.data.simulator.PRESETS
 
 
 class _Source(BaseModel):

@@ -76,6 +76,13 @@ the paper reports them)
       expressing dislike and one auxiliary with extremely sparse positives
       (the paper's "five diverse tasks"; shared 0.25, family 0.3).
     * ``all``: the nine tasks (shared 0.25, family 0.3).
+    * ``partial``: watch_time, view, finish, like with partial labels of the
+      shape of production logs: ``finish`` and ``watch_time`` observed only
+      where ``view = 1`` (``condition: view``; finish given view, about 30 %
+      positive), ``like`` observed on a random 30 % of the rows (``missing:
+      mask``, as for an engagement surface that shows the button on some
+      impressions only); unobserved labels are NaN, the true labels stay
+      available (``observed=False``). Shared 0.25, family 0.3.
 
 Determinism and streaming
     Row ``r`` belongs to block ``r // 32768``; each block draws from its own
@@ -169,12 +176,21 @@ class SimPreset:
     ``shared``: fraction of every task's preference-score variance from the
     factor common to all tasks; ``family``: fraction from the factor common to
     its family (consumption or engagement); the rest is task-specific.
+
+    Partial labels (both empty by default: every label observed):
+    ``conditions``: ``(task, condition)`` pairs, the task's label observed only
+    where the binary ``condition`` task's label is 1 (``TaskSpec.condition``);
+    ``observed``: ``(task, fraction)`` pairs, the task's label observed on a
+    random ``fraction`` of the rows (``missing: mask``). Unobserved labels are
+    NaN; the true labels stay available (``observed=False``).
     """
 
     name: str
     tasks: tuple[str, ...]
     shared: float
     family: float
+    conditions: tuple[tuple[str, str], ...] = ()
+    observed: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -184,6 +200,19 @@ class SimPreset:
             raise DataError(
                 f"preset {self.name!r}: need shared >= 0, family >= 0, shared + family <= 1"
             )
+        for task, cond in self.conditions:
+            if task not in self.tasks or cond not in self.tasks or TASKS[cond].kind != "binary":
+                raise DataError(f"preset {self.name!r}: condition ({task!r}, {cond!r}) needs "
+                                "two of its tasks, the condition binary")
+        for task, frac in self.observed:
+            if task not in self.tasks or not 0 < frac <= 1:
+                raise DataError(f"preset {self.name!r}: observed ({task!r}, {frac!r}) needs "
+                                "one of its tasks and a fraction in (0, 1]")
+
+    @property
+    def partial(self) -> bool:
+        """True when some labels are unobserved (conditions or observed fractions)."""
+        return bool(self.conditions or self.observed)
 
 
 PRESETS: dict[str, SimPreset] = {
@@ -200,6 +229,10 @@ PRESETS: dict[str, SimPreset] = {
             + ("follow",),
             shared=0.25,
             family=0.3,
+        ),
+        SimPreset(
+            "partial", ("watch_time", "view", "finish", "like"), shared=0.25, family=0.3,
+            conditions=(("watch_time", "view"), ("finish", "view")), observed=(("like", 0.3),),
         ),
     )
 }
@@ -345,8 +378,16 @@ class Simulator:
                 24 + 1,
                 7 + 1,
             ),
-            tasks=tuple(TaskSpec(t, TASKS[t].kind) for t in preset.tasks),
+            tasks=tuple(self._task_spec(t) for t in preset.tasks),
         )
+
+    def _task_spec(self, task: str) -> TaskSpec:
+        """The schema's task: its kind, and how its labels are observed (partial presets)."""
+        if not self.preset.partial:
+            return TaskSpec(task, TASKS[task].kind)
+        cond = dict(self.preset.conditions).get(task)
+        missing = "mask" if task in dict(self.preset.observed) else "error"
+        return TaskSpec(task, TASKS[task].kind, missing=missing, condition=cond)
 
     # ---- world ------------------------------------------------------------------------
     def _build_world(self) -> None:
@@ -627,18 +668,36 @@ class Simulator:
         self.dense_scale = f["dense"].std(0) + np.float32(1e-6)
         self._labels(f, rng, calibrate=True)
 
-    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _block(self, b: int, observed: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start = b * BLOCK_ROWS
         n = min(BLOCK_ROWS, self.rows - start)
         rng = _rng(self.seed, 1, b)
         f = self._features(rng, n)
         lab = self._labels(f, rng)
         labels = np.stack([lab[t] for t in self.preset.tasks], axis=1).astype(np.float32)
+        if observed and self.preset.partial:
+            labels = self._observe(b, labels)
         return f["dense"], f["cat"], labels
 
-    def arrays(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, ...]:
-        """Rows ``[start, stop)`` as ``dense [n, 21]``, ``cat [n, 12]``, ``labels [n, T]``."""
-        parts = list(self._iter_arrays(start, stop, chunk_rows=BLOCK_ROWS))
+    def _observe(self, b: int, labels: np.ndarray) -> np.ndarray:
+        """Block ``b``'s observed labels ``[n, T]``: NaN where a label is unobserved. The
+        observation draws come from their own stream (``spawn_key=(3, b)``), so the true
+        labels are those of ``observed=False``."""
+        col = {t: j for j, t in enumerate(self.preset.tasks)}
+        out = labels.copy()
+        if self.preset.observed:
+            u = _rng(self.seed, 3, b).random((labels.shape[0], len(self.preset.observed)))
+            for k, (task, frac) in enumerate(self.preset.observed):
+                out[u[:, k] >= frac, col[task]] = np.nan
+        for task, cond in self.preset.conditions:
+            out[~(out[:, col[cond]] == 1), col[task]] = np.nan  # NaN condition: unobserved
+        return out
+
+    def arrays(self, start: int = 0, stop: int | None = None,
+               observed: bool = True) -> tuple[np.ndarray, ...]:
+        """Rows ``[start, stop)`` as ``dense [n, 21]``, ``cat [n, 12]``, ``labels [n, T]``
+        (``observed=False``: a partial preset's true labels, no NaN)."""
+        parts = list(self._iter_arrays(start, stop, chunk_rows=BLOCK_ROWS, observed=observed))
         if not parts:
             T = len(self.preset.tasks)
             return (
@@ -649,7 +708,7 @@ class Simulator:
         return tuple(np.concatenate(c) for c in zip(*parts, strict=True))
 
     def _iter_arrays(
-        self, start: int, stop: int | None, chunk_rows: int
+        self, start: int, stop: int | None, chunk_rows: int, observed: bool = True
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         stop = self.rows if stop is None else min(stop, self.rows)
         if not 0 <= start <= stop:
@@ -663,7 +722,7 @@ class Simulator:
         pos = start
         while pos < stop or buffered:
             while buffered < chunk_rows and pos < stop:
-                d, c, y = self._block(b)
+                d, c, y = self._block(b, observed)
                 take = min(d.shape[0] - offset, stop - pos)
                 buf.append(
                     (
@@ -707,7 +766,8 @@ class Simulator:
             "designed_rates": {t: TASKS[t].rate for t in self.preset.tasks},
             "auxiliary_tasks": [t for t in self.preset.tasks if TASKS[t].auxiliary],
             "intercepts": {t: round(b, 6) for t, b in self.biases.items()},
-        }
+        } | ({"conditions": dict(self.preset.conditions), "observed": dict(self.preset.observed)}
+             if self.preset.partial else {})
 
 
 def iter_chunks(
@@ -734,8 +794,11 @@ def load_sim(
     seed: int = 0,
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    observed: bool = True,
 ) -> Splits:
     """Materialise the simulated data set as train / valid / test.
+
+    ``observed=False``: a partial preset's true labels (no NaN), with its schema.
 
     Rows ``[0, n_train)`` are train, then ``n_valid`` rows of validation, then
     test, with ``n_valid = round(rows * valid_fraction)`` and
@@ -753,7 +816,7 @@ def load_sim(
     bounds["test"] = (n_train + n_valid, rows)
     sets = {}
     for split, (a, b) in bounds.items():
-        d, c, y = sim.arrays(a, b)
+        d, c, y = sim.arrays(a, b, observed=observed)
         sets[split] = TensorDataset(torch.from_numpy(d), torch.from_numpy(c), torch.from_numpy(y))
     info = sim.info() | {"valid_fraction": valid_fraction, "test_fraction": test_fraction}
     return Splits(

@@ -4,7 +4,8 @@
 into its output directory and has a ``--quick`` mode (few seeds, small data).
 
 >>> sorted(EXPERIMENTS)
-['ablation', 'census-table5', 'expert-weights', 'experts-study', 'levels-study', 'task-groups']
+['ablation', 'census-table5', 'expert-weights', 'experts-study', 'levels-study',
+ 'partial-labels', 'task-groups']
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ EXPERIMENTS: dict[str, tuple[str, str, str]] = {
                       "Table 7: native experts per task, 1 to 4"),
     "levels-study": ("adatt.experiments.studies", "run_levels_study",
                      "Table 8: fusion levels, 2 to 5"),
+    "partial-labels": ("adatt.experiments.partial_labels", "run_partial_labels",
+                       "partial labels: masking vs imputed zeros (simulator preset partial)"),
     "task-groups": ("adatt.experiments.task_groups", "run_task_groups",
                     "Tables 1-4: every model on the simulator's three task groups"),
 }

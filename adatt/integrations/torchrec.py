@@ -618,6 +618,7 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
     from adatt.train.seeding import rng_state, set_rng_state
     from adatt.train.selection import (
         Selection,
+        check_labelled,
         one_class_tasks,
         selection_score,
         warn_one_class,
@@ -697,7 +698,8 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         budget = min(tc.max_examples or n_train * tc.epochs, n_train * tc.epochs)
         total_steps = min(steps_per_epoch * tc.epochs, math.ceil(budget / B))
         sched = make_schedule(opt, tc, total_steps)
-        loss_fn = TaskLoss(schema.task_kinds, tc.task_weights).to(device)
+        check_labelled(splits, schema)  # a partial task with no label: one line, every rank
+        loss_fn = TaskLoss.for_schema(schema, tc.task_weights).to(device)
         keys = schema.categorical
         label_var = regression_label_variance(train, schema)
         eval_every = tc.eval_every or steps_per_epoch * B  # default: once per epoch
@@ -797,6 +799,7 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
             num_parameters=num_params, examples=progress.examples,
             examples_per_s=progress.examples / max(progress.train_time, 1e-9),
             wall_time_s=progress.wall_time + time.perf_counter() - t_start,
+            labelled=check_labelled(splits, schema),
             world_size=world, sharding=sharding, plan=plan_placement(plan),
             sparse_optimizer=sparse_optimizer, sparse_lr=sparse_lr, embedding_dim=dim,
             epoch_train_loss=epoch_losses)

@@ -103,7 +103,7 @@ from adatt.models.base import MultiTaskModel
 from adatt.train.atomic import atomic_write
 from adatt.train.evaluation import evaluate
 from adatt.train.guard import NonFiniteGuard
-from adatt.train.losses import masked_elementwise
+from adatt.train.losses import labelled_weights, masked_elementwise
 from adatt.train.optim import make_optimizer, make_schedule, training_plan
 from adatt.train.progress import Progress, ProgressLog
 from adatt.train.results import build_results
@@ -112,6 +112,7 @@ from adatt.train.runs import build_model, finished_results
 from adatt.train.seeding import seed_everything
 from adatt.train.selection import (
     Selection,
+    check_labelled,
     one_class_tasks,
     selection_score,
     warn_one_class,
@@ -252,17 +253,22 @@ class EnsembleLoss(nn.Module):
 
     The same losses as :class:`~adatt.train.losses.TaskLoss` (BCE with logits for
     binary tasks, squared error for regression, a (weighted) mean over the batch),
-    with labels ``[S,B,T]`` and weights ``[S,B]`` gathered per copy.
+    with labels ``[S,B,T]`` and weights ``[S,B]`` (or per-task ``[S,B,T]``) gathered
+    per copy. With ``partial`` tasks (NaN labels: unlabelled) or per-task weights,
+    each copy's task loss is the mean over that copy's labelled rows of the task
+    (:func:`~adatt.train.losses.labelled_weights`), as in a single run.
     :meth:`total` is the sum over copies and tasks of ``c_t L_st``.
     """
 
     is_binary: Tensor
     task_weights: Tensor
 
-    def __init__(self, kinds: Sequence[str], task_weights: Sequence[float] | None = None):
+    def __init__(self, kinds: Sequence[str], task_weights: Sequence[float] | None = None,
+                 partial: Sequence[bool] | None = None):
         super().__init__()
         kinds = list(kinds)
         t = len(kinds)
+        self.partial = bool(partial is not None and any(partial))
         w = torch.ones(t) if task_weights is None else torch.as_tensor(task_weights).float()
         self.register_buffer("is_binary", torch.tensor([k == "binary" for k in kinds]))
         self.register_buffer("task_weights", w)
@@ -270,6 +276,13 @@ class EnsembleLoss(nn.Module):
         self._all_regression = all(k == "regression" for k in kinds)
 
     def forward(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+        if self.partial or (weight is not None and weight.dim() == 3):
+            mass = labelled_weights(labels, weight, logits.dtype)  # [S,B,T], 0 where unlabelled
+            clean = torch.where(mass > 0, labels, torch.zeros_like(labels))  # [S,B,T], no NaN
+            per = masked_elementwise(logits, clean, self.is_binary, self._all_binary,
+                                     self._all_regression)  # [S,B,T]
+            total = mass.sum(dim=-2).clamp_min(torch.finfo(mass.dtype).tiny)  # [S,T]
+            return (per * mass).sum(dim=-2) / total  # [S,B,T] -> [S,T]
         per = masked_elementwise(logits, labels, self.is_binary, self._all_binary,
                                  self._all_regression)  # [S,B,T]
         if weight is None:
@@ -493,7 +506,8 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
     schema = splits.schema
     S = len(seeds)
     model = EnsembleModel.build(cfg.model, schema, seeds, device)
-    loss_fn = EnsembleLoss(schema.task_kinds, tc.task_weights).to(device)
+    loss_fn = EnsembleLoss(schema.task_kinds, tc.task_weights,
+                           [t.partial for t in schema.tasks]).to(device)
     weighting = make_weighting(cfg, schema, copies=S).to(device)
     groups = [{"params": model.parameters()}]
     if list(weighting.parameters()):  # e.g. uncertainty log-variances [S,T]: no weight decay
@@ -606,7 +620,8 @@ def _train_group(cfg: RunConfig, seeds: list[int], splits, device: torch.device,
         res = build_results(seed_config(cfg, s), schema, selections[k], valid=valid[k],
                             test=test[k], num_parameters=model.num_parameters(),
                             examples=stop_examples[k], examples_per_s=rate / S,
-                            wall_time_s=wall, ensemble_size=S, ensemble_examples_per_s=rate)
+                            wall_time_s=wall, labelled=check_labelled(splits, schema),
+                            ensemble_size=S, ensemble_examples_per_s=rate)
         run.write_results(res)
         finish(trackers[k], res, [run.file(f) for f in ("best.pt", "results.json",
                                                        "config.yaml")])

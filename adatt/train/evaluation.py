@@ -15,6 +15,11 @@ models whose forward is itself collective (TorchRec's sharded tables) work;
 the logits are gathered, rank 0 accumulates them in the single-process batch
 order and broadcasts the metrics, so every rank takes the same decisions.
 
+Metrics are over each task's labelled rows (NaN labels of partial tasks count
+nowhere; ``count`` is the labelled rows); a binary task with a binary
+``condition`` also reports the chained metrics
+:data:`~adatt.train.metrics.CHAINED_METRICS` (``ctcvr_auc``, ``ctcvr_ne``, ...).
+
 Example:
     >>> import torch
     >>> from adatt.data.batch import TensorDataset
@@ -78,8 +83,9 @@ def evaluate(model: Any, data: Any, schema: FeatureSchema, batch_size: int = 819
     """
     copies = getattr(model, "num_copies", None)
     rows = batch_size if copies is None else max(1, batch_size // copies)
+    conditions = {t.name: t.condition for t in schema.tasks if t.condition is not None}
     acc = (MetricAccumulator if copies is None else EnsembleMetricAccumulator)(
-        schema.task_names, schema.task_kinds)
+        schema.task_names, schema.task_kinds, conditions)
     extra = () if params is None else (params,)
     device = _device(model)
     distributed = ddp.is_active() if distributed is None else distributed

@@ -20,6 +20,20 @@ tasks, MSE for regression). Both forms are computed on the whole ``[B, T]`` bloc
 and one is picked per column with a precomputed mask, so there is no Python loop
 over tasks. When every task has the same kind only that form is computed.
 
+Partial labels and per-task weights. A task of a schema may be *partial*
+(``TaskSpec.partial``: ``missing: mask`` or a ``condition``): its unlabelled
+entries are NaN in ``labels [B, T]``. With ``partial`` tasks (or a per-task
+weight ``[B, T]``) the loss is, per task,
+
+    L_t = sum_b m_bt w_bt l(x_bt, y_bt) / sum_b m_bt w_bt,
+
+with ``m_bt = 1`` where the label is present (0 where it is NaN) and ``w_bt``
+the task's weight column (``w_b`` broadcast when the weight is ``[B]``). The
+NaN labels are replaced (``torch.where``) before the loss is computed, so no
+NaN reaches a value or a gradient; a task with no labelled row in the batch
+has loss 0 and no gradient. A schema with no partial task and a ``[B]`` (or
+no) weight takes the path above unchanged.
+
 Example:
     >>> import torch
     >>> loss = TaskLoss(["binary", "regression"], task_weights=[1.0, 0.5])
@@ -35,6 +49,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["TASK_KINDS", "TaskLoss", "task_losses", "elementwise_losses", "masked_elementwise",
-           "global_batch_losses"]
+           "global_batch_losses", "labelled_weights"]
 
 TASK_KINDS = ("binary", "regression")
 
@@ -103,6 +118,37 @@ def _batch_mean(per_example: Tensor, weight: Tensor | None) -> Tensor:
     return (per_example * w[:, None]).sum(dim=-2) / total  # [...,B,T] * [B,1] -> [...,T]
 
 
+def labelled_weights(labels: Tensor, weight: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """Per-entry loss weights ``[..., B, T]``: the weight (``[..., B]`` broadcast over
+    tasks, ``[..., B, T]`` as it is, 1 when None) where the label is present, 0 where
+    it is NaN (unlabelled).
+
+    Example:
+        >>> import torch
+        >>> y = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+        >>> labelled_weights(y, torch.tensor([2.0, 3.0]), torch.float32)
+        tensor([[2., 0.],
+                [3., 3.]])
+    """
+    present = ~torch.isnan(labels)  # [...,B,T]
+    if weight is None:
+        return present.to(dtype)
+    w = weight.to(dtype)
+    if w.dim() == labels.dim() - 1:
+        w = w[..., None]  # [...,B] -> [...,B,1]
+    elif tuple(w.shape) != tuple(labels.shape):
+        raise ValueError(f"weight must be [B] or [B, T] with labels {tuple(labels.shape)}, "
+                         f"got {tuple(w.shape)}")
+    return torch.where(present, w, torch.zeros((), dtype=dtype, device=w.device))  # [...,B,T]
+
+
+def _labelled_mean(per_example: Tensor, mass: Tensor) -> Tensor:
+    """``sum_b m_bt l_bt / sum_b m_bt`` over the batch dim (-2): ``[..., B, T] -> [..., T]``
+    with ``mass [B, T]`` (0 for an unlabelled entry); 0 for a task with no mass."""
+    total = mass.sum(dim=-2).clamp_min(torch.finfo(mass.dtype).tiny)  # [...,T]
+    return (per_example * mass).sum(dim=-2) / total  # [...,B,T] -> [...,T]
+
+
 def _check_shapes(logits: Tensor, labels: Tensor, num_tasks: int) -> None:
     if logits.dim() not in (2, 3):
         raise ValueError(f"logits must be [B, T] or [S, B, T], got {tuple(logits.shape)}")
@@ -124,7 +170,9 @@ def task_losses(
         logits: ``[B, T]`` or ``[S, B, T]`` raw model outputs.
         labels: ``[B, T]`` float labels (0/1 for binary tasks).
         kinds: T task kinds, ``"binary"`` (BCE with logits) or ``"regression"`` (MSE).
-        weight: optional ``[B]`` per-example weights.
+        weight: optional ``[B]`` per-example weights, or ``[B, T]`` per-task weights.
+
+    NaN labels (unlabelled entries) count for nothing (see the module docs).
 
     Returns:
         ``[T]`` (or ``[S, T]``) losses with the graph attached.
@@ -136,7 +184,11 @@ def task_losses(
     """
     kinds = _check_kinds(kinds)
     _check_shapes(logits, labels, len(kinds))
-    return _batch_mean(elementwise_losses(logits, labels, kinds), weight)
+    if (weight is None or weight.dim() == 1) and not bool(torch.isnan(labels).any()):
+        return _batch_mean(elementwise_losses(logits, labels, kinds), weight)
+    mass = labelled_weights(labels, weight, logits.dtype)  # [B,T]
+    clean = torch.where(mass > 0, labels, torch.zeros_like(labels))  # NaN never reaches the loss
+    return _labelled_mean(elementwise_losses(logits, clean, kinds), mass)
 
 
 class TaskLoss(nn.Module):
@@ -146,19 +198,34 @@ class TaskLoss(nn.Module):
         kinds: T task kinds, ``"binary"`` or ``"regression"``.
         task_weights: T static weights for :meth:`total` (default all 1, the
             paper's equal-weight sum).
+        partial: T flags, True for a task whose labels may be NaN (unlabelled;
+            ``TaskSpec.partial``). With none (the default) the loss takes the
+            fully-labelled path, with no per-step mask.
 
-    ``forward(logits [B,T] | [S,B,T], labels [B,T], weight [B] | None)`` returns the
-    per-task losses ``[T]`` (or ``[S,T]``); :meth:`total` returns their static-weighted
-    sum over tasks (a scalar, or ``[S]``).
+    ``forward(logits [B,T] | [S,B,T], labels [B,T], weight [B] | [B,T] | None)``
+    returns the per-task losses ``[T]`` (or ``[S,T]``), each normalised by the
+    number (or weight) of labelled rows of its task; :meth:`total` returns their
+    static-weighted sum over tasks (a scalar, or ``[S]``).
+
+    Example:
+        >>> import torch
+        >>> loss = TaskLoss(["regression", "regression"], partial=[False, True])
+        >>> labels = torch.tensor([[0.0, float("nan")], [0.0, 1.0]])
+        >>> loss(torch.ones(2, 2), labels)          # task 2: the labelled row only
+        tensor([1., 0.])
     """
 
     is_binary: Tensor
     task_weights: Tensor
 
-    def __init__(self, kinds: Sequence[str], task_weights: Sequence[float] | None = None):
+    def __init__(self, kinds: Sequence[str], task_weights: Sequence[float] | None = None,
+                 partial: Sequence[bool] | None = None):
         super().__init__()
         self.kinds = _check_kinds(kinds)
         t = len(self.kinds)
+        if partial is not None and len(partial) != t:
+            raise ValueError(f"partial must have {t} entries, got {len(partial)}")
+        self.partial = bool(partial is not None and any(partial))
         w = torch.ones(t) if task_weights is None else torch.as_tensor(task_weights).float()
         if w.shape != (t,):
             raise ValueError(f"task_weights must have {t} entries, got {tuple(w.shape)}")
@@ -167,16 +234,35 @@ class TaskLoss(nn.Module):
         self._all_binary = all(k == "binary" for k in self.kinds)
         self._all_regression = all(k == "regression" for k in self.kinds)
 
+    @classmethod
+    def for_schema(cls, schema: Any, task_weights: Sequence[float] | None = None) -> TaskLoss:
+        """The loss of a :class:`~adatt.data.schema.FeatureSchema`'s tasks (kinds, partial)."""
+        return cls(schema.task_kinds, task_weights, [t.partial for t in schema.tasks])
+
     @property
     def num_tasks(self) -> int:
         return len(self.kinds)
+
+    def per_task(self, weight: Tensor | None) -> bool:
+        """Whether a batch with ``weight`` takes the per-task (masked) path."""
+        return self.partial or (weight is not None and weight.dim() == 2)
+
+    def mass(self, labels: Tensor, weight: Tensor | None) -> Tensor:
+        """``[T]`` float64: per task the labelled rows' weight sum (their count without
+        weights), the denominator of :meth:`forward`'s per-task mean."""
+        return labelled_weights(labels, weight, torch.float64).sum(dim=0)  # [B,T] -> [T]
 
     def forward(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
         _check_shapes(logits, labels, self.num_tasks)
         # Same-kind fast paths decided at construction: no device sync per step.
         mask = self.is_binary.to(logits.device)
-        per = masked_elementwise(logits, labels, mask, self._all_binary, self._all_regression)
-        return _batch_mean(per, weight)  # [...,B,T] -> [...,T]
+        if not self.per_task(weight):
+            per = masked_elementwise(logits, labels, mask, self._all_binary, self._all_regression)
+            return _batch_mean(per, weight)  # [...,B,T] -> [...,T]
+        mass = labelled_weights(labels, weight, logits.dtype)  # [B,T], 0 where unlabelled
+        clean = torch.where(mass > 0, labels, torch.zeros_like(labels))  # [B,T], no NaN
+        per = masked_elementwise(logits, clean, mask, self._all_binary, self._all_regression)
+        return _labelled_mean(per, mass)  # [...,B,T] -> [...,T]
 
     def total(self, losses: Tensor) -> Tensor:
         """Static-weighted sum over tasks: ``[..., T] -> [...]``."""
@@ -218,6 +304,8 @@ def global_batch_losses(loss_fn: TaskLoss, logits: Tensor, labels: Tensor,
     """
     if not distributed:
         return loss_fn(logits, labels, weight)
+    if getattr(loss_fn, "per_task", lambda _: False)(weight):
+        return _global_per_task(loss_fn, logits, labels, weight, live)
     w = weight
     if w is None:
         mass = logits.new_tensor(float(labels.shape[0]) if live else 0.0, dtype=torch.float64)
@@ -232,4 +320,22 @@ def global_batch_losses(loss_fn: TaskLoss, logits: Tensor, labels: Tensor,
     total = buf[-1].clamp_min(torch.finfo(buf.dtype).tiny)  # all weights 0: loss 0
     value = (buf[:-1] / total).to(local.dtype)  # [T] global-batch losses
     share = local * (mass / total).to(local.dtype)  # [T] sum_{b in B_r} w_b l_bt / sum_b w_b
+    return share + (value - share.detach())
+
+
+def _global_per_task(loss_fn: TaskLoss, logits: Tensor, labels: Tensor, weight: Tensor | None,
+                     live: bool) -> Tensor:
+    """:func:`global_batch_losses` with a per-task mass (partial labels or ``[B, T]``
+    weights): one all-reduce of ``[2T]`` numbers, the local numerators and masses."""
+    t = labels.shape[-1]
+    if live:
+        mass = loss_fn.mass(labels, weight)  # [T] float64
+    else:
+        mass = torch.zeros(t, dtype=torch.float64, device=logits.device)
+    local = loss_fn(logits, labels, weight)  # [T] mean over this process's labelled rows
+    buf = torch.cat([local.detach().double() * mass, mass])  # [2T]
+    dist.all_reduce(buf)
+    total = buf[t:].clamp_min(torch.finfo(buf.dtype).tiny)  # [T]; a task with no label: 0
+    value = (buf[:t] / total).to(local.dtype)  # [T] global-batch losses
+    share = local * (mass / total).to(local.dtype)  # [T] this process's share
     return share + (value - share.detach())

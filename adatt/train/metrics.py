@@ -6,7 +6,8 @@ number of independent score columns), S ensemble copies.
 Inputs are raw model outputs: a logit for a binary task (the sigmoid is applied
 here), the prediction itself for a regression task. Every pure function reduces
 over dim 0 (the examples) and accepts ``[N]`` or ``[N, C]`` scores with labels of
-the same shape (or broadcastable to it) and optional per-example weights ``[N]``;
+the same shape (or broadcastable to it) and optional per-example weights ``[N]``
+(or per-column weights ``[N, C]``, the shape of the scores);
 it returns a float64 tensor of shape ``scores.shape[1:]`` (0-dim for ``[N]``).
 With weights ``w_i`` (1 when absent) and ``q_i = sigmoid(x_i)``:
 
@@ -66,7 +67,13 @@ __all__ = [
     "relative_difference",
     "relative_to_baseline",
     "DEFAULT_METRIC_BY_KIND",
+    "CHAINED_METRICS",
+    "chained_metrics",
 ]
+
+#: the chained-probability (CTCVR) metric keys added to a conditional binary task's dict
+CHAINED_METRICS = ("ctcvr_auc", "ctcvr_logloss", "ctcvr_ne", "ctcvr_calibration",
+                   "ctcvr_pos_rate", "ctcvr_count")
 
 DEFAULT_METRIC_BY_KIND: Mapping[str, str] = MappingProxyType({"binary": "ne", "regression": "mse"})
 
@@ -89,6 +96,8 @@ def _prepare(
         raise ValueError("scores must have an example dimension (dim 0)")
     if weight is None:
         w = torch.ones_like(x)
+    elif weight.dim() > 1 and tuple(weight.shape) == tuple(x.shape):  # per-column weights
+        w = weight.detach().to(device=x.device, dtype=torch.float64)
     else:
         if weight.dim() != 1 or weight.shape[0] != x.shape[0]:
             raise ValueError(f"weight must be [N] with N={x.shape[0]}, got {tuple(weight.shape)}")
@@ -283,6 +292,51 @@ def mae(predictions: Tensor, labels: Tensor, weight: Tensor | None = None) -> Te
     return _wmean((x - y).abs(), w)
 
 
+def chained_metrics(logit_a: Tensor, logit_b: Tensor, label: Tensor, weight: Tensor,
+                    count: int | None = None) -> list[dict[str, float]]:
+    """Metrics of the chained probability ``p = sigmoid(x_A) * sigmoid(x_B)`` (ESMM's
+    CTCVR view of a task B defined where task A is 1) against ``label = A and B``.
+
+    Args:
+        logit_a, logit_b: ``[S, N]`` (or ``[N]``) logits of A and of B given A.
+        label: ``[N]`` 0/1, ``A and B``.
+        weight: ``[N]`` example weights (0 leaves a row out).
+        count: the reported ``ctcvr_count`` (default: rows of positive weight).
+
+    Returns:
+        One dict per row of the logits with the keys :data:`CHAINED_METRICS`: AUC of
+        ``p``, log loss ``-(y log p + (1-y) log(1-p))`` computed from the logits,
+        NE, calibration ``sum w p / sum w y``, the positive rate and the count.
+
+    Example (two rows, each p = sigmoid(0) * sigmoid(0) = 0.25):
+        >>> import torch
+        >>> xa = torch.tensor([0.0, 0.0]); xb = torch.tensor([0.0, 0.0])
+        >>> m = chained_metrics(xa, xb, torch.tensor([1.0, 0.0]), torch.ones(2))[0]
+        >>> round(m["ctcvr_logloss"], 6) == round((-math.log(0.25) - math.log(0.75)) / 2, 6)
+        True
+        >>> m["ctcvr_calibration"], m["ctcvr_auc"], m["ctcvr_count"]
+        (0.5, 0.5, 2)
+    """
+    xa = logit_a.detach().to(torch.float64)
+    xb = logit_b.detach().to(device=xa.device, dtype=torch.float64)
+    if xa.dim() == 1:
+        xa, xb = xa[None], xb[None]  # [N] -> [1,N]
+    y = label.detach().to(device=xa.device, dtype=torch.float64)  # [N]
+    w = weight.detach().to(device=xa.device, dtype=torch.float64)  # [N]
+    log_p = F.logsigmoid(xa) + F.logsigmoid(xb)  # [S,N]
+    log_q = torch.log((-torch.expm1(log_p)).clamp_min(torch.finfo(log_p.dtype).tiny))  # log(1-p)
+    ll = -(y * log_p + (1.0 - y) * log_q)  # [S,N]
+    w_sum = w.sum()
+    mean_ll = (ll * w).sum(-1) / w_sum  # [S]
+    pos_rate = (w * y).sum() / w_sum  # []
+    ne = _ne_from_means(mean_ll, pos_rate.expand_as(mean_ll))  # [S]
+    cal = _safe_ratio((log_p.exp() * w).sum(-1), (w * y).sum().expand_as(mean_ll))  # [S]
+    aucs = _auc_rows(log_p, (w * y)[None], (w * (1.0 - y))[None])  # [S,N] -> [S]
+    n = int((w > 0).sum()) if count is None else int(count)
+    rows = torch.stack([aucs, mean_ll, ne, cal, pos_rate.expand_as(mean_ll)], -1).tolist()
+    return [dict(zip(CHAINED_METRICS, [*r, n], strict=True)) for r in rows]
+
+
 # ----------------------------------------------------------------------------- accumulators
 
 
@@ -298,11 +352,17 @@ class EnsembleMetricAccumulator:
     Args:
         task_names: the T task names (keys of the result).
         task_kinds: the T task kinds, ``"binary"`` or ``"regression"``.
+        conditions: ``{B: A}`` for binary tasks B defined where the binary task A
+            is 1 (``TaskSpec.condition``): B's dict also gets the chained
+            (ESMM's CTCVR) metrics :data:`CHAINED_METRICS` of ``P(A) * P(B | A)``.
 
-    ``update(logits [S,B,T], labels [B,T], weight [B] | None)``;
+    ``update(logits [S,B,T], labels [B,T], weight [B] | [B,T] | None)``;
     ``compute()`` returns S dicts ``{task: {metric: value}}`` with, for a binary
     task, ``auc, logloss, ne, calibration, pos_rate, count`` and for a regression
-    task ``mse, mae, count`` (``count``: number of examples, unweighted).
+    task ``mse, mae, count``. Every metric of a task is over its *labelled* rows
+    (a NaN label is unlabelled: it counts nowhere), weighted by the row weight
+    ``[B]`` or the task's column of a per-task weight ``[B, T]``; ``count`` is the
+    task's number of labelled rows (unweighted; 0 gives NaN metrics).
 
     Example:
         >>> import torch
@@ -312,9 +372,13 @@ class EnsembleMetricAccumulator:
         [5.0, 0.0]
     """
 
-    def __init__(self, task_names: Sequence[str], task_kinds: Sequence[str]):
+    def __init__(self, task_names: Sequence[str], task_kinds: Sequence[str],
+                 conditions: Mapping[str, str] | None = None):
         self.task_names = list(task_names)
         self.task_kinds = list(task_kinds)
+        kind = dict(zip(self.task_names, self.task_kinds, strict=False))
+        self.conditions = {b: a for b, a in (conditions or {}).items()
+                           if kind.get(a) == "binary" and kind.get(b) == "binary"}
         if len(self.task_names) != len(self.task_kinds):
             raise ValueError("one kind per task name is required")
         if len(set(self.task_names)) != len(self.task_names):
@@ -333,11 +397,11 @@ class EnsembleMetricAccumulator:
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self._copies: int | None = None
-        self._count = 0
+        self._count: Tensor | None = None  # [T] labelled rows per task
         self._sums: dict[str, Tensor] = {}
         self._scores: list[Tensor] = []  # each [S,B,Tb]
-        self._labels: list[Tensor] = []  # each [B,Tb]
-        self._weights: list[Tensor] = []  # each [B]
+        self._labels: list[Tensor] = []  # each [B,Tb], NaN where unlabelled
+        self._weights: list[Tensor] = []  # each [B] or [B,Tb]
 
     def _add(self, key: str, value: Tensor) -> None:
         if key in self._sums:
@@ -347,10 +411,11 @@ class EnsembleMetricAccumulator:
 
     @torch.no_grad()
     def update(self, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> None:
-        """Add one batch: ``logits [S,B,T]``, ``labels [B,T]``, ``weight [B]`` or None."""
+        """Add one batch: ``logits [S,B,T]``, ``labels [B,T]`` (NaN: unlabelled),
+        ``weight [B]``, ``[B,T]`` (per task) or None."""
         if logits.dim() != 3 or logits.shape[-1] != self.num_tasks:
             raise ValueError(f"logits must be [S, B, {self.num_tasks}], got {tuple(logits.shape)}")
-        s, b, _ = logits.shape
+        s, b, t = logits.shape
         if tuple(labels.shape) != (b, self.num_tasks):
             raise ValueError(f"labels must be [{b}, {self.num_tasks}], got {tuple(labels.shape)}")
         if self._copies is None:
@@ -363,46 +428,75 @@ class EnsembleMetricAccumulator:
         if weight is None:
             w = torch.ones(b, dtype=torch.float64, device=dev)
         else:
-            if tuple(weight.shape) != (b,):
-                raise ValueError(f"weight must be [{b}], got {tuple(weight.shape)}")
+            if tuple(weight.shape) not in ((b,), (b, t)):
+                raise ValueError(f"weight must be [{b}] or [{b}, {t}], got {tuple(weight.shape)}")
             w = weight.detach().to(device=dev, dtype=torch.float64)
-        wc = w[:, None]  # [B] -> [B,1]
-        self._count += b
-        self._add("w", w.sum())
+        present = ~torch.isnan(y)  # [B,T]
+        if w.dim() == 1 and bool(present.all()):
+            # every entry labelled, one weight per row: the plain sums
+            wc = w[:, None]  # [B] -> [B,1]
+            self._add("w", w.sum().expand(t).clone())  # [T], the same sum for every task
+            count = torch.full((t,), b, dtype=torch.int64, device=dev)
+        else:
+            w2 = w[:, None].expand(b, t) if w.dim() == 1 else w  # [B] -> [B,T]
+            wc = torch.where(present, w2, torch.zeros_like(w2))  # [B,T], 0 where unlabelled
+            y = torch.where(present, y, torch.zeros_like(y))  # [B,T], NaN never summed
+            self._add("w", wc.sum(0))  # [B,T] -> [T]
+            count = present.sum(0)  # [T]
+            w = w2
+        self._count = count if self._count is None else self._count + count
         if self._bin:
             bi = torch.tensor(self._bin, device=dev)
             xb = x.index_select(-1, bi)  # [S,B,T] -> [S,B,Tb]
             yb = y.index_select(-1, bi)  # [B,T] -> [B,Tb]
-            self._add("wy", (yb * wc).sum(0))  # [B,Tb] -> [Tb]
+            wb = wc if wc.shape[-1] == 1 else wc.index_select(-1, bi)  # [B,1] | [B,Tb]
+            self._add("wy", (yb * wb).sum(0))  # [B,Tb] -> [Tb]
             bce = _bce64(xb, yb.expand_as(xb), from_logits=True)  # [S,B,Tb]
-            self._add("wll", (bce * wc).sum(1))  # [S,B,Tb] -> [S,Tb]
-            self._add("wq", (torch.sigmoid(xb) * wc).sum(1))  # [S,B,Tb] -> [S,Tb]
+            self._add("wll", (bce * wb).sum(1))  # [S,B,Tb] -> [S,Tb]
+            self._add("wq", (torch.sigmoid(xb) * wb).sum(1))  # [S,B,Tb] -> [S,Tb]
             self._scores.append(logits.detach().index_select(-1, bi))  # [S,B,Tb], input dtype
-            self._labels.append(yb)
-            self._weights.append(w)
+            raw = labels.detach().to(device=dev, dtype=torch.float64)  # [B,T], NaN kept
+            self._labels.append(raw.index_select(-1, bi))  # [B,Tb]
+            self._weights.append(w if w.dim() == 1 else w.index_select(-1, bi))  # [B] | [B,Tb]
         if self._reg:
             ri = torch.tensor(self._reg, device=dev)
+            wr = wc if wc.shape[-1] == 1 else wc.index_select(-1, ri)  # [B,1] | [B,Tr]
             err = x.index_select(-1, ri) - y.index_select(-1, ri)  # [S,B,Tr]
-            self._add("wse", (err.square() * wc).sum(1))  # [S,B,Tr] -> [S,Tr]
-            self._add("wae", (err.abs() * wc).sum(1))  # [S,B,Tr] -> [S,Tr]
+            self._add("wse", (err.square() * wr).sum(1))  # [S,B,Tr] -> [S,Tr]
+            self._add("wae", (err.abs() * wr).sum(1))  # [S,B,Tr] -> [S,Tr]
+
+    def _binary_columns(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The stored binary columns: scores ``[S,N,Tb]``, labels ``[N,Tb]`` (NaN:
+        unlabelled), the labels with NaN as 0, and the masses ``[N,Tb]`` (weight
+        where labelled, 0 elsewhere)."""
+        scores = torch.cat(self._scores, dim=1)  # [S,N,Tb]
+        tb = scores.shape[-1]
+        y = torch.cat(self._labels, dim=0)  # [N,Tb]
+        w = torch.cat([v[:, None].expand(-1, tb) if v.dim() == 1 else v
+                       for v in self._weights], dim=0)  # [N,Tb]
+        present = ~torch.isnan(y)  # [N,Tb]
+        y0 = torch.where(present, y, torch.zeros_like(y))  # [N,Tb]
+        return scores, y, y0, torch.where(present, w, torch.zeros_like(w))
 
     def _compute(self) -> list[dict[str, dict[str, float]]]:
-        if self._copies is None:
+        if self._copies is None or self._count is None:
             raise RuntimeError("compute() called before any update()")
         s = self._copies
-        w_sum = self._sums["w"]
+        w_sum = self._sums["w"]  # [T]
+        counts = self._count.tolist()
         out: list[dict[str, dict[str, float]]] = [{} for _ in range(s)]
         if self._bin:
             tb = len(self._bin)
-            pos_rate = self._sums["wy"] / w_sum  # [Tb]
-            mean_ll = self._sums["wll"] / w_sum  # [S,Tb]
+            bi = torch.tensor(self._bin, device=w_sum.device)
+            wb = w_sum.index_select(0, bi)  # [Tb]
+            pos_rate = self._sums["wy"] / wb  # [Tb]
+            mean_ll = self._sums["wll"] / wb  # [S,Tb]
             ne = _ne_from_means(mean_ll, pos_rate.expand(s, tb))  # [S,Tb]
             cal = _safe_ratio(self._sums["wq"], self._sums["wy"].expand(s, tb))  # [S,Tb]
-            scores = torch.cat(self._scores, dim=1).transpose(1, 2)  # [S,N,Tb] -> [S,Tb,N]
-            y = torch.cat(self._labels, dim=0).T  # [N,Tb] -> [Tb,N]
-            w = torch.cat(self._weights, dim=0)  # [N]
-            # label masses shared by the S copies: [Tb,N] -> [1,Tb,N], broadcast, never copied
-            aucs = _auc_rows(scores, (w * y)[None], (w * (1.0 - y))[None])  # [S,Tb,N] -> [S,Tb]
+            scores, _, y0, mass = self._binary_columns()
+            # label masses shared by the S copies: [N,Tb] -> [1,Tb,N], broadcast, never copied
+            aucs = _auc_rows(scores.transpose(1, 2), (mass * y0).T.contiguous()[None],
+                             (mass * (1.0 - y0)).T.contiguous()[None])  # [S,Tb,N] -> [S,Tb]
             table = torch.stack(
                 [aucs, mean_ll, ne, cal, pos_rate.expand(s, tb)], dim=-1
             ).tolist()  # [S,Tb,5]
@@ -415,18 +509,48 @@ class EnsembleMetricAccumulator:
                         "ne": e,
                         "calibration": k,
                         "pos_rate": p,
-                        "count": self._count,
+                        "count": counts[t],
                     }
+            for task, metrics in self._chained().items():
+                for c in range(s):
+                    out[c][task].update(metrics[c])
         if self._reg:
+            ri = torch.tensor(self._reg, device=w_sum.device)
+            wr = w_sum.index_select(0, ri)[None]  # [1,Tr]
             table = torch.stack(
-                [self._sums["wse"] / w_sum, self._sums["wae"] / w_sum], dim=-1
+                [self._sums["wse"] / wr, self._sums["wae"] / wr], dim=-1
             ).tolist()  # [S,Tr,2]
             for j, t in enumerate(self._reg):
                 for c in range(s):
                     se, ae = table[c][j]
-                    out[c][self.task_names[t]] = {"mse": se, "mae": ae, "count": self._count}
+                    out[c][self.task_names[t]] = {"mse": se, "mae": ae, "count": counts[t]}
         # Task order of the result follows task_names.
         return [{name: r[name] for name in self.task_names} for r in out]
+
+    def _chained(self) -> dict[str, list[dict[str, float]]]:
+        """Per binary task B with a binary ``condition`` A, per copy, the chained
+        (CTCVR) metrics of ``P(A) * P(B | A)`` against ``A and B``
+        (see :data:`CHAINED_METRICS`)."""
+        if not self.conditions:
+            return {}
+        scores, y, _, _ = self._binary_columns()
+        w_all = torch.cat([v[:, None].expand(-1, scores.shape[-1]) if v.dim() == 1 else v
+                           for v in self._weights], dim=0)  # [N,Tb]
+        col = {self.task_names[t]: j for j, t in enumerate(self._bin)}
+        out: dict[str, list[dict[str, float]]] = {}
+        for task, cond in self.conditions.items():
+            if task not in col or cond not in col:
+                continue
+            a, bt = col[cond], col[task]
+            ya, yb = y[:, a], y[:, bt]  # [N] each, NaN where unlabelled
+            # rows where the chained label is known: A labelled, and B labelled unless A = 0
+            rows = ~torch.isnan(ya) & ((ya == 0) | ~torch.isnan(yb))  # [N]
+            label = torch.where(rows & (ya == 1) & (yb == 1), 1.0, 0.0).double()  # [N]
+            mass = torch.where(rows, w_all[:, a], torch.zeros_like(w_all[:, a]))  # [N]
+            xa = scores[..., a].double()  # [S,N]
+            xb = scores[..., bt].double()  # [S,N]
+            out[task] = chained_metrics(xa, xb, label, mass, count=int(rows.sum()))
+        return out
 
     def compute(self) -> list[dict[str, dict[str, float]]]:
         """One ``{task: {metric: value}}`` dict per ensemble copy."""

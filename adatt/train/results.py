@@ -6,7 +6,9 @@ evaluation: ``{eval, epoch, step, examples}``), ``selection_metric``,
 selected weights), ``num_parameters``, ``train_examples``,
 ``train_examples_per_s``, ``wall_time_s``, ``seed``, ``nonfinite_skipped``
 (batches skipped for a non-finite loss under ``train.nonfinite=skip``,
-:mod:`adatt.train.guard`), then the recipe's own
+:mod:`adatt.train.guard`), ``labelled`` (only for a schema with partial
+tasks: per split per task the number of labelled rows, ``{split: {task:
+n}}``; each task's metrics are over those rows), then the recipe's own
 keys (an ensemble's size, TorchRec's sharding plan, ...).
 
 Example:
@@ -36,10 +38,11 @@ def build_results(cfg: RunConfig, schema: FeatureSchema, selection: Selection, *
                   valid: dict[str, Any], test: dict[str, Any], num_parameters: int,
                   examples: int, examples_per_s: float, wall_time_s: float,
                   model: str | None = None, nonfinite_skipped: int = 0,
+                  labelled: dict[str, dict[str, int]] | None = None,
                   **extra: Any) -> dict[str, Any]:
     """The results dict of a run of ``cfg`` (``model``: the reported model name,
     default ``cfg.model["name"]``); ``extra`` keys come last."""
-    return {
+    out = {
         "name": cfg.name,
         "model": cfg.model["name"] if model is None else model,
         "data": cfg.data.source,
@@ -55,5 +58,7 @@ def build_results(cfg: RunConfig, schema: FeatureSchema, selection: Selection, *
         "wall_time_s": wall_time_s,
         "seed": cfg.train.seed,
         "nonfinite_skipped": nonfinite_skipped,
-        **extra,
     }
+    if labelled:  # partial tasks: the labelled rows behind each task's metrics
+        out["labelled"] = labelled
+    return {**out, **extra}

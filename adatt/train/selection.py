@@ -22,12 +22,15 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
+import torch
 
 from adatt.config import ConfigError
+from adatt.data.errors import DataError
 from adatt.data.schema import FeatureSchema
 from adatt.train.rundir import RunError
 
-__all__ = ["Selection", "selection_score", "one_class_tasks", "warn_one_class"]
+__all__ = ["Selection", "selection_score", "one_class_tasks", "warn_one_class",
+           "labelled_counts", "check_labelled"]
 
 
 @dataclass
@@ -90,14 +93,78 @@ def one_class_tasks(data: Any, schema: FeatureSchema) -> list[str]:
     if labels is None:
         return []
     weight = getattr(data, "weight", None)
-    keep = slice(None) if weight is None else weight > 0
     out = []
     for t, task in enumerate(schema.tasks):
         if task.kind == "binary":
+            keep = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+            if weight is not None:
+                keep &= (weight if weight.dim() == 1 else weight[:, t]) > 0
+            if task.partial:
+                keep &= ~torch.isnan(labels[:, t])  # unlabelled rows are no class
             y = labels[keep, t]  # [N']
             if y.numel() == 0 or bool((y == y[0]).all()):
                 out.append(task.name)
     return out
+
+
+def labelled_counts(data: Any, schema: FeatureSchema) -> dict[str, int] | None:
+    """Per task, the rows of ``data`` with a label (not NaN); None when ``data`` holds
+    no in-memory ``labels [N, T]`` (streamed shards).
+
+    >>> import torch
+    >>> from adatt.data.batch import TensorDataset
+    >>> from adatt.data.schema import TaskSpec
+    >>> s = FeatureSchema((), (), (), (TaskSpec("a"), TaskSpec("b", missing="mask")))
+    >>> d = TensorDataset(torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.long),
+    ...                   torch.tensor([[0.0, float("nan")], [1.0, 1.0], [0.0, float("nan")]]))
+    >>> labelled_counts(d, s)
+    {'a': 3, 'b': 1}
+    """
+    labels = getattr(data, "labels", None)
+    if labels is None:
+        return None
+    n = (~torch.isnan(labels)).sum(dim=0).tolist()  # [N,T] -> [T]
+    return {t.name: int(k) for t, k in zip(schema.tasks, n, strict=True)}
+
+
+def check_labelled(splits: Any, schema: FeatureSchema) -> dict[str, dict[str, int]]:
+    """The labelled rows per split and task of a schema with partial tasks, checked:
+    ``{split: {task: count}}`` (``{}`` for a fully-labelled schema: nothing to count).
+
+    A task with no labelled row in the training split cannot be trained, and one
+    with none in the validation split leaves checkpoint selection without its
+    metric: both are a one-line :class:`~adatt.data.errors.DataError` naming the
+    task (never a NaN metric later). No labelled row in the test split is
+    allowed: its test metrics are NaN with ``count`` 0. Splits not held in
+    memory (streamed shards) are not counted.
+
+    >>> import torch
+    >>> from adatt.data.batch import TensorDataset
+    >>> from adatt.data.schema import TaskSpec
+    >>> from adatt.data.splits import Splits
+    >>> s = FeatureSchema((), (), (), (TaskSpec("a"), TaskSpec("b", missing="mask")))
+    >>> d = TensorDataset(torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.long),
+    ...                   torch.tensor([[0.0, float("nan")], [1.0, float("nan")]]))
+    >>> check_labelled(Splits("x", s, d, d, d), s)
+    Traceback (most recent call last):
+    adatt.data.errors.DataError: task 'b' has no labelled row in the training split ...
+    """
+    if not schema.partial:
+        return {}
+    counts: dict[str, dict[str, int]] = {}
+    for split in ("train", "valid", "test"):
+        c = labelled_counts(getattr(splits, split, None), schema)
+        if c is not None:
+            counts[split] = c
+    for split, what, why in (
+        ("train", "training", "it cannot be trained"),
+        ("valid", "validation", "checkpoint selection needs its validation metrics"),
+    ):
+        for task, n in counts.get(split, {}).items():
+            if n == 0:
+                raise DataError(f"task {task!r} has no labelled row in the {what} split ({why}); "
+                                "label some of its rows there or remove the task")
+    return counts
 
 
 def warn_one_class(tasks: Collection[str], split: str, metric: str) -> None:

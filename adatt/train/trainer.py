@@ -64,6 +64,7 @@ from adatt.train.runs import (
 from adatt.train.seeding import rng_state, seed_everything, set_rng_state
 from adatt.train.selection import (
     Selection,
+    check_labelled,
     one_class_tasks,
     selection_score,
     warn_one_class,
@@ -77,7 +78,12 @@ __all__ = ["train", "setup_runtime", "make_weighting",
 
 
 def setup_runtime(cfg: RunConfig, splits: Any = None) -> tuple[torch.device, Any]:
-    """Threads, device and data of a run, checked: ``(device, splits)``."""
+    """Threads, device and data of a run, checked: ``(device, splits)``.
+
+    Partial tasks are checked here for every recipe that sets up through it
+    (:func:`~adatt.train.selection.check_labelled`: a task with no labelled row
+    in the training or validation split is a one-line error); the counts are
+    reported in ``results.json`` (``labelled``)."""
     tc, rt = cfg.train, cfg.runtime
     torch.set_num_threads(rt.threads or ddp.default_threads())
     if rt.keep_freed_memory:
@@ -90,6 +96,7 @@ def setup_runtime(cfg: RunConfig, splits: Any = None) -> tuple[torch.device, Any
     n = splits.schema.num_tasks
     if tc.task_weights is not None and len(tc.task_weights) != n:
         raise ConfigError(f"train.task_weights has {len(tc.task_weights)} entries for {n} tasks")
+    check_labelled(splits, splits.schema)
     return device, splits
 
 
@@ -135,7 +142,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     schema = splits.schema
     seed_everything(tc.seed)
     model = build_model(cfg.model, schema).to(device)
-    loss_fn = TaskLoss(schema.task_kinds).to(device)
+    loss_fn = TaskLoss.for_schema(schema).to(device)  # partial tasks: masked
     weighting = make_weighting(cfg, schema).to(device)
     groups = [{"params": list(model.parameters())}]
     if list(weighting.parameters()):  # e.g. uncertainty log-variances: no weight decay
@@ -269,6 +276,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         examples_per_s=progress.examples / max(progress.train_time, 1e-9),
         wall_time_s=progress.wall_time + time.perf_counter() - t_start,
         nonfinite_skipped=guard.skipped,
+        labelled=check_labelled(splits, schema),
     )
     # ---------------------------------------------------------------- save
     run.write_results(results)

@@ -96,8 +96,10 @@ class GradNorm(Weighting):
         params = [p for p in shared_params if p.requires_grad]
         cl = self._static(losses)  # [T]
         cl_now = cl.detach().float()  # [T]
-        # L_t(0): the first step's losses (torch.where: no host sync on an accelerator).
-        self.initial_losses.copy_(torch.where(self.initialized, self.initial_losses, cl_now))
+        # L_t(0): the first step's losses (torch.where: no host sync on an accelerator);
+        # a task with loss 0 there (no labelled row of a partial task) takes its first positive
+        keep = self.initialized & (self.initial_losses > 0)  # [T]
+        self.initial_losses.copy_(torch.where(keep, self.initial_losses, cl_now))
         self.initialized.fill_(True)
         norms = task_gradient_norms(cl, params).to(self.weights)  # [T]
         w_used = self.weights.clone()  # [T]
@@ -108,7 +110,9 @@ class GradNorm(Weighting):
     @torch.no_grad()
     def _update_weights(self, cl: Tensor, norms: Tensor) -> None:
         g = self.weights * norms  # [T]: G_t = w_t n_t
-        ratio = cl / self.initial_losses  # [T]: L_t / L_t(0)
+        known = self.initial_losses > 0  # [T]: a task with no L_t(0) yet has ratio 1
+        ratio = torch.where(known, cl / self.initial_losses.clamp_min(1e-30),
+                            torch.ones_like(cl))  # [T]: L_t / L_t(0)
         rate = ratio / ratio.mean()  # [T]: relative inverse training rate r_t
         target = g.mean() * rate.pow(self.alpha)  # [T], held constant
         grad = torch.sign(g - target) * norms  # [T]: d L_grad / d w_t
