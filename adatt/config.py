@@ -160,6 +160,10 @@ class TrainConfig(_Strict):
     selection: SelectionConfig = Field(SelectionConfig(),
                                        description="checkpoint selection and early stopping")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="the training step through torch.compile (adatt.train.compiled): "
+                            "true, false, or auto (on where measured faster than eager: "
+                            "docs/performance.md)")
 
 
 class RuntimeConfig(_Strict):

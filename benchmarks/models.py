@@ -8,7 +8,14 @@ fetched by you, never committed) the same models built from the reference
 columns as in the reference's census setup.
 
     python benchmarks/models.py [--reference mtl_lib.py] [--models adatt_sp,ple] [--bf16]
-                                [--rounds 3]
+                                [--compile] [--threads 2] [--rounds 3]
+
+Rows: ``ours`` (eager), ``ours+bf16`` (``--bf16``: bf16 autocast, only where
+the host has AVX-512-BF16 or AMX, or with ``--bf16=force``), ``ours+compile``
+and ``ours+bf16+compile`` (``--compile``: the training step of
+:class:`adatt.train.compiled.TrainStep`, forward + loss + backward and the
+optimizer step through ``torch.compile``; the compile time is printed per
+row, and its break-even step count against the eager row), ``reference``.
 
 Sizes:
   census      28 categorical fields (~470 one-hot columns) + 9 dense, 3 tasks,
@@ -100,9 +107,10 @@ def make_reference(path: str, name: str, size: dict):
     return lib.CentralTaskArch(cfg, opts, in_dim)
 
 
-def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bool) -> None:
+def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bool,
+            compiled: bool = False, threads: int | None = None) -> None:
     """Worker: build one row, warm up, then time windows on request (:func:`paired.serve`)."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     size = SIZES[size_name]
     B, Dd, cards = size["batch"], size["dense"], size["cards"]
@@ -115,20 +123,27 @@ def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bo
         if cards else torch.zeros(n_batches, B, 0, dtype=torch.long)
     labels = (torch.rand(n_batches, B, T, generator=g) < 0.3).float()
     if impl == "ours":
+        from adatt.config import TrainConfig
+        from adatt.data.batch import Batch
+        from adatt.train.compiled import TrainStep
+        from adatt.train.distributed import shard
+        from adatt.train.losses import TaskLoss
         from adatt.train.memory import keep_freed_memory
+        from adatt.train.optim import make_optimizer
 
         keep_freed_memory()  # as `adatt train` does
         model = make_ours(name, size)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+        # as `adatt train` builds them: fused Adam eagerly, the compilable one when compiling
+        opt = make_optimizer(model.parameters(), TrainConfig(optimizer={"lr": 1e-4}), compiled)
+        ts = TrainStep(model, TaskLoss(["binary"] * T), opt, compiled=compiled, bf16=bf16)
+        batches = [Batch(dense[i], cat[i], labels[i]) for i in range(n_batches)]
+        whole = shard(torch.arange(B))
 
         def step(i):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(dense[i], cat[i])
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits.float(), labels[i], reduction="none").mean(0).sum()
+            losses = ts.losses(batches[i], whole)  # [T]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            losses.sum().backward()
+            ts.step()
     else:
         model = make_reference(ref_path, name, size)
         onehot = [torch.cat([dense[i]] + [torch.nn.functional.one_hot(cat[i][:, f], c).float()
@@ -147,8 +162,17 @@ def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bo
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc:
-        step(0)
+    compile_s = 0.0
+    if impl == "ours" and compiled:
+        step(0)  # compiles; FLOPs are counted on the eager model below
+        compile_s = ts.compile_s
+        eager = TrainStep(model, TaskLoss(["binary"] * T), opt, compiled=False, bf16=bf16)
+        with FlopCounterMode(display=False) as fc:
+            eager.losses(batches[0], whole).sum().backward()
+        opt.zero_grad(set_to_none=True)
+    else:
+        with FlopCounterMode(display=False) as fc:
+            step(0)
     flops = fc.get_total_flops()
     warm = []
     for i in range(6):
@@ -158,7 +182,7 @@ def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bo
     params = sum(p.numel() for p in model.parameters())
     serve({"train": lambda i: step(i % n_batches)},
           dict(impl=impl, model=name, size=size_name, batch=B, flops=flops, params=params,
-               step_s=statistics.median(warm[1:])),
+               step_s=statistics.median(warm[1:]), compile_s=compile_s),
           lambda: dict(peak_mb=(_peak_rss_kb() - rss0) / 1024))
 
 
@@ -187,8 +211,15 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def matmul_peak() -> float:
-    torch.set_num_threads(os.cpu_count() or 1)
+def host_has_bf16() -> bool:
+    """This CPU has AVX-512-BF16 or AMX (bf16 autocast then pays)."""
+    import host
+
+    return bool({"avx512_bf16", "amx_bf16"} & set(host.cpu_flags()))
+
+
+def matmul_peak(threads: int | None = None) -> float:
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     for _ in range(3):
         a @ b
@@ -204,7 +235,12 @@ def main() -> None:
     p.add_argument("--reference", help="path of the authors' mtl_lib.py")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--sizes", default="census,industrial")
-    p.add_argument("--bf16", action="store_true", help="also measure ours under bf16 autocast")
+    p.add_argument("--bf16", nargs="?", const="host", choices=["host", "force"],
+                   help="also measure ours under bf16 autocast (where the host has "
+                        "AVX-512-BF16 or AMX; force: anyway)")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure ours with the compiled training step")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--rounds", type=int, default=1,
                    help="N x 5 timed turns per row (default 1); report the median")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -212,45 +248,56 @@ def main() -> None:
     if args.rounds < 1:
         sys.exit("error: --rounds must be >= 1")
     if args.one:
-        impl, name, size, bf16 = args.one.split(":")
-        run_one(impl, name, size, args.reference, bf16 == "1")
+        impl, name, size, bf16, comp = args.one.split(":")
+        run_one(impl, name, size, args.reference, bf16 == "1", comp == "1", args.threads)
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(describe())
-    peak = matmul_peak()
-    print(f"fp32 matmul peak on this machine ({os.cpu_count()} threads): {peak:.0f} GFLOP/s\n")
-    impls = [("ours", "0")] + ([("ours", "1")] if args.bf16 else []) \
-        + ([("reference", "0")] if args.reference else [])
+    threads = torch.get_num_threads()
+    peak = matmul_peak(threads)
+    print(f"fp32 matmul peak on this machine ({threads} threads): {peak:.0f} GFLOP/s\n")
+    bf16 = args.bf16 == "force" or (args.bf16 == "host" and host_has_bf16())
+    if args.bf16 == "host" and not bf16:
+        print("bf16 rows left out: this CPU has neither AVX-512-BF16 nor AMX (--bf16=force)\n")
+    impls = [("ours", "0", "0")] + ([("ours", "1", "0")] if bf16 else [])
+    if args.compile:
+        impls += [("ours", "0", "1")] + ([("ours", "1", "1")] if bf16 else [])
+    impls += [("reference", "0", "0")] if args.reference else []
     rows = []
     for size in args.sizes.split(","):
         for name in args.models.split(","):
-            rows += measure_group(name, size, impls, args.reference, args.rounds)
-    hdr = (f"{'size':<11}{'model':<14}{'impl':<12}{'ex/s':>10}{'vs ref':>8}{'GFLOP/s':>9}"
-           f"{'% peak':>8}{'MFLOP/ex':>10}{'peak MB':>9}{'params':>10}")
+            rows += measure_group(name, size, impls, args.reference, args.rounds, args.threads)
+    hdr = (f"{'size':<11}{'model':<14}{'impl':<19}{'ex/s':>10}{'vs ref':>8}{'GFLOP/s':>9}"
+           f"{'% peak':>8}{'MFLOP/ex':>10}{'peak MB':>9}{'params':>10}{'compile s':>10}"
+           f"{'break-even':>11}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         if "status" in r:
-            print(f"{r['size']:<11}{r['model']:<14}{r['impl']:<12}  {r['status']}")
+            print(f"{r['size']:<11}{r['model']:<14}{r['impl']:<19}  {r['status']}")
             continue
         ratio = f"{r['vs_ref']:.2f}x" if r.get("vs_ref") else "-"
-        print(f"{r['size']:<11}{r['model']:<14}{r['impl']:<12}{r['ex_per_s']:>10.0f}{ratio:>8}"
+        comp = f"{r['compile_s']:.1f}" if r["compile_s"] else "-"
+        print(f"{r['size']:<11}{r['model']:<14}{r['impl']:<19}{r['ex_per_s']:>10.0f}{ratio:>8}"
               f"{r['gflops']:>9.1f}{100 * r['gflops'] / peak:>7.0f}%"
               f"{r['flops_per_ex'] / 1e6:>10.2f}"
-              f"{r['peak_mb']:>9.0f}{r['params']:>10}")
+              f"{r['peak_mb']:>9.0f}{r['params']:>10}{comp:>10}{r['break_even']:>11}")
 
 
 #: shortest timed window (seconds): a window starts on caches the other rows have used
 WINDOW_S = 0.4
 
 
-def measure_group(name: str, size: str, impls: list[tuple[str, str]], reference: str | None,
-                  rounds: int) -> list[dict]:
+def measure_group(name: str, size: str, impls: list[tuple[str, str, str]],
+                  reference: str | None, rounds: int, threads: int | None = None) -> list[dict]:
     """The rows of one (model, size), timed in turns; ``vs_ref`` is the paired ratio."""
     cmds = {}
-    for impl, bf in impls:
-        cmd = [sys.executable, __file__, "--one", f"{impl}:{name}:{size}:{bf}"]
-        cmds[impl + ("+bf16" if bf == "1" else "")] = cmd + (
-            ["--reference", reference] if reference else [])
+    for impl, bf, comp in impls:
+        cmd = [sys.executable, __file__, "--one", f"{impl}:{name}:{size}:{bf}:{comp}"]
+        key = impl + ("+bf16" if bf == "1" else "") + ("+compile" if comp == "1" else "")
+        cmds[key] = cmd + (["--reference", reference] if reference else []) + (
+            ["--threads", str(threads)] if threads else [])
 
     def measure(workers: dict[str, Worker]) -> dict[str, dict]:
         steps = 20 if size == "census" else 10
@@ -262,7 +309,14 @@ def measure_group(name: str, size: str, impls: list[tuple[str, str]], reference:
             rows[key] = dict(ex_per_s=m["batch"] / dt, gflops=m["flops"] / dt / 1e9,
                              flops_per_ex=m["flops"] / m["batch"], params=m["params"],
                              vs_ref=paired_ratio(times["reference"], times[key])
-                             if "reference" in times else None)
+                             if "reference" in times else None,
+                             compile_s=m.get("compile_s", 0.0), break_even="-")
+            eager = key.replace("+compile", "")
+            if key.endswith("+compile") and eager in times:
+                # steps after which compile time + compiled steps < eager steps
+                saved = statistics.median(times[eager]) - dt
+                rows[key]["break_even"] = (f"{m['compile_s'] / saved:.0f}" if saved > 0
+                                           else "never")
         return rows
 
     return [dict(impl=key, model=name, size=size, **row)

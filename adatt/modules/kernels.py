@@ -98,30 +98,56 @@ def exporting() -> bool:
 # ----------------------------------------------------------------------------- bag_sum
 
 
-class _BagSum(torch.autograd.Function):
+# The gather-sum as a ``torch.library`` custom op: ``torch.compile`` keeps it as one opaque
+# node (its shapes from the fake kernel) instead of tracing the numpy sort of its backward,
+# so a compiled training step has no graph break there; eager runs call the same functions.
+
+
+@torch.library.custom_op("adatt::bag_sum", mutates_args=())
+def _bag_sum_op(idx: Tensor, weight: Tensor, fields_in_order: bool) -> Tensor:
     """``out[b] = sum_f weight[idx[b, f]]`` whose weight gradient is an embedding bag itself.
 
     On CPU, ``embedding_bag``'s own backward is about twice as slow as its
     forward. The gradient of weight row ``r`` is the sum of the output
     gradients of the examples that hold ``r``: after one stable sort of the
     ``B * F`` indices that is a forward ``embedding_bag`` over the output
-    gradient, with one bag per weight row (parallel over rows). Deterministic:
-    the stable sort fixes the order of every sum.
+    gradient, with one bag per weight row (parallel over rows,
+    :func:`_bag_sum_grad`). Deterministic: the stable sort fixes the order of
+    every sum.
     """
+    return F.embedding_bag(idx, weight, mode="sum")  # [B,F] -> [B,N]
 
-    @staticmethod
-    def forward(ctx, idx: Tensor, weight: Tensor, fields_in_order: bool = False) -> Tensor:
-        ctx.save_for_backward(idx)
-        ctx.rows, ctx.fields_in_order = weight.shape[0], fields_in_order
-        # detached: the forward-only kernel, without the bookkeeping its own backward needs
-        return F.embedding_bag(idx, weight.detach(), mode="sum")  # [B,F] -> [B,N]
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        (idx,) = ctx.saved_tensors
-        examples, starts = pairs_by_row(idx, ctx.rows, ctx.fields_in_order)
-        # weight row r's gradient: the sum of grad_out over the examples that hold r
-        return None, F.embedding_bag(examples, grad_out, starts, mode="sum"), None  # -> [C,N]
+@_bag_sum_op.register_fake
+def _(idx: Tensor, weight: Tensor, fields_in_order: bool) -> Tensor:
+    return weight.new_empty(idx.shape[0], weight.shape[1])  # [B,N]
+
+
+@torch.library.custom_op("adatt::bag_sum_grad", mutates_args=())
+def _bag_sum_grad(idx: Tensor, grad_out: Tensor, rows: int, fields_in_order: bool) -> Tensor:
+    """The weight gradient ``[C, N]`` of :func:`_bag_sum_op` for ``grad_out [B, N]``."""
+    examples, starts = pairs_by_row(idx, rows, fields_in_order)
+    # weight row r's gradient: the sum of grad_out over the examples that hold r
+    return F.embedding_bag(examples, grad_out, starts, mode="sum")  # -> [C,N]
+
+
+@_bag_sum_grad.register_fake
+def _(idx: Tensor, grad_out: Tensor, rows: int, fields_in_order: bool) -> Tensor:
+    return grad_out.new_empty(rows, grad_out.shape[1])  # [C,N]
+
+
+def _bag_sum_setup(ctx, inputs, output) -> None:
+    idx, weight, fields_in_order = inputs
+    ctx.save_for_backward(idx)
+    ctx.rows, ctx.fields_in_order = weight.shape[0], fields_in_order
+
+
+def _bag_sum_backward(ctx, grad_out: Tensor):
+    (idx,) = ctx.saved_tensors
+    return None, _bag_sum_grad(idx, grad_out.contiguous(), ctx.rows, ctx.fields_in_order), None
+
+
+_bag_sum_op.register_autograd(_bag_sum_backward, setup_context=_bag_sum_setup)
 
 
 def pairs_by_row(idx: Tensor, rows: int, fields_in_order: bool = False) -> tuple[Tensor, Tensor]:
@@ -164,7 +190,8 @@ def bag_sum(idx: Tensor, weight: Tensor, fields_in_order: bool = False) -> Tenso
     Shapes: ``idx [B, F]`` int64 global row indices, ``weight [C, N]`` -> ``[B, N]``.
     Same values as ``F.embedding_bag(idx, weight, mode="sum")``; when the
     weight needs a gradient on CPU, the backward is one sort and one forward
-    embedding bag (:class:`_BagSum`) instead of the embedding-bag backward.
+    embedding bag (the custom op ``adatt::bag_sum``, which ``torch.compile``
+    keeps whole) instead of the embedding-bag backward.
     ``fields_in_order``: the caller promises that every index of column ``f``
     is below every index of column ``f + 1``, which makes that sort cheaper.
 
@@ -175,7 +202,7 @@ def bag_sum(idx: Tensor, weight: Tensor, fields_in_order: bool = False) -> Tenso
                 [12., 14., 16.]])
     """
     if weight.requires_grad and torch.is_grad_enabled() and weight.device.type == "cpu":
-        return _BagSum.apply(idx, weight, fields_in_order)
+        return _bag_sum_op(idx, weight, fields_in_order)
     return F.embedding_bag(idx, weight, mode="sum")  # [B,F] -> [B,N]
 
 
@@ -273,11 +300,12 @@ def row_splits(x: Tensor, w: Tensor) -> int:
         2
         >>> torch.set_num_threads(before)
     """
+    if exporting():  # first: no guard on the batch size (nor thread count) in a graph
+        return 1
     S, B, D = x.shape
     threads = torch.get_num_threads()
     k = threads // math.gcd(S, threads)
-    if (exporting()  # first: no guard on the batch size in an exported graph
-            or k == 1 or D * w.shape[-1] < 8192 or B % k or B // k < 64 or x.device.type != "cpu"
+    if (k == 1 or D * w.shape[-1] < 8192 or B % k or B // k < 64 or x.device.type != "cpu"
             or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
             or torch._C._functorch.is_batchedtensor(x)):
         return 1

@@ -36,17 +36,30 @@ from adatt.config import TrainConfig
 __all__ = ["make_optimizer", "make_schedule", "training_plan"]
 
 
-def make_optimizer(params: Iterable[Any], tc: TrainConfig) -> torch.optim.Optimizer:
-    """``train.optimizer`` over ``params`` (tensors or parameter-group dicts)."""
+def make_optimizer(params: Iterable[Any], tc: TrainConfig,
+                   compiled: bool = False) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``params`` (tensors or parameter-group dicts).
+
+    ``compiled``: for a ``torch.compile``d ``opt.step``
+    (:class:`~adatt.train.compiled.TrainStep`): the single-tensor update,
+    which Inductor fuses itself (the fused and ``foreach`` kernels are opaque
+    to it), with the learning rate a float64 tensor that the schedule updates
+    in place, so a changing rate does not recompile.
+    """
     o = tc.optimizer
     common = dict(lr=o.lr, weight_decay=o.weight_decay)
     params = list(params)
+    fast: dict[str, Any] = dict(foreach=True)
+    if compiled:
+        common["lr"] = torch.tensor(o.lr, dtype=torch.float64)
+        fast = dict(foreach=False)
     if o.name in ("adam", "adamw"):
         cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-        return cls(params, betas=o.betas, fused=True, **common)  # one kernel for all params
+        # eager: one kernel for all params
+        return cls(params, betas=o.betas, **(fast if compiled else dict(fused=True)), **common)
     if o.name == "sgd":
-        return torch.optim.SGD(params, momentum=o.momentum, foreach=True, **common)
-    return torch.optim.Adagrad(params, foreach=True, **common)
+        return torch.optim.SGD(params, momentum=o.momentum, **fast, **common)
+    return torch.optim.Adagrad(params, **fast, **common)
 
 
 def make_schedule(opt: torch.optim.Optimizer, tc: TrainConfig,

@@ -145,6 +145,15 @@ class ProgressLog:
         print(f"{self.desc} eval {progress.evals}: " + ", ".join(parts), file=self.stream,
               flush=True)
 
+    def note(self, text: str) -> None:
+        """One line of ``text`` (above the bar in a terminal)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(f"{self.desc}: {text}", file=self.stream)
+        else:
+            print(f"{self.desc}: {text}", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

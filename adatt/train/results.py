@@ -39,9 +39,12 @@ def build_results(cfg: RunConfig, schema: FeatureSchema, selection: Selection, *
                   examples: int, examples_per_s: float, wall_time_s: float,
                   model: str | None = None, nonfinite_skipped: int = 0,
                   labelled: dict[str, dict[str, int]] | None = None,
+                  compiled: bool = False, compile_s: float = 0.0,
                   **extra: Any) -> dict[str, Any]:
     """The results dict of a run of ``cfg`` (``model``: the reported model name,
-    default ``cfg.model["name"]``); ``extra`` keys come last."""
+    default ``cfg.model["name"]``; ``compiled``, ``compile_s``: whether the step ran
+    through ``torch.compile`` and the seconds its compilation took,
+    :mod:`adatt.train.compiled`); ``extra`` keys come last."""
     out = {
         "name": cfg.name,
         "model": cfg.model["name"] if model is None else model,
@@ -58,6 +61,8 @@ def build_results(cfg: RunConfig, schema: FeatureSchema, selection: Selection, *
         "wall_time_s": wall_time_s,
         "seed": cfg.train.seed,
         "nonfinite_skipped": nonfinite_skipped,
+        "compiled": compiled,
+        "compile_s": compile_s,
     }
     if labelled:  # partial tasks: the labelled rows behind each task's metrics
         out["labelled"] = labelled

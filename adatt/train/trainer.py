@@ -46,6 +46,7 @@ import torch
 
 from adatt.config import ConfigError, RunConfig
 from adatt.train import distributed as ddp
+from adatt.train.compiled import TrainStep, cache_dir, wanted
 from adatt.train.evaluation import evaluate
 from adatt.train.guard import NonFiniteGuard
 from adatt.train.losses import TaskLoss
@@ -147,7 +148,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     groups = [{"params": list(model.parameters())}]
     if list(weighting.parameters()):  # e.g. uncertainty log-variances: no weight decay
         groups.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
-    opt = make_optimizer(groups, tc)
+    compiling = wanted(tc.compile, device)  # train.compile (adatt.train.compiled)
+    opt = make_optimizer(groups, tc, compiled=compiling)
     # in memory, streamed, or (data.rank_shards under torchrun) this process's own shard files
     source = ddp.batch_source(splits.train, tc.batch_size, tc.seed, device,
                               getattr(cfg.data, "rank_shards", False))
@@ -195,7 +197,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         line = log_evaluation(run, tracker, progress, schema.task_names,
                               train_loss=[float(x) for x in losses.detach()], score=score,
                               improved=selection.improved, valid=metrics,
-                              lr=sched.get_last_lr()[0])
+                              lr=float(sched.get_last_lr()[0]))
         bar.evaluation(progress, sum(line["train_loss"]), score)
         state = progress.state_dict()
         state["wall_time"] = progress.wall_time + time.perf_counter() - t_start
@@ -210,6 +212,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
     # ---------------------------------------------------------------- train
     net = ddp.wrap(model)  # DistributedDataParallel summing gradients, or model itself
+    # forward + losses and opt.step, through torch.compile when train.compile says so
+    step = TrainStep(net, loss_fn, opt, compiled=compiling, bf16=tc.bf16, device=device,
+                     distributed=ddp.is_active())
+    noted = False  # the compile time's log line, after the first step
     model.train()
     while not selection.done and progress.examples < budget:
         epoch = progress.epoch
@@ -221,9 +227,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             idx, rows = next(batches)  # global batch (rank_shards: local) is rows.batch(idx)
             shard = ddp.shard(idx, source)  # this process's rows of the step (all in one)
             batch = rows.batch(shard.index)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                logits = net(batch.dense, batch.cat)  # [B, T]
-            losses = shard.losses(loss_fn, logits.float(), batch)  # [T] of the global batch
+            losses = step.losses(batch, shard)  # [T] of the global batch (logits [B, T])
             skip = guard.check(losses, progress.step + 1)  # stop: raises, weights untouched
             if not skip:
                 opt.zero_grad(set_to_none=True)
@@ -231,7 +235,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                 if tc.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip,
                                                    foreach=True)
-                opt.step()
+                step.step()  # opt.step()
             sched.step()
             n = shard.rows  # the step's rows over all processes
             progress.step += 1
@@ -244,6 +248,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                 progress.epoch_steps += 1
                 epoch_loss = detached if progress.epoch_steps == 1 else epoch_loss + detached
             bar.update(n, None if skip else detached)  # a host sync at most once a second
+            if step.compiled and not noted:
+                noted = True
+                bar.note(f"training step compiled in {step.compile_s:.1f} s "
+                         f"(cached in {cache_dir()})")
             epoch_end = b_idx >= steps_per_epoch
             if epoch_end:
                 progress.epoch += 1
@@ -277,6 +285,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         wall_time_s=progress.wall_time + time.perf_counter() - t_start,
         nonfinite_skipped=guard.skipped,
         labelled=check_labelled(splits, schema),
+        compiled=step.compiled, compile_s=step.compile_s,
     )
     # ---------------------------------------------------------------- save
     run.write_results(results)
