@@ -276,7 +276,9 @@ class InputLinear(nn.Module):
         ``s*C``). Embedding mode: one embedding gather plus one ``baddbmm``, or,
         where :meth:`use_product_table` decides so for the single layer, the
         copies' product tables and one gather-sum. Then one batched product
-        for the dense part.
+        for the dense part. As in :meth:`forward`, the bias and the dense
+        product are added into the bags' output in place (in that order), so
+        the ``[S, B, N]`` activation is written once.
 
         Shapes: -> ``[S, B, N]``.
 
@@ -301,7 +303,7 @@ class InputLinear(nn.Module):
                 table = params["cat_weight"].reshape(S * C, n_out)  # [S,C,N] -> [S*C,N]
                 flat = idx.reshape(S * B, -1)  # [S,B,F] -> [S*B,F]: one bag per (copy, row)
                 bags = bag_sum(flat, table)  # [S*B,F] -> [S*B,N]
-                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
+                out = bags.view(S, B, n_out).add_(out)  # [S*B,N] -> [S,B,N], += [S,1,N] in place
             elif self.use_product_table(cat):
                 # per copy and field E_f @ W_f (product_table), then a gather-sum
                 n_f, P = len(self.cardinalities), self.pad_card
@@ -310,7 +312,7 @@ class InputLinear(nn.Module):
                 rows = (cat + self.pad_base).expand(S, B, n_f)  # [B,F] | [S,B,F] -> [S,B,F]
                 rows = rows + (torch.arange(S, device=cat.device) * (n_f * P)).view(S, 1, 1)
                 bags = bag_sum(rows.reshape(S * B, n_f), table)  # [S*B,F] -> [S*B,N]
-                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
+                out = bags.view(S, B, n_out).add_(out)  # [S*B,N] -> [S,B,N], += [S,1,N] in place
             else:
                 k = self.embedding_dim
                 table = params["embedding.weight"].reshape(S * C, k)  # [S,C,k] -> [S*C,k]
@@ -320,7 +322,10 @@ class InputLinear(nn.Module):
         if self.dense_weight is not None:
             w = params["dense_weight"]  # [S,Dd,N]
             if dense.dim() == 2:  # one batch for every copy
-                out = out + torch.matmul(dense, w)  # [B,Dd] x [S,Dd,N] -> [S,B,N]
+                dense = dense.expand(S, B, dense.shape[-1])  # [B,Dd] -> [S,B,Dd], a view
+            if (self.cat_weight is not None and out.dtype == w.dtype
+                    and not torch.is_autocast_enabled(out.device.type)):  # += in place
+                out = out.baddbmm_(dense, w)  # [S,B,N] += [S,B,Dd] x [S,Dd,N]
             else:
                 out = torch.baddbmm(out, dense, w)  # [S,B,Dd] x [S,Dd,N] -> [S,B,N]
         if out.shape[1] != B:
