@@ -276,9 +276,10 @@ class InputLinear(nn.Module):
         ``s*C``). Embedding mode: one embedding gather plus one ``baddbmm``, or,
         where :meth:`use_product_table` decides so for the single layer, the
         copies' product tables and one gather-sum. Then one batched product
-        for the dense part. As in :meth:`forward`, the bias and the dense
-        product are added into the bags' output in place (in that order), so
-        the ``[S, B, N]`` activation is written once.
+        for the dense part, added in place (no second ``[S, B, N]`` tensor;
+        the bias is not added to the bags' output in place: that is a view of
+        the ``[S*B, N]`` bags, and an in-place change of a view costs its
+        backward a copy of the whole gradient).
 
         Shapes: -> ``[S, B, N]``.
 
@@ -303,7 +304,7 @@ class InputLinear(nn.Module):
                 table = params["cat_weight"].reshape(S * C, n_out)  # [S,C,N] -> [S*C,N]
                 flat = idx.reshape(S * B, -1)  # [S,B,F] -> [S*B,F]: one bag per (copy, row)
                 bags = bag_sum(flat, table)  # [S*B,F] -> [S*B,N]
-                out = bags.view(S, B, n_out).add_(out)  # [S*B,N] -> [S,B,N], += [S,1,N] in place
+                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
             elif self.use_product_table(cat):
                 # per copy and field E_f @ W_f (product_table), then a gather-sum
                 n_f, P = len(self.cardinalities), self.pad_card
@@ -312,7 +313,7 @@ class InputLinear(nn.Module):
                 rows = (cat + self.pad_base).expand(S, B, n_f)  # [B,F] | [S,B,F] -> [S,B,F]
                 rows = rows + (torch.arange(S, device=cat.device) * (n_f * P)).view(S, 1, 1)
                 bags = bag_sum(rows.reshape(S * B, n_f), table)  # [S*B,F] -> [S*B,N]
-                out = bags.view(S, B, n_out).add_(out)  # [S*B,N] -> [S,B,N], += [S,1,N] in place
+                out = bags.view(S, B, n_out) + out  # [S*B,N] -> [S,B,N], + [S,1,N]
             else:
                 k = self.embedding_dim
                 table = params["embedding.weight"].reshape(S * C, k)  # [S,C,k] -> [S*C,k]
