@@ -28,7 +28,11 @@ The level has two forward paths over the same parameters, side by side:
   expert layers. At the first level every expert and gate reads ``x``; that
   product is done by the model's :class:`~adatt.modules.layers.InputLinear`
   and handed in as pre-activations. Where each expert's and gate's columns
-  lie in those products is a :class:`LevelLayout`, built once.
+  lie in those products is a :class:`LevelLayout`, built once. Where the
+  experts' columns come first (the ``units`` and ``external`` layouts) and the
+  activation is ReLU, :func:`experts_and_gates` activates them straight into
+  the ``[B, E, d]`` layout the combination reads and, backward, writes both
+  parts' gradients into one buffer: no transpose copy, no concatenation.
 
 Example:
     >>> import torch
