@@ -22,8 +22,11 @@ learning rate chosen per configuration on validation from
 tuning runs are kept as its first seeds; ``m_s`` is then chosen as above.
 
 Each configuration trains N independently initialised copies together
-(:func:`adatt.train.ensemble.train_ensemble`); copy k equals a separate run
-with ``train.seed=k`` up to floating-point summation order. ``--quick`` trains
+(:func:`adatt.train.ensemble.train_ensemble`) or as separate runs in worker
+processes, whichever measured faster on this host
+(:func:`adatt.experiments.engine.pick_engine`; ``--workers`` forces one);
+copy k equals a separate run with ``train.seed=k`` up to floating-point
+summation order. ``--quick`` trains
 2 seeds on 20,000 training rows for 2 epochs, group A only.
 
 Example:
