@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, help="seeds per configuration")
     s.add_argument("--out-dir", help="results directory (default results/NAME)")
     s.add_argument("--data-dir", help="census directory (default: ADATT_DATA_DIR)")
-    s.add_argument("--workers", type=int, help="parallel training processes (census-table5)")
+    s.add_argument("--workers", type=int, help="parallel training processes (census-table5; "
+                   "default: ensemble or workers, whichever a short probe measures faster)")
     s.add_argument("--resume", action="store_true", help="keep finished seed runs in the "
                    "results directory and train only the missing ones (census-table5)")
     s.add_argument("--context-seeds", type=int, help="seeds for the context rows "

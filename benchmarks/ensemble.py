@@ -10,45 +10,43 @@ synthetic census-shaped data (199,523 rows, 9 dense columns, 28 categorical
 fields with census-like cardinalities, 3 binary tasks) -- the step cost depends
 on the shapes only.
 
-For each S, in its own subprocess (so peak memory is its own):
+Every row is a worker process (its peak memory its own) that builds its step,
+warms up and then times windows on request; the rows of one S (the ensemble
+and one separate run) take turns, several times, as in ``benchmarks/models.py``
+(:mod:`paired`), so a shared machine's drift lands on both sides:
 
 * the ensemble step is :func:`adatt.train.ensemble.train_step` (per-copy
   gather ``[S,B,...]``, vectorised forward, loss summed over copies, one fused
   Adam step, schedule step), each copy reading its own permutation;
 * a separate run's step is the trainer's step (``model(dense, cat)``,
-  ``TaskLoss``, ``Equal.backward``, fused Adam, schedule), measured once (S=1).
+  ``TaskLoss``, ``Equal.backward``, fused Adam, schedule).
 
-Throughput is training examples per second summed over copies, ``S * B /
-step time``, with the step time the median over timed windows after warm-up
-(evaluation excluded). "vs separate" is that throughput divided by one
-separate run's: how many times faster S seeds finish than S runs one after
-the other; "(CPU time)" is the same ratio from the process's CPU time (user +
-system), steadier when other processes share the cores. Peak memory is the
-growth of the process's max RSS (CPU) or ``torch.cuda.max_memory_allocated``
-(CUDA) over the data already loaded.
+Both call :func:`adatt.train.memory.keep_freed_memory` first, as ``adatt
+train`` and ``train_ensemble`` do. Throughput is training examples per second
+summed over copies, ``S * B / step time`` (median over turns, evaluation
+excluded). "vs separate" is the paired ratio: per turn, S times the separate
+run's step time over the ensemble's step time, the median over turns -- how
+many times faster S seeds finish in one process than S runs one after the
+other in one process each. Peak memory is the growth of the worker's max RSS
+(CPU) or ``torch.cuda.max_memory_allocated`` (CUDA) over the data already
+loaded.
 
-Here S copies always train together; ``train_ensemble`` on CPU trains large
-S in groups by default (:func:`adatt.train.ensemble.auto_chunk`), because
-glibc serves blocks over 32 MiB with fresh pages on every allocation and the
-page faults dominate at S = 100. ``--malloc-no-mmap`` shows the allocator's
-share: it runs the measurements with ``MALLOC_MMAP_MAX_=0``.
+Here the S copies always train together; ``train_ensemble`` on CPU trains
+large S in groups by default (:func:`adatt.train.ensemble.auto_chunk`).
+``--malloc-no-mmap`` runs the workers with ``MALLOC_MMAP_MAX_=0`` (every block
+from the heap, none faulted in afresh: the allocator's share at large S).
 
-    python benchmarks/ensemble.py [--copies 1,10,100] [--steps 10] [--windows 3]
+    python benchmarks/ensemble.py [--copies 1,5,10,20,50] [--steps 4] [--turns 5]
                                   [--device cpu|cuda] [--threads N] [--census DIR]
                                   [--malloc-no-mmap]
-
-On a CPU shared with other processes, ``--threads 1`` gives steadier numbers
-(OpenMP threads that wait on busy cores inflate every small operation).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,6 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host import describe  # noqa: E402
+from paired import paired_ratio, run_group, serve, take_turns  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "census" / "adatt_sp.yaml"
@@ -95,16 +94,18 @@ def _rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def run_one(kind: str, S: int, args: argparse.Namespace) -> dict:
-    """Time ``kind`` ('ensemble' with S copies, or 'single': one separate run)."""
+def worker(kind: str, S: int, args: argparse.Namespace) -> None:
+    """Worker: ``kind`` 'ensemble' (S copies) or 'single' (one separate run); timed on request."""
     from adatt.config import load_config
     from adatt.train.ensemble import EnsembleLoss, EnsembleModel, train_step
     from adatt.train.losses import TaskLoss
+    from adatt.train.memory import keep_freed_memory
     from adatt.train.optim import make_optimizer, make_schedule
     from adatt.train.runs import build_model
     from adatt.train.seeding import seed_everything
     from adatt.train.weighting import create_weighting
 
+    keep_freed_memory()  # as `adatt train` and train_ensemble do
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     device = torch.device(args.device)
     cfg = load_config(CONFIG, ["train.batch_size=512", f"runtime.device={args.device}"])
@@ -152,43 +153,69 @@ def run_one(kind: str, S: int, args: argparse.Namespace) -> dict:
             opt.step()
             sched.step()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    cpu = [0.0, 0]  # process CPU seconds and steps of the timed windows
 
-    for i in range(args.warmup):
+    def synced(i: int) -> None:
+        c0 = time.process_time()
         step(i)
-    sync()
-    windows = []
-    cpu_windows = []
-    for w in range(args.windows):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(args.steps):
-            step(args.warmup + w * args.steps + i)
-        sync()
-        windows.append((time.perf_counter() - t0) / args.steps)
-        cpu_windows.append((time.process_time() - c0) / args.steps)
-    dt = statistics.median(windows)
-    copies = S if kind == "ensemble" else 1
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base_mem
-    else:
-        peak = _rss_kb() * 1024 - base_mem
-    return dict(kind=kind, S=copies, step_s=dt, ex_per_s=copies * B / dt,
-                cpu_step_s=statistics.median(cpu_windows), peak_mb=peak / 2**20,
-                threads=torch.get_num_threads())
+        if device.type == "cuda" and (i + 1) % args.steps == 0:
+            torch.cuda.synchronize()
+        cpu[0], cpu[1] = cpu[0] + time.process_time() - c0, cpu[1] + 1
+
+    warm = []
+    for i in range(args.warmup):
+        t0 = time.perf_counter()
+        step(i)
+        warm.append(time.perf_counter() - t0)
+
+    def final() -> dict:
+        peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+                else _rss_kb() * 1024) - base_mem
+        return dict(peak_mb=peak / 2**20, cpu_step_s=cpu[0] / max(cpu[1], 1))
+
+    serve({"train": lambda i: synced(args.warmup + i)},
+          dict(kind=kind, S=S, batch=B, step_s=statistics.median(warm[1:] or warm),
+               threads=torch.get_num_threads()), final)
+
+
+def measure(S: int, args: argparse.Namespace, env: dict[str, str]) -> dict:
+    """The ensemble of S copies and one separate run, in turns; one result row."""
+    passthrough = ["--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--device", args.device]
+    if args.threads:
+        passthrough += ["--threads", str(args.threads)]
+    if args.census:
+        passthrough += ["--census", args.census]
+    cmds = {kind: [sys.executable, __file__, "--one", f"{kind}:{S if kind == 'ensemble' else 1}",
+                   *passthrough] for kind in ("single", "ensemble")}
+
+    def turns(workers) -> dict[str, dict]:
+        times = dict(zip(workers, take_turns(list(workers.values()), "train", args.steps,
+                                             args.turns), strict=True))
+        ratio = S * paired_ratio(times["single"], times["ensemble"])
+        return {k: dict(step_s=statistics.median(v), ratio=ratio) for k, v in times.items()}
+
+    old = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)  # the workers' environment (Popen inherits it)
+    try:
+        rows = run_group(cmds, turns)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--copies", default="1,10,100", help="comma-separated S values")
-    p.add_argument("--steps", type=int, default=10, help="steps per timed window")
-    p.add_argument("--windows", type=int, default=3, help="timed windows (median is reported)")
+    p.add_argument("--copies", default="1,5,10,20,50", help="comma-separated S values")
+    p.add_argument("--steps", type=int, default=4, help="steps per timed window")
+    p.add_argument("--turns", type=int, default=5, help="timed windows per row, taking turns")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--malloc-no-mmap", action="store_true",
-                   help="run the measurements with MALLOC_MMAP_MAX_=0 (glibc: large blocks "
+                   help="run the workers with MALLOC_MMAP_MAX_=0 (glibc: large blocks "
                         "from the heap, reused instead of faulted in afresh)")
     p.add_argument("--census", default=os.environ.get("ADATT_DATA_DIR"),
                    help="census directory (default $ADATT_DATA_DIR; else synthetic data)")
@@ -196,50 +223,37 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         kind, s = args.one.split(":")
-        print(json.dumps(run_one(kind, int(s), args)))
+        worker(kind, int(s), args)
         return
     print(describe())
     data_desc = f"census ({args.census})" if args.census else "synthetic census-shaped"
     threads = args.threads or os.cpu_count()
     print(f"adatt_sp census config, batch 512, {data_desc} data, device {args.device}, "
-          f"{threads} CPU threads; median of {args.windows} windows x {args.steps} steps "
-          f"after {args.warmup} warm-up steps\n", flush=True)
-    passthrough = ["--steps", str(args.steps), "--windows", str(args.windows),
-                   "--warmup", str(args.warmup), "--device", args.device]
-    if args.threads:
-        passthrough += ["--threads", str(args.threads)]
-    if args.census:
-        passthrough += ["--census", args.census]
-
+          f"{threads} torch threads; {args.turns} turns of {args.steps}-step windows "
+          f"after {args.warmup} warm-up steps, medians\n", flush=True)
     env = dict(os.environ)
     if args.malloc_no_mmap:  # every block from the heap, never returned: no page faults
         env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40))
-
-    def sub(kind: str, S: int) -> dict:
-        cmd = [sys.executable, __file__, "--one", f"{kind}:{S}", *passthrough]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-        if out.returncode != 0:
-            raise SystemExit(f"{kind} S={S} failed:\n{out.stderr}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    single = sub("single", 1)
-    header = (f"{'S':>5} {'step ms':>9} {'ex/s (sum)':>11} {'ex/s/copy':>10} "
-              f"{'vs separate':>12} {'(CPU time)':>11} {'peak MB':>8}")
-    print(f"separate run (trainer step): {single['step_s'] * 1e3:.1f} ms/step "
-          f"({single['cpu_step_s'] * 1e3:.1f} ms CPU time), {single['ex_per_s']:,.0f} ex/s, "
-          f"peak +{single['peak_mb']:.0f} MB\n")
+    header = (f"{'S':>4} {'ens ms/step':>12} {'ens ex/s':>10} {'sep ms/step':>12} "
+              f"{'sep ex/s':>9} {'vs separate':>12} {'(CPU time)':>11} {'peak MB':>8}")
     print(header)
     print("-" * len(header), flush=True)
     for S in [int(x) for x in args.copies.split(",")]:
-        r = sub("ensemble", S)
-        cpu_ratio = S * single["cpu_step_s"] / r["cpu_step_s"]
-        print(f"{S:>5} {r['step_s'] * 1e3:>9.1f} {r['ex_per_s']:>11,.0f} "
-              f"{r['ex_per_s'] / S:>10,.0f} {r['ex_per_s'] / single['ex_per_s']:>11.2f}x "
-              f"{cpu_ratio:>10.2f}x {r['peak_mb']:>8.0f}", flush=True)
-    print("\nvs separate: ensemble ex/s over one separate run's ex/s (wall clock); (CPU time):"
-          " the same from\nthe process's CPU time, steadier on a shared machine. On CPU,"
-          " train_ensemble trains\nlarge S in groups (adatt.train.ensemble.auto_chunk: 10"
-          " copies here) unless chunk= is given.")
+        rows = measure(S, args, env)
+        ens, sep = rows["ensemble"], rows["single"]
+        if "status" in ens or "status" in sep:
+            print(f"{S:>4} {ens.get('status') or sep.get('status')}", flush=True)
+            continue
+        print(f"{S:>4} {ens['step_s'] * 1e3:>12.1f} {S * 512 / ens['step_s']:>10,.0f} "
+              f"{sep['step_s'] * 1e3:>12.1f} {512 / sep['step_s']:>9,.0f} "
+              f"{ens['ratio']:>11.2f}x {S * sep['cpu_step_s'] / ens['cpu_step_s']:>10.2f}x "
+              f"{ens['peak_mb']:>8.0f}", flush=True)
+    print("\nens ex/s: training examples/s summed over the S copies; sep: one separate run (the"
+          " trainer's\nstep) timed in turns with it; vs separate: the paired ratio (median over"
+          " turns of\nS x separate step time / ensemble step time); (CPU time): the same from the"
+          " workers' CPU\nseconds per step, steadier when other processes share the cores. On CPU,"
+          " train_ensemble\ntrains large S in groups (adatt.train.ensemble.auto_chunk) unless"
+          " chunk= is given.")
 
 
 if __name__ == "__main__":

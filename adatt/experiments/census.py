@@ -22,8 +22,11 @@ learning rate chosen per configuration on validation from
 tuning runs are kept as its first seeds; ``m_s`` is then chosen as above.
 
 Each configuration trains N independently initialised copies together
-(:func:`adatt.train.ensemble.train_ensemble`); copy k equals a separate run
-with ``train.seed=k`` up to floating-point summation order. ``--quick`` trains
+(:func:`adatt.train.ensemble.train_ensemble`) or as separate runs in worker
+processes, whichever measured faster on this host
+(:func:`adatt.experiments.engine.pick_engine`; ``--workers`` forces one);
+copy k equals a separate run with ``train.seed=k`` up to floating-point
+summation order. ``--quick`` trains
 2 seeds on 20,000 training rows for 2 epochs, group A only.
 
 Example:
@@ -51,6 +54,7 @@ from adatt.experiments.common import (
     write_csv,
     write_seeds_csv,
 )
+from adatt.experiments.engine import pick_engine, train_in_workers
 
 __all__ = ["write_report", "table5_configs", "run_census_table5", "PAPER_TABLE5", "PROTOCOLS",
            "TUNED_LRS"]
@@ -114,7 +118,7 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
                       quick: bool = False, groups: tuple[str, ...] = ("A", "B"),
                       context: bool = True, protocol: str = "paper",
                       data_dir: str | None = None, chunk: int | None = None,
-                      progress: bool = True, workers: int = 1,
+                      progress: bool = True, workers: int | None = None,
                       resume: bool = False,
                       context_seeds: int | None = None,
                       tune_seeds: int = 3) -> dict[str, Any]:
@@ -122,10 +126,12 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
     returns the summary (the report is written from it alone).
 
     ``workers > 1`` trains the (configuration, seed) runs as separate processes,
-    each with ``cores // workers`` torch threads (on a small CPU, independent
-    single-thread runs use the cores better than one vectorised ensemble);
-    ``workers = 1`` trains each configuration's seeds together with
-    :func:`~adatt.train.ensemble.train_ensemble`. ``resume`` keeps every
+    each with ``cores // workers`` torch threads; ``workers = 1`` trains each
+    configuration's seeds together with
+    :func:`~adatt.train.ensemble.train_ensemble`; ``workers=None`` (the
+    default) picks one of the two from their measured rates on this host
+    (:func:`~adatt.experiments.engine.pick_engine`: a short probe on the first
+    configuration, cached in ``out_dir/engine.json``). ``resume`` keeps every
     (configuration, seed) run already finished under ``out_dir/runs`` with the
     same settings and trains only the missing ones, so an interrupted run goes
     on, and ``seeds`` can be raised later (20 after 5 trains 15 more per row).
@@ -162,7 +168,9 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
         base += ["train.epochs=2"]
     if quick:
         workers = 1  # quick mode subsamples the training rows in this process
-    trainer = _Trainer(workers, resume, chunk, quick)
+    engine: dict[str, Any] = {"engine": "ensemble" if workers == 1 else "workers",
+                              "workers": workers, "source": "given"}
+    trainer = _Trainer(workers or 1, resume, chunk, quick)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     jobs = []
     for group in groups:
@@ -177,7 +185,14 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
         jobs, reused = _tune_learning_rates(jobs, trainer, min(tune_seeds, seeds), tuning)
         for key, (results, seconds) in reused.items():
             rows[key]["results"], rows[key]["seconds"] = list(results), seconds
-    done = trainer.run([(key, load_config(None, ov), s) for key, ov, s in jobs if s])
+    todo = [(key, load_config(None, ov), s) for key, ov, s in jobs if s]
+    if workers is None:  # the engine with the higher measured rate on this host
+        cfg0 = todo[0][1] if todo else None
+        choice = (pick_engine(cfg0, trainer.load(cfg0), len(todo[0][2]), out / "engine.json")
+                  if cfg0 is not None else None)
+        trainer.workers = workers = choice.workers if choice is not None else 1
+        engine = choice.as_dict() if choice is not None else {**engine, "workers": 1}
+    done = trainer.run(todo)
     for key, (results, seconds) in done.items():
         rows[key]["results"] += results
         rows[key]["seconds"] += seconds
@@ -191,6 +206,7 @@ def run_census_table5(out_dir: str | Path = "results/census-table5", seeds: int 
     summary.update(clock.facts())
     summary["command"] = command_line("census-table5", run_census_table5, call)
     summary["workers"] = workers
+    summary["engine"] = engine
     summary["protocol"] = protocol
     summary["quick"] = quick
     if tuning:
@@ -208,23 +224,29 @@ class _Trainer:
         self.workers, self.resume, self.chunk, self.quick = workers, resume, chunk, quick
         self.splits = None
 
+    def load(self, cfg):
+        """The census splits (loaded once; quick mode: 20,000 training rows)."""
+        if self.splits is None:
+            from adatt.data.config import load_splits
+
+            self.splits = load_splits(cfg.data)
+            if self.quick:
+                import torch
+
+                g = torch.Generator().manual_seed(0)
+                idx = torch.randperm(len(self.splits.train), generator=g)[:20_000]
+                self.splits.train = self.splits.train.subset(idx)
+        return self.splits
+
     def run(self, jobs) -> dict[Any, tuple[list[dict], float]]:
         """``{key: (results in seed order, seconds)}`` for ``[(key, cfg, seeds)]``."""
         if self.workers > 1:
-            return _run_parallel(jobs, self.workers, self.resume) if jobs else {}
+            return train_in_workers(jobs, self.workers, self.resume) if jobs else {}
         done: dict[Any, tuple[list[dict], float]] = {}
-        from adatt.data.config import load_splits
         from adatt.train.ensemble import train_ensemble
 
         for key, cfg, row_seeds in jobs:
-            if self.splits is None:
-                self.splits = load_splits(cfg.data)
-                if self.quick:
-                    import torch
-
-                    g = torch.Generator().manual_seed(0)
-                    idx = torch.randperm(len(self.splits.train), generator=g)[:20_000]
-                    self.splits.train = self.splits.train.subset(idx)
+            self.load(cfg)
             ts = time.perf_counter()
             results = train_ensemble(cfg, row_seeds, splits=self.splits, overwrite=True,
                                      chunk=self.chunk, resume=self.resume)
@@ -275,46 +297,6 @@ def _tune_learning_rates(jobs, trainer: _Trainer, n_tune: int, tuning: dict[str,
                         if seed in row_seeds], seconds)
         final.append((key, _with_lr(overrides, best), [s for s in row_seeds if s not in tune_list]))
     return final, reused
-
-
-def _train_one(cfg_dict: dict[str, Any], seed: int, threads: int) -> tuple[dict, float]:
-    """One seed of one configuration, in a worker process."""
-    from adatt.config import RunConfig
-    from adatt.train.ensemble import seed_config
-    from adatt.train.trainer import train
-
-    cfg = seed_config(RunConfig.model_validate(cfg_dict), seed)
-    cfg.runtime.threads, cfg.runtime.progress = threads, False
-    ts = time.perf_counter()
-    return train(cfg, overwrite=True), time.perf_counter() - ts
-
-
-def _run_parallel(jobs, workers: int, resume: bool = False) -> dict[Any, tuple[list, float]]:
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    from adatt.train.ensemble import seed_config
-    from adatt.train.runs import finished_results
-
-    threads = max((os.cpu_count() or 1) // workers, 1)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = []
-        for key, cfg, seeds in jobs:
-            for seed in seeds:
-                done = None
-                if resume:
-                    sc = seed_config(cfg, seed)
-                    done = finished_results(Path(sc.out_dir) / sc.name, sc)
-                futures.append((key, done if done is not None else
-                                pool.submit(_train_one, cfg.model_dump(mode="json"), seed,
-                                            threads)))
-        done: dict[Any, tuple[list, float]] = {}
-        for key, fut in futures:  # submitted in (configuration, seed) order
-            res, seconds = (fut, 0.0) if isinstance(fut, dict) else fut.result()
-            results, total = done.get(key, ([], 0.0))
-            done[key] = (results + [res], total + seconds)
-    return done
 
 
 def _valid_score(r: dict) -> float:
@@ -399,6 +381,11 @@ def write_report(out: str | Path, summary: dict[str, Any]) -> None:
                     != summary["seeds"] else "")
     w = summary["workers"]
     workers_note = "es, training side by side" if w > 1 else ", seeds trained together"
+    eng = summary.get("engine") or {}
+    if eng.get("source") in ("measured", "cached"):
+        workers_note += (f"; chosen from the {eng['source']} rates on this host: ensemble "
+                         f"{eng['ensemble_rate']:,.0f}, {eng['workers']} workers "
+                         f"{eng['workers_rate']:,.0f} examples/s")
     paired_header = ["group", "comparison", "task", "mean diff", "95% CI", "p (paired t)",
                      "AdaTT wins"]
     tuning = summary.get("tuning")

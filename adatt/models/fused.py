@@ -103,7 +103,10 @@ class FusedExpertModel(MultiTaskModel):
         self.towers = TowerBank(num_tasks, sizes[-1][-1], tower_sizes, activation)
 
     def forward_from_input(self, z: Tensor, want_weights: bool = False) -> tuple[Tensor, list]:
-        parts = z.split(self.split, dim=1) if len(self.split) > 1 else (z,)
+        if any(self.split[1:]):  # later levels' external gates read columns of z too
+            parts = z.split(self.split, dim=1)
+        else:  # no split: its backward would concatenate the whole gradient with nothing
+            parts = (z, *[None] * (len(self.split) - 1))
         weights = []
         h = z
         for i, (level, pre) in enumerate(zip(self.levels, parts, strict=True)):

@@ -28,7 +28,11 @@ The level has two forward paths over the same parameters, side by side:
   expert layers. At the first level every expert and gate reads ``x``; that
   product is done by the model's :class:`~adatt.modules.layers.InputLinear`
   and handed in as pre-activations. Where each expert's and gate's columns
-  lie in those products is a :class:`LevelLayout`, built once.
+  lie in those products is a :class:`LevelLayout`, built once. Where the
+  experts' columns come first (the ``units`` and ``external`` layouts) and the
+  activation is ReLU, :func:`experts_and_gates` activates them straight into
+  the ``[B, E, d]`` layout the combination reads and, backward, writes both
+  parts' gradients into one buffer: no transpose copy, no concatenation.
 
 Example:
     >>> import torch
@@ -55,10 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adatt.modules.kernels import fp32_bmm, gate_softmax, is_plain
+from adatt.modules.kernels import exporting, fp32_bmm, gate_softmax, is_plain
 from adatt.modules.layers import SlotLinear, activation_fn
 
-__all__ = ["Gate", "LevelPlan", "LevelLayout", "FusionLevel"]
+__all__ = ["Gate", "LevelPlan", "LevelLayout", "FusionLevel", "experts_and_gates"]
 
 
 @dataclass(frozen=True)
@@ -389,11 +393,12 @@ class FusionLevel(nn.Module):
             raise ValueError("this level's gates need their pre-activations (gate_pre)")
         if is_plain():
             return self.equations(x, gate_pre, return_weights)
-        h, z, z_slots = self._first_layer(x, gate_pre)  # [B,E,H]; gates' first layer
+        h, z, z_slots, active = self._first_layer(x, gate_pre)  # [B,E,H]; gates' first layer
         B, E, G = h.shape[0], self.num_experts, self.num_gates
 
         # experts: [B, E, H] -> deeper layers -> [B, E, d]
-        h = self.act(h)
+        if not active:
+            h = self.act(h)
         if len(self.expert_layers):
             h = h.transpose(0, 1)  # [B,E,H] -> [E,B,H]
             for layer in self.expert_layers:
@@ -430,26 +435,39 @@ class FusionLevel(nn.Module):
         out = fp32_bmm(comb, h)  # [B,G,E] x [B,E,d] -> [B,G,d]
         return (out, comb) if return_weights else out
 
-    def _first_layer(self, x: Tensor, gate_pre: Tensor | None) -> tuple[Tensor, Tensor, bool]:
+    def _first_layer(self, x: Tensor, gate_pre: Tensor | None
+                     ) -> tuple[Tensor, Tensor, bool, bool]:
         """First-layer pre-activations of the experts ``[B, E, H]`` and of the gates.
 
         The gates' come as ``[G, B, g1]`` (third value True: ``split`` and
         ``units`` layouts, zero-padded to the widest gate) or flat ``[B, sum g1]``.
+        Fourth value True: the experts' part is already activated (ReLU experts
+        whose columns come first in a ``units`` or ``external`` product:
+        :func:`experts_and_gates`, one pass that also replaces the split's
+        concatenation in the backward).
         """
         lay, E = self.layout, self.num_experts
         if lay.mode == SPLIT:
             xe = x.index_select(1, self.expert_src).transpose(0, 1)  # [B,S,D] -> [E,B,D]
             h = self.expert_first(xe).transpose(0, 1)  # [E,B,D] x [E,D,H] -> [B,E,H]
             if self.gate_first is None:
-                return h, gate_pre, False
+                return h, gate_pre, False, False
             xg = x.index_select(1, self.gate_src).transpose(0, 1)  # [B,S,D] -> [G,B,D]
-            return h, self.gate_first(xg), True  # [G,B,D] x [G,D,g1] -> [G,B,g1]
+            return h, self.gate_first(xg), True, False  # [G,B,D] x [G,D,g1] -> [G,B,g1]
+        fuse = self.act is F.relu and not exporting()
         if lay.mode == UNITS:
             y = self.first(x.transpose(0, 1))  # [B,S,D] -> [S,B,D] -> [S,B,W]
             S, B, m, H = y.shape[0], y.shape[1], lay.experts_per_slot, lay.expert_width
+            if fuse:  # relu(experts) as [B,E,H] and the gates' [S,B,K] in one pass
+                h, z = experts_and_gates(y, m, H)  # [S,B,W] -> [B,E,H], [S,B,K]
+                return h, z, True, True
             h, z = y.split([m * H, y.shape[2] - m * H], 2)  # [S,B,m*H], [S,B,K]: gate s's logits
             h = h.reshape(S, B, m, H)  # [S,B,m*H] -> [S,B,m,H]
-            return h.transpose(0, 1).reshape(B, E, H), z, True  # [B,S,m,H] -> [B,E,H]
+            return h.transpose(0, 1).reshape(B, E, H), z, True, False  # [B,S,m,H] -> [B,E,H]
+        if (lay.mode == EXTERNAL and fuse and lay.flat_split is not None
+                and not self.plan.external_gates):  # [B, E*H | G*g1]: experts then gates
+            h, z = experts_and_gates(x.unsqueeze(0), E, lay.expert_width)  # [1,B,W] -> [B,E,H]
+            return h, z.squeeze(0), False, True  # [1,B,G*g1] -> [B,G*g1]
         if lay.mode == EXTERNAL:
             flat = x  # [B, W] pre-activations of experts and gates
         else:
@@ -467,7 +485,7 @@ class FusionLevel(nn.Module):
                 z = flat.index_select(1, self.gate_cols)  # [B,G*g1]
         if self.plan.external_gates:
             z = gate_pre  # [B, G*g1]
-        return h.reshape(B, E, -1), z, False  # [B,E*H] -> [B,E,H]
+        return h.reshape(B, E, -1), z, False, False  # [B,E*H] -> [B,E,H]
 
     # ------------------------------------------------------------------ the plain path
 
@@ -549,3 +567,78 @@ def _as_slice(cols: list[int]) -> slice | None:
     if cols == list(range(cols[0], cols[0] + len(cols))):
         return slice(cols[0], cols[0] + len(cols))
     return None
+
+
+class _ExpertsAndGates(torch.autograd.Function):
+    """``relu`` of the experts' columns laid out ``[B, U*m, H]``, and the gates' columns.
+
+    Forward: ``y [*, U, B, W]`` (U units, each ``[m experts of H | the rest]``)
+    -> ``h [*, B, U*m, H]`` (written by ``relu`` straight into that layout,
+    no separate transpose copy) and ``z [*, U, B, W - m*H]`` (a copy of the
+    small rest). Backward: one buffer like ``y``; the ReLU gradient is written
+    into its expert columns and ``z``'s gradient into the rest, instead of a
+    ReLU backward, a transpose copy and a concatenation (the backward of a
+    ``split``). The values are those of ``relu`` and ``split``, bit for bit.
+    """
+
+    @staticmethod
+    def forward(y: Tensor, m: int, H: int) -> tuple[Tensor, Tensor]:
+        *lead, U, B, _ = y.shape
+        h = y.new_empty(*lead, B, U, m, H)  # [*,B,U,m,H]
+        experts = y[..., : m * H].unflatten(-1, (m, H))  # [*,U,B,m*H] -> [*,U,B,m,H], a view
+        torch.clamp_min(experts.transpose(-4, -3), 0, out=h)  # relu: [*,U,B,m,H] -> [*,B,U,m,H]
+        z = y[..., m * H :].clone()  # [*,U,B,K]
+        return h.view(*lead, B, U * m, H), z  # [*,B,U,m,H] -> [*,B,U*m,H]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        y, m, H = inputs
+        ctx.m, ctx.H, ctx.shape = m, H, y.shape
+        ctx.save_for_backward(output[0])
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor | None, grad_z: Tensor | None):
+        (h,) = ctx.saved_tensors
+        m, H = ctx.m, ctx.H
+        *lead, U, B, W = ctx.shape
+        buf = h.new_empty(ctx.shape)  # [*,U,B,W]
+        experts = buf[..., : m * H].unflatten(-1, (m, H)).transpose(-4, -3)  # [*,B,U,m,H] view
+        if grad_h is None:
+            experts.zero_()
+        else:
+            g = grad_h.reshape(*lead, B, U, m, H)  # [*,B,U*m,H] -> [*,B,U,m,H]
+            torch.ops.aten.threshold_backward.grad_input(
+                g, h.view(*lead, B, U, m, H), 0, grad_input=experts)  # relu's backward, in place
+        rest = buf[..., m * H :]  # [*,U,B,K]
+        if grad_z is None:
+            rest.zero_()
+        else:
+            rest.copy_(grad_z)
+        return buf, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, y: Tensor, m: int, H: int):
+        """The ensemble's copies are one more leading dimension of ``y``."""
+        if in_dims[0] is None:
+            return _ExpertsAndGates.apply(y, m, H), (None, None)
+        return _ExpertsAndGates.apply(y.movedim(in_dims[0], 0), m, H), (0, 0)
+
+
+def experts_and_gates(y: Tensor, m: int, H: int) -> tuple[Tensor, Tensor]:
+    """ReLU experts ``[*, B, U*m, H]`` and the rest ``[*, U, B, W-m*H]`` of ``y [*, U, B, W]``.
+
+    The same values as ``relu(y[..., :m*H])`` rearranged to expert-major rows
+    and ``y[..., m*H:]``, forward and backward, in fewer passes over memory
+    (see :class:`_ExpertsAndGates`).
+
+    Example:
+        >>> y = torch.randn(2, 4, 7, requires_grad=True)  # 2 units of 2 experts of 3 + 1 gate
+        >>> h, z = experts_and_gates(y, 2, 3)
+        >>> h.shape, z.shape
+        (torch.Size([4, 4, 3]), torch.Size([2, 4, 1]))
+        >>> ref = torch.relu(y[..., :6]).reshape(2, 4, 2, 3).transpose(0, 1).reshape(4, 4, 3)
+        >>> torch.equal(h, ref), torch.equal(z, y[..., 6:])
+        (True, True)
+    """
+    return _ExpertsAndGates.apply(y, m, H)
+

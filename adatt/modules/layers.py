@@ -408,7 +408,10 @@ class InputLinear(nn.Module):
         ``s*C``). Embedding mode: one embedding gather plus one ``baddbmm``, or,
         where :meth:`use_product_table` decides so for the single layer, the
         copies' product tables and one gather-sum. Then one batched product
-        for the dense part.
+        for the dense part, added in place (no second ``[S, B, N]`` tensor;
+        the bias is not added to the bags' output in place: that is a view of
+        the ``[S*B, N]`` bags, and an in-place change of a view costs its
+        backward a copy of the whole gradient).
 
         Shapes: -> ``[S, B, N]``.
 
@@ -484,7 +487,10 @@ class InputLinear(nn.Module):
         if self.dense_weight is not None:
             w = params["dense_weight"]  # [S,Dd,N]
             if dense.dim() == 2:  # one batch for every copy
-                out = out + torch.matmul(dense, w)  # [B,Dd] x [S,Dd,N] -> [S,B,N]
+                dense = dense.expand(S, B, dense.shape[-1])  # [B,Dd] -> [S,B,Dd], a view
+            if (self.cat_weight is not None and out.dtype == w.dtype
+                    and not torch.is_autocast_enabled(out.device.type)):  # += in place
+                out = out.baddbmm_(dense, w)  # [S,B,N] += [S,B,Dd] x [S,Dd,N]
             else:
                 out = torch.baddbmm(out, dense, w)  # [S,B,Dd] x [S,Dd,N] -> [S,B,N]
         if out.shape[1] != B:
