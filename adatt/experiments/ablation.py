@@ -204,11 +204,16 @@ def _load(cfg, quick: bool, load_splits):
     return splits
 
 
-def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+def write_report(out: str | Path, summary: dict[str, Any], prefix: str | None = None) -> None:
     """Write the report and its CSVs and plots into ``out`` from ``summary`` alone (what
-    the run function returns and stores as summary.json)."""
+    the run function returns and stores as summary.json); with ``prefix`` (e.g.
+    ``ablation-census`` for docs/results) the files are ``<prefix>.md``, ``<prefix>.csv``,
+    ``<prefix>-seeds.csv`` and ``<prefix>.png``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    md_name, csv_name, seeds_name, png_name = (
+        ("report.md", "results.csv", "seeds.csv", "ablation.png") if prefix is None
+        else (f"{prefix}.md", f"{prefix}.csv", f"{prefix}-seeds.csv", f"{prefix}.png"))
     header = ["setting", "task", "metric", "on", "off", "off vs on", "seeds off worse",
               "AUC on", "AUC off", "paper (off vs on)"]
     md, csv_rows = [], []
@@ -224,12 +229,12 @@ def write_report(out: str | Path, summary: dict[str, Any]) -> None:
                        *auc, paper])
             csv_rows.append([setting, task, t["metric"], t["on"], t["off"], t["diff"], t["ci"],
                              t["off_worse"], t["auc_on"], t["auc_off"]])
-    write_csv(out / "results.csv", ["setting", "task", "metric", "on", "off", "diff_pct",
+    write_csv(out / csv_name, ["setting", "task", "metric", "on", "off", "diff_pct",
                                     "ci95", "seeds_off_worse", "auc_on", "auc_off"], csv_rows)
-    write_seeds_csv(out / "seeds.csv", ["setting", "native_fusion"], [
+    write_seeds_csv(out / seeds_name, ["setting", "native_fusion"], [
         row for setting, v in summary["settings"].items() for state in ("on", "off")
         for row in seed_rows([setting, state], v["seeds"][state])])
-    _plot(out / "ablation.png", summary)
+    _plot(out / png_name, summary)
     models = "\n".join(f"- {k}: {json.dumps(v['model'])}; parameters on/off "
                        f"{v['num_parameters']['on']:,}/{v['num_parameters']['off']:,}; "
                        f"{v['seconds']:.0f} s" for k, v in summary["settings"].items())
@@ -270,12 +275,12 @@ Models:
 
 {models}
 
-Plot: [ablation.png](ablation.png); every seed's validation and test metrics, with and
-without NativeExpertLF: [seeds.csv](seeds.csv).
+Plot: [{png_name}]({png_name}); every seed's validation and test metrics, with and
+without NativeExpertLF: [{seeds_name}]({seeds_name}).
 
 {run_line(summary)}
 """
-    (out / "report.md").write_text(text)
+    (out / md_name).write_text(text)
 
 
 def _plot(path: Path, summary: dict[str, Any]) -> None:
