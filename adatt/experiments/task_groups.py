@@ -434,11 +434,17 @@ def _point_index(examples: list[int], n_train: int, k: int, of: int = 7) -> int 
     return min(range(len(examples)), key=lambda i: abs(examples[i] - target))
 
 
-def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+def write_report(out: str | Path, summary: dict[str, Any], prefix: str | None = None) -> None:
     """Write the report and its CSVs and plots into ``out`` from ``summary`` alone (what
-    the run function returns and stores as summary.json)."""
+    the run function returns and stores as summary.json); with ``prefix`` (e.g.
+    ``task-groups-group1`` for docs/results) the files are ``<prefix>.md``,
+    ``<prefix>.csv``, ``<prefix>-curves.csv``, ``<prefix>-seeds.csv`` and one
+    ``task-groups-<group>.png`` per group."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    md_name, csv_name, curves_name, seeds_name = (
+        ("report.md", "results.csv", "curves.csv", "seeds.csv") if prefix is None
+        else (f"{prefix}.md", f"{prefix}.csv", f"{prefix}-curves.csv", f"{prefix}-seeds.csv"))
     csv_rows, curve_rows, sections = [], [], []
     for group, g in summary["groups"].items():
         ex, n_train = g["examples"], g["n_train"]
@@ -470,14 +476,14 @@ def write_report(out: str | Path, summary: dict[str, Any]) -> None:
             sections.append(f"### {group}: {task}{aux}, {metric} difference from Shared-bottom "
                             f"(test {metric} of Shared-bottom: {sb:.5f})\n\n"
                             + markdown_table(header, md))
-    write_csv(out / "results.csv", ["group", "task", "metric", "model", "diff_1_7", "diff_3_7",
+    write_csv(out / csv_name, ["group", "task", "metric", "model", "diff_1_7", "diff_3_7",
                                     "diff_7_7", "test_diff", "test_ci95"], csv_rows)
-    write_csv(out / "curves.csv", ["group", "task", "model", "examples", "valid_diff"],
+    write_csv(out / curves_name, ["group", "task", "model", "examples", "valid_diff"],
               curve_rows)
-    write_seeds_csv(out / "seeds.csv", ["group", "model"], [
+    write_seeds_csv(out / seeds_name, ["group", "model"], [
         row for group, g in summary["groups"].items() for name, m in g["models"].items()
         for row in seed_rows([group, name], m["seeds"])])
-    pngs = _plot_curves(out, summary)
+    pngs = _plot_curves(out, summary, "convergence_" if prefix is None else "task-groups-")
     params = []
     for group, g in summary["groups"].items():
         params.append(f"- {group} ({', '.join(g['tasks'])}): " + ", ".join(
@@ -517,13 +523,13 @@ better. {paper_note} n/a: undefined (no positive in the validation split).{notes
 
 {chr(10).join(params)}
 
-Plots: {', '.join(f'[{p}]({p})' for p in pngs)}; every evaluation: [curves.csv](curves.csv);
-every seed's validation and test metrics: [seeds.csv](seeds.csv).
+Plots: {', '.join(f'[{p}]({p})' for p in pngs)}; every evaluation: [{curves_name}]({curves_name});
+every seed's validation and test metrics: [{seeds_name}]({seeds_name}).
 
 {seed_lines(summary)}
 {run_line(summary)}
 """
-    (out / "report.md").write_text(text)
+    (out / md_name).write_text(text)
 
 
 def seed_lines(summary: dict[str, Any]) -> str:
@@ -554,7 +560,7 @@ def seed_lines(summary: dict[str, Any]) -> str:
     return "\n\n".join(lines) + ("\n" if lines else "")
 
 
-def _plot_curves(out: Path, summary: dict[str, Any]) -> list[str]:
+def _plot_curves(out: Path, summary: dict[str, Any], png_prefix: str = "convergence_") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -576,7 +582,7 @@ def _plot_curves(out: Path, summary: dict[str, Any]) -> list[str]:
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
-        name = f"convergence_{group}.png"
+        name = f"{png_prefix}{group}.png"
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         files.append(name)
