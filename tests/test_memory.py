@@ -38,9 +38,9 @@ def _faults_per_step(mode: str) -> float:
 @pytest.mark.skipif(not keep_freed_memory(), reason="needs glibc malloc")
 def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in():
     plain, keep = _faults_per_step("plain"), _faults_per_step("keep")
-    # measured on a VM whose kernel also reclaims pages in the background: 230-680 minor
+    # measured on VMs whose kernel also reclaims pages in the background: 148-680 minor
     # faults per step without, 0-100 with
-    assert plain > 150, plain
+    assert plain > 100, plain
     assert keep < plain / 2, (plain, keep)
 
 

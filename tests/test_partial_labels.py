@@ -266,11 +266,12 @@ def _ddp_worker(rank: int, world: int, tmp: str) -> None:
 
 
 def _spawn(worker, tmp: str, timeout: float = 240.0) -> str:
-    """Runs 2 ranks in ``tmp`` (or ``tmp/retry`` after gloo's intermittent abort, see
-    tests/ranks.py); returns the directory they wrote."""
+    """Runs 2 ranks in ``tmp`` (or ``tmp/retry1``, ``tmp/retry2`` after gloo's
+    intermittent abort, see tests/ranks.py); returns the directory they wrote."""
     import torch.multiprocessing as mp
 
-    for attempt, out in enumerate((tmp, os.path.join(tmp, "retry"))):
+    tries = (tmp, os.path.join(tmp, "retry1"), os.path.join(tmp, "retry2"))
+    for attempt, out in enumerate(tries):
         os.makedirs(out, exist_ok=True)
         ctx = mp.spawn(worker, args=(2, out), nprocs=2, join=False)
         deadline = time.monotonic() + timeout
@@ -283,9 +284,9 @@ def _spawn(worker, tmp: str, timeout: float = 240.0) -> str:
                     pytest.fail(f"the 2 ranks did not finish in {timeout:.0f} s")
             return out
         except mp.ProcessExitedException as e:
-            if attempt or e.signal_name != "SIGABRT":
+            if attempt == len(tries) - 1 or e.signal_name != "SIGABRT":
                 raise
-            warnings.warn(f"rank {e.error_index} aborted (SIGABRT); rerunning once", stacklevel=2)
+            warnings.warn(f"rank {e.error_index} aborted (SIGABRT); rerunning", stacklevel=2)
     raise AssertionError("unreachable")
 
 
