@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from adatt.train.losses import TaskLoss, global_batch_losses, task_losses
 from adatt.train.metrics import MetricAccumulator, auc, chained_metrics, normalized_entropy
 from adatt.train.selection import check_labelled, one_class_tasks
 from adatt.train.trainer import train
+from tests.ranks import spawn_ranks
 
 NAN = float("nan")
 KINDS = ["binary", "binary", "regression"]
@@ -265,36 +264,11 @@ def _ddp_worker(rank: int, world: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
-def _spawn(worker, tmp: str, timeout: float = 240.0) -> str:
-    """Runs 2 ranks in ``tmp`` (or ``tmp/retry1``, ``tmp/retry2`` after gloo's
-    intermittent abort, see tests/ranks.py); returns the directory they wrote."""
-    import torch.multiprocessing as mp
-
-    tries = (tmp, os.path.join(tmp, "retry1"), os.path.join(tmp, "retry2"))
-    for attempt, out in enumerate(tries):
-        os.makedirs(out, exist_ok=True)
-        ctx = mp.spawn(worker, args=(2, out), nprocs=2, join=False)
-        deadline = time.monotonic() + timeout
-        try:
-            while not ctx.join(timeout=1):
-                if time.monotonic() > deadline:
-                    for p in ctx.processes:
-                        if p.is_alive():
-                            p.kill()
-                    pytest.fail(f"the 2 ranks did not finish in {timeout:.0f} s")
-            return out
-        except mp.ProcessExitedException as e:
-            if attempt == len(tries) - 1 or e.signal_name != "SIGABRT":
-                raise
-            warnings.warn(f"rank {e.error_index} aborted (SIGABRT); rerunning", stacklevel=2)
-    raise AssertionError("unreachable")
-
-
 def test_two_ddp_ranks_equal_one_process_on_masked_data(tmp_path):
     """The global batch's per-task labelled mass is all-reduced: 2 gloo ranks (with a
     one-row last batch, a stand-in row on rank 1) equal one process."""
     one = train(_cfg(tmp_path, "one"), splits=_splits())
-    out = Path(_spawn(_ddp_worker, str(tmp_path / "ddp")))
+    out = Path(spawn_ranks(_ddp_worker, 2, str(tmp_path / "ddp")))
     two = json.loads((out / "two" / "results.json").read_text())
     assert two["selected"] == one["selected"]
     _close(one["valid"], two["valid"])

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from adatt.data.schema import FeatureSchema, TaskSpec
 from adatt.data.splits import Splits
 from adatt.integrations import torchrec as atr
 from adatt.models import create_model, list_models
+from tests.ranks import spawn_ranks
 
 CARDS = (11, 7, 5, 13)
 SCHEMA = FeatureSchema(("d0", "d1", "d2"), ("user", "item", "genre.top", "city"), CARDS,
@@ -210,33 +210,9 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     dist.destroy_process_group()
 
 
-def _spawn(tmp: str, timeout: float = 120.0) -> str:
-    """Runs the ranks in ``tmp``; returns the directory they wrote (``tmp`` or, when a rank
-    died of gloo's intermittent abort, ``tmp/retry`` of the one rerun: tests/ranks.py)."""
-    import torch.multiprocessing as mp
-
-    for attempt, out in enumerate((tmp, os.path.join(tmp, "retry"))):
-        os.makedirs(out, exist_ok=True)
-        ctx = mp.spawn(_worker, args=(WORLD, out), nprocs=WORLD, join=False)
-        deadline = time.monotonic() + timeout
-        try:
-            while not ctx.join(timeout=1):
-                if time.monotonic() > deadline:
-                    for p in ctx.processes:
-                        if p.is_alive():
-                            p.kill()
-                    pytest.fail(f"the {WORLD} ranks did not finish in {timeout:.0f} s")
-            return out
-        except mp.ProcessExitedException as e:
-            if attempt or e.signal_name != "SIGABRT":
-                raise
-            warnings.warn(f"rank {e.error_index} aborted (SIGABRT); rerunning once", stacklevel=2)
-    raise AssertionError("unreachable")
-
-
 def test_two_ranks_sharded_training_matches_one_process(torchrec, tmp_path):
     t0 = time.perf_counter()
-    out = Path(_spawn(str(tmp_path)))
+    out = Path(spawn_ranks(_worker, WORLD, str(tmp_path), timeout=120.0))
     got = torch.load(out / "dist.pt", weights_only=False)
 
     # the plan shards the tables table-wise over both ranks
