@@ -257,7 +257,10 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         if bad:
             raise _UsageError(f"--groups: unknown group {bad[0]!r}; known: {', '.join(GROUPS)}")
     if "models" in opts:
-        from adatt.experiments.task_groups import MODEL_LABELS
+        if args.name == "census-table5":
+            from adatt.experiments.census import TABLE5_MODELS as MODEL_LABELS
+        else:
+            from adatt.experiments.task_groups import MODEL_LABELS
 
         bad = [m for m in opts["models"] if m not in MODEL_LABELS]
         if bad:
@@ -393,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Shared-bottom, MMoE and Cross-stitch context rows")
     s.add_argument("--rows", type=int, help="simulator rows (simulator experiments; default "
                    "2,000,000, quick mode less)")
-    s.add_argument("--models", help="task-groups: comma list of the models to compare "
-                   "(Shared-bottom, the reference, is always trained)")
+    s.add_argument("--models", help="comma list of model names: task-groups, the models to "
+                   "compare (Shared-bottom, the reference, is always trained); census-table5, "
+                   "the rows to run (every m_s of a family, to rerun part of a table)")
     s.add_argument("--no-census", action="store_true", help="ablation: skip the census half")
     s.add_argument("--no-sim", action="store_true", help="ablation: skip the simulator half")
     s.add_argument("--device", choices=["cpu", "cuda"], help="where to train (default cpu; "

@@ -148,3 +148,43 @@ def test_cli_groups_are_checked(capsys):
     assert "--groups: unknown group 'C'; known: A, B" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown census group"):
         run_census_table5("unused", groups=("C",))
+
+
+def test_models_option_reruns_only_those_rows_and_redoes_the_m_s_choice(tmp_path, monkeypatch):
+    from adatt.experiments import census
+
+    seen = []
+
+    class Trainer(_FakeTrainer):
+        def __init__(self, workers, resume, chunk, quick):
+            super().__init__(lambda cfg: 0.9 if cfg.model.get("shared_experts") == 3 else 0.8)
+            self.workers = workers
+
+        def run(self, jobs):
+            seen.extend(cfg.name for _key, cfg, _seeds in jobs)
+            return super().run(jobs)
+
+    monkeypatch.setattr(census, "_Trainer", Trainer)
+    summary = run_census_table5(tmp_path, seeds=3, workers=1, progress=False,
+                                models=("adatt", "cross_stitch"), context_seeds=2)
+    assert seen == ["A_AdaTT_m_s0", "A_AdaTT_m_s3", "A_Cross-stitch",
+                    "B_AdaTT_m_s0", "B_AdaTT_m_s3", "B_AdaTT_m_s6", "B_Cross-stitch"]
+    assert summary["selected_ms"]["AdaTT A"]["m_s"] == 3
+    assert summary["selected_ms"]["AdaTT B"]["m_s"] == 3
+    assert {p["vs"] for p in summary["paired"]} == {"Cross-stitch"}
+    assert summary["models"] == ["adatt", "cross_stitch"]
+    text = (tmp_path / "report.md").read_text()
+    assert "Rows rerun here (the others of the table are not part of this call): adatt, " \
+        "cross_stitch." in text
+    assert "ML-MMoE" not in text.split("## Paired")[0].split("| group |")[1]
+
+
+def test_models_option_is_checked(capsys):
+    from adatt.cli import main
+
+    assert main(["experiment", "census-table5", "--models", "adatt,nope", "--quick"]) == 2
+    assert "--models: unknown model 'nope'; known: ml_mmoe" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown census-table5 model 'adatt_sp'"):
+        run_census_table5("unused", models=("adatt_sp",))
+    with pytest.raises(ValueError, match="only context rows"):
+        run_census_table5("unused", models=("mmoe",), context=False)
