@@ -141,3 +141,51 @@ def test_plain_path_uses_no_kernel(monkeypatch):
             model(dense, cat).sum().backward()
         with pytest.raises(AssertionError, match="a kernel ran"):
             model(dense, cat)
+
+
+@pytest.mark.parametrize("name,kw", [("adatt_sp", dict(experts_per_task=2)),
+                                     ("mmoe", dict(num_experts=4)),
+                                     ("adatt", dict(experts_per_task=1, shared_experts=2))])
+def test_level_0_reads_the_padded_input_product_bit_for_bit(name, kw):
+    """Where the input product is padded (align_pad), level 0 reads it with its zero
+    columns on (no padding pass in the backward): the same outputs and gradients, bit
+    for bit, as reading the sliced product, and the padding's gradient is zero."""
+    torch.manual_seed(0)
+    sizes = [[262, 136]] if name == "mmoe" else [262, 136]
+    model = create_model(name, num_tasks=T, dense_dim=256, cat_cardinalities=[5, 9],
+                         expert_sizes=sizes, **kw)
+    dense, cat = inputs(64, 256, [5, 9], torch.float32)
+    padded = model.input.forward_padded(dense, cat)
+    assert padded.shape[1] > model.split[0] and model.levels[0].reads_padded(padded)
+    assert torch.equal(padded[:, model.split[0]:], torch.zeros_like(padded[:, model.split[0]:]))
+
+    def run():
+        model.zero_grad()
+        out = model(dense, cat)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    out, grads = run()
+    model.input.forward_padded = model.input.forward  # the sliced product, as before
+    ref_out, ref_grads = run()
+    assert torch.equal(out, ref_out)
+    for n, g in grads.items():
+        assert torch.equal(g, ref_grads[n]), n
+
+
+def test_experts_and_gates_with_padding_under_vmap():
+    """The ensemble's copies (vmap) through the padded read: each copy as alone."""
+    y = torch.randn(3, 1, 5, 2 * 4 + 3 + 2, requires_grad=True)  # [S,1,B,E*H + K + pad]
+
+    def f(t):
+        h, z = fusion.experts_and_gates(t, 2, 4, 11)  # [1,B,13] -> [B,2,4], [1,B,3]
+        return h.sum(-1) + z.sum(-1).transpose(0, 1)  # [B,2]
+
+    got = torch.func.vmap(f)(y)  # [S,B,2]
+    (g,) = torch.autograd.grad(got.sum(), y)
+    for s in range(3):
+        ys = y[s].detach().requires_grad_()
+        want = f(ys)
+        (gs,) = torch.autograd.grad(want.sum(), ys)
+        assert torch.equal(got[s], want) and torch.equal(g[s], gs)
+        assert gs[..., 11:].abs().sum() == 0

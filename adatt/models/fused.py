@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from adatt.models.base import MultiTaskModel, level_sizes, per_task_counts
 from adatt.models.registry import register_model
 from adatt.modules.fusion import FusionLevel, Gate, LevelPlan
+from adatt.modules.kernels import drop_pad
 from adatt.modules.layers import InputLinear
 from adatt.modules.towers import TowerBank
 
@@ -102,8 +103,20 @@ class FusedExpertModel(MultiTaskModel):
                                  multi_valued)
         self.towers = TowerBank(num_tasks, sizes[-1][-1], tower_sizes, activation)
 
-    def forward_from_input(self, z: Tensor, want_weights: bool = False) -> tuple[Tensor, list]:
+    def _forward(self, dense: Tensor, cat: Tensor, want_weights: bool) -> tuple[Tensor, list]:
+        if any(self.split[1:]):
+            return self.forward_from_input(self.input(dense, cat), want_weights)
+        # level 0 alone reads the input product: it may take it with its zero columns
+        z = self.input.forward_padded(dense, cat)  # [B, N + pad]
+        return self.forward_from_input(z, want_weights, width=self.split[0])
+
+    def forward_from_input(self, z: Tensor, want_weights: bool = False,
+                           width: int | None = None) -> tuple[Tensor, list]:
+        """``width``: only the first ``width`` columns of ``z`` are the input product;
+        the rest are zero padding (:meth:`InputLinear.forward_padded`)."""
         if any(self.split[1:]):  # later levels' external gates read columns of z too
+            if width is not None and width != z.shape[1]:
+                z = drop_pad(z, width)  # [B,N+pad] -> [B,N]
             parts = z.split(self.split, dim=1)
         else:  # no split: its backward would concatenate the whole gradient with nothing
             parts = (z, *[None] * (len(self.split) - 1))
@@ -112,11 +125,12 @@ class FusedExpertModel(MultiTaskModel):
         for i, (level, pre) in enumerate(zip(self.levels, parts, strict=True)):
             gate_pre = pre if level.plan.external_gates else None
             x = pre if i == 0 else h  # level 0 takes its pre-activations, later ones [B,G,d]
+            w0 = width if i == 0 and not any(self.split[1:]) else None
             if want_weights:
-                h, w = level(x, gate_pre, return_weights=True)
+                h, w = level(x, gate_pre, return_weights=True, width=w0)
                 weights.append(w)
             else:
-                h = level(x, gate_pre)
+                h = level(x, gate_pre, width=w0)
         return self.towers(h), weights
 
 

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adatt.modules.kernels import exporting, fp32_bmm, gate_softmax, is_plain
+from adatt.modules.kernels import drop_pad, exporting, fp32_bmm, gate_softmax, is_plain
 from adatt.modules.layers import SlotLinear, activation_fn
 
 __all__ = ["Gate", "LevelPlan", "LevelLayout", "FusionLevel", "experts_and_gates"]
@@ -335,6 +335,8 @@ class FusionLevel(nn.Module):
             self.register_buffer("expert_src", torch.tensor(plan.expert_src), persistent=False)
             self.register_buffer("gate_src", torch.tensor(
                 [g.src or 0 for g in plan.gates]), persistent=False)
+            # gate g reads slot g (AdaTT's unit gates): the slots are the gates' input as is
+            self.gates_read_slots = [g.src for g in plan.gates] == list(range(S))
         elif lay.mode != EXTERNAL:
             self.first = SlotLinear(S, in_dim, lay.slot_widths)
         self.register_buffer("expert_cols", torch.tensor(lay.expert_cols, dtype=torch.long),
@@ -387,13 +389,16 @@ class FusionLevel(nn.Module):
         return self.native_base + v.view(G, E)  # [G*E] -> [G,E]
 
     def forward(
-        self, x: Tensor, gate_pre: Tensor | None = None, return_weights: bool = False
+        self, x: Tensor, gate_pre: Tensor | None = None, return_weights: bool = False,
+        width: int | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         if self.plan.external_gates and gate_pre is None:
             raise ValueError("this level's gates need their pre-activations (gate_pre)")
+        if width is not None and width != x.shape[-1] and not self.reads_padded(x):
+            x, width = drop_pad(x, width), None  # [B,W+pad] -> [B,W], a view
         if is_plain():
             return self.equations(x, gate_pre, return_weights)
-        h, z, z_slots, active = self._first_layer(x, gate_pre)  # [B,E,H]; gates' first layer
+        h, z, z_slots, active = self._first_layer(x, gate_pre, width)  # [B,E,H]; gates
         B, E, G = h.shape[0], self.num_experts, self.num_gates
 
         # experts: [B, E, H] -> deeper layers -> [B, E, d]
@@ -435,7 +440,17 @@ class FusionLevel(nn.Module):
         out = fp32_bmm(comb, h)  # [B,G,E] x [B,E,d] -> [B,G,d]
         return (out, comb) if return_weights else out
 
-    def _first_layer(self, x: Tensor, gate_pre: Tensor | None
+    def reads_padded(self, x: Tensor) -> bool:
+        """Does the fast path take level 0's input with the input layer's zero
+        columns still on (``forward(..., width=W)``, see
+        :meth:`~adatt.modules.layers.InputLinear.forward_padded`)? Where the
+        experts' and gates' columns are read in one pass by
+        :func:`experts_and_gates`: the padding then costs no backward pass."""
+        lay = self.layout
+        return (lay.mode == EXTERNAL and self.act is F.relu and lay.flat_split is not None
+                and not self.plan.external_gates and not exporting() and not is_plain())
+
+    def _first_layer(self, x: Tensor, gate_pre: Tensor | None, width: int | None = None
                      ) -> tuple[Tensor, Tensor, bool, bool]:
         """First-layer pre-activations of the experts ``[B, E, H]`` and of the gates.
 
@@ -448,11 +463,14 @@ class FusionLevel(nn.Module):
         """
         lay, E = self.layout, self.num_experts
         if lay.mode == SPLIT:
-            xe = x.index_select(1, self.expert_src).transpose(0, 1)  # [B,S,D] -> [E,B,D]
+            # gathered slab by slab from the [S,B,D] view: an index_select along dim 1
+            # copies D floats at a time and its backward is several times slower
+            xt = x.transpose(0, 1)  # [B,S,D] -> [S,B,D]
+            xe = xt.index_select(0, self.expert_src)  # [S,B,D] -> [E,B,D]
             h = self.expert_first(xe).transpose(0, 1)  # [E,B,D] x [E,D,H] -> [B,E,H]
             if self.gate_first is None:
                 return h, gate_pre, False, False
-            xg = x.index_select(1, self.gate_src).transpose(0, 1)  # [B,S,D] -> [G,B,D]
+            xg = xt if self.gates_read_slots else xt.index_select(0, self.gate_src)  # [G,B,D]
             return h, self.gate_first(xg), True, False  # [G,B,D] x [G,D,g1] -> [G,B,g1]
         fuse = self.act is F.relu and not exporting()
         if lay.mode == UNITS:
@@ -466,7 +484,8 @@ class FusionLevel(nn.Module):
             return h.transpose(0, 1).reshape(B, E, H), z, True, False  # [B,S,m,H] -> [B,E,H]
         if (lay.mode == EXTERNAL and fuse and lay.flat_split is not None
                 and not self.plan.external_gates):  # [B, E*H | G*g1]: experts then gates
-            h, z = experts_and_gates(x.unsqueeze(0), E, lay.expert_width)  # [1,B,W] -> [B,E,H]
+            h, z = experts_and_gates(x.unsqueeze(0), E, lay.expert_width,
+                                     width)  # [1,B,W(+pad)] -> [B,E,H], [1,B,G*g1]
             return h, z.squeeze(0), False, True  # [1,B,G*g1] -> [B,G*g1]
         if lay.mode == EXTERNAL:
             flat = x  # [B, W] pre-activations of experts and gates
@@ -582,24 +601,25 @@ class _ExpertsAndGates(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(y: Tensor, m: int, H: int) -> tuple[Tensor, Tensor]:
+    def forward(y: Tensor, m: int, H: int, width: int | None) -> tuple[Tensor, Tensor]:
         *lead, U, B, _ = y.shape
         h = y.new_empty(*lead, B, U, m, H)  # [*,B,U,m,H]
         experts = y[..., : m * H].unflatten(-1, (m, H))  # [*,U,B,m*H] -> [*,U,B,m,H], a view
         torch.clamp_min(experts.transpose(-4, -3), 0, out=h)  # relu: [*,U,B,m,H] -> [*,B,U,m,H]
-        z = y[..., m * H :].clone()  # [*,U,B,K]
+        z = y[..., m * H : width].clone()  # [*,U,B,K]
         return h.view(*lead, B, U * m, H), z  # [*,B,U,m,H] -> [*,B,U*m,H]
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        y, m, H = inputs
+        y, m, H, width = inputs
         ctx.m, ctx.H, ctx.shape = m, H, y.shape
+        ctx.width = y.shape[-1] if width is None else width
         ctx.save_for_backward(output[0])
 
     @staticmethod
     def backward(ctx, grad_h: Tensor | None, grad_z: Tensor | None):
         (h,) = ctx.saved_tensors
-        m, H = ctx.m, ctx.H
+        m, H, width = ctx.m, ctx.H, ctx.width
         *lead, U, B, W = ctx.shape
         buf = h.new_empty(ctx.shape)  # [*,U,B,W]
         experts = buf[..., : m * H].unflatten(-1, (m, H)).transpose(-4, -3)  # [*,B,U,m,H] view
@@ -609,27 +629,32 @@ class _ExpertsAndGates(torch.autograd.Function):
             g = grad_h.reshape(*lead, B, U, m, H)  # [*,B,U*m,H] -> [*,B,U,m,H]
             torch.ops.aten.threshold_backward.grad_input(
                 g, h.view(*lead, B, U, m, H), 0, grad_input=experts)  # relu's backward, in place
-        rest = buf[..., m * H :]  # [*,U,B,K]
+        rest = buf[..., m * H : width]  # [*,U,B,K]
         if grad_z is None:
             rest.zero_()
         else:
             rest.copy_(grad_z)
-        return buf, None, None
+        if width < W:
+            buf[..., width:].zero_()  # the padding's columns: no gradient
+        return buf, None, None, None
 
     @staticmethod
-    def vmap(info, in_dims, y: Tensor, m: int, H: int):
+    def vmap(info, in_dims, y: Tensor, m: int, H: int, width: int | None):
         """The ensemble's copies are one more leading dimension of ``y``."""
         if in_dims[0] is None:
-            return _ExpertsAndGates.apply(y, m, H), (None, None)
-        return _ExpertsAndGates.apply(y.movedim(in_dims[0], 0), m, H), (0, 0)
+            return _ExpertsAndGates.apply(y, m, H, width), (None, None)
+        return _ExpertsAndGates.apply(y.movedim(in_dims[0], 0), m, H, width), (0, 0)
 
 
-def experts_and_gates(y: Tensor, m: int, H: int) -> tuple[Tensor, Tensor]:
-    """ReLU experts ``[*, B, U*m, H]`` and the rest ``[*, U, B, W-m*H]`` of ``y [*, U, B, W]``.
+def experts_and_gates(y: Tensor, m: int, H: int, width: int | None = None
+                      ) -> tuple[Tensor, Tensor]:
+    """ReLU experts ``[*, B, U*m, H]`` and the rest ``[*, U, B, width-m*H]`` of ``y [*, U, B, W]``.
 
     The same values as ``relu(y[..., :m*H])`` rearranged to expert-major rows
-    and ``y[..., m*H:]``, forward and backward, in fewer passes over memory
-    (see :class:`_ExpertsAndGates`).
+    and ``y[..., m*H:width]``, forward and backward, in fewer passes over memory
+    (see :class:`_ExpertsAndGates`). ``width`` (default ``W``): the columns
+    from ``width`` on are padding (:meth:`~adatt.modules.layers.InputLinear.forward_padded`),
+    read by nothing; their gradient is zero.
 
     Example:
         >>> y = torch.randn(2, 4, 7, requires_grad=True)  # 2 units of 2 experts of 3 + 1 gate
@@ -640,5 +665,5 @@ def experts_and_gates(y: Tensor, m: int, H: int) -> tuple[Tensor, Tensor]:
         >>> torch.equal(h, ref), torch.equal(z, y[..., 6:])
         (True, True)
     """
-    return _ExpertsAndGates.apply(y, m, H)
+    return _ExpertsAndGates.apply(y, m, H, width)
 

@@ -257,9 +257,25 @@ class InputLinear(nn.Module):
         out = self._forward(dense, cat[:, : self.n_fields])  # [B, F] -> [B, N] (or None)
         return bags + self.bias if out is None else out + bags
 
-    def _forward(self, dense: Tensor, cat: Tensor) -> Tensor | None:
+    def forward_padded(self, dense: Tensor, cat: Tensor) -> Tensor:
+        """The output with the zero columns of :func:`align_pad` still on: ``[B, N + pad]``.
+
+        Column ``N`` onwards is exactly zero (its gradient is ignored). A reader
+        that can take the padded product as it is (the first fusion level's
+        :func:`~adatt.modules.fusion.experts_and_gates`) saves the padding's
+        backward pass over the whole gradient; ``pad`` is 0 where
+        :meth:`forward` would not pad (then the two are the same).
+        """
+        if is_plain() or self.multi_valued or self.dense_weight is None:
+            return self.forward(dense, cat)
+        out = self._forward(dense, cat, keep_pad=True)
+        assert out is not None  # a dense part
+        return out
+
+    def _forward(self, dense: Tensor, cat: Tensor, keep_pad: bool = False) -> Tensor | None:
         """Dense and single-valued part plus the bias, ``[B, Dd], [B, F] -> [B, N]``
-        (None when the layer has neither)."""
+        (None when the layer has neither); ``keep_pad``: ``[B, N + pad]`` (see
+        :meth:`forward_padded`)."""
         pad = (align_pad(self.dense_dim, self.out_features, dense)
                if self.dense_weight is not None else 0)
         if pad:  # a large dense part: its product with cache-line rows (align_pad)
@@ -267,6 +283,8 @@ class InputLinear(nn.Module):
                               F.pad(self.dense_weight, (0, pad)))  # -> [B,N+pad]
             if self.cat_weight is not None:
                 out[:, : self.out_features] += self._categorical(cat)  # [B,N] part, in place
+            if keep_pad:
+                return out  # [B,N+pad]
             return drop_pad(out, self.out_features)  # [B,N+pad] -> [B,N], a view
         out = None
         if self.cat_weight is not None:
