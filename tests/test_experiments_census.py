@@ -177,6 +177,15 @@ def test_models_option_reruns_only_those_rows_and_redoes_the_m_s_choice(tmp_path
     assert "Rows rerun here (the others of the table are not part of this call): adatt, " \
         "cross_stitch." in text
     assert "ML-MMoE" not in text.split("## Paired")[0].split("| group |")[1]
+    # the docs/results form of the same report: prefixed names, links that follow them
+    census.write_report(tmp_path / "docs", summary, prefix="census-table5-x")
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == [
+        "census-table5-x-seeds.csv", "census-table5-x.csv", "census-table5-x.md",
+        "census-table5-x.png"]
+    doc = (tmp_path / "docs" / "census-table5-x.md").read_text()
+    assert "[census-table5-x-seeds.csv](census-table5-x-seeds.csv)" in doc
+    assert doc.replace("census-table5-x-seeds.csv", "seeds.csv").replace(
+        "census-table5-x.png", "table5.png") == text
 
 
 def test_models_option_is_checked(capsys):

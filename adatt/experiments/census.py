@@ -366,11 +366,16 @@ def _summarise(rows, groups, seeds) -> dict[str, Any]:
     return summary
 
 
-def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+def write_report(out: str | Path, summary: dict[str, Any], prefix: str | None = None) -> None:
     """Write report.md, results.csv, seeds.csv and table5.png into ``out`` from ``summary``
-    alone (what :func:`run_census_table5` returns and stores as summary.json)."""
+    alone (what :func:`run_census_table5` returns and stores as summary.json); with
+    ``prefix`` (e.g. ``census-table5`` for docs/results) the files are ``<prefix>.md``,
+    ``<prefix>.csv``, ``<prefix>-seeds.csv`` and ``<prefix>.png``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    md_name, csv_name, seeds_name, png_name = (
+        ("report.md", "results.csv", "seeds.csv", "table5.png") if prefix is None
+        else (f"{prefix}.md", f"{prefix}.csv", f"{prefix}-seeds.csv", f"{prefix}.png"))
     protocol, quick = summary["protocol"], summary["quick"]
     header = ["group", "model", "selected", "seeds"] + [f"{t} AUC" for t in TASKS] + \
              [f"paper col {i + 1}" for i in range(3)]
@@ -382,9 +387,9 @@ def write_report(out: str | Path, summary: dict[str, Any]) -> None:
                        [p if e["selected"] else "" for p in paper])
         csv_rows.append([e["group"], e["label"], e["selected"], e["n"]] +
                         [e[t]["mean"] for t in TASKS] + [e[t]["ci"] for t in TASKS])
-    write_csv(out / "results.csv", ["group", "model", "selected", "seeds"] +
+    write_csv(out / csv_name, ["group", "model", "selected", "seeds"] +
               [f"{t}_auc" for t in TASKS] + [f"{t}_ci95" for t in TASKS], csv_rows)
-    write_seeds_csv(out / "seeds.csv", ["group", "model", "family", "m_s", "selected"], [
+    write_seeds_csv(out / seeds_name, ["group", "model", "family", "m_s", "selected"], [
         row for e in summary["rows"] for row in seed_rows(
             [e["group"], e["label"], e["family"], "" if e["m_s"] is None else e["m_s"],
              e["selected"]], e["seeds"])])
@@ -457,13 +462,13 @@ education, income, marital status in that order).
 
 {markdown_table(paired_header, paired_rows)}
 
-Plot: [table5.png](table5.png); every seed's validation and test metrics:
-[seeds.csv](seeds.csv).
+Plot: [{png_name}]({png_name}); every seed's validation and test metrics:
+[{seeds_name}]({seeds_name}).
 
 {run_line(summary)}
 """
-    (out / "report.md").write_text(text)
-    _plot(out / "table5.png", summary)
+    (out / md_name).write_text(text)
+    _plot(out / png_name, summary)
 
 
 def _plot(path: Path, summary) -> None:
