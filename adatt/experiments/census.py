@@ -27,7 +27,10 @@ processes, whichever measured faster on this host
 (:func:`adatt.experiments.engine.pick_engine`; ``--workers`` forces one);
 copy k equals a separate run with ``train.seed=k`` up to floating-point
 summation order. ``--quick`` trains
-2 seeds on 20,000 training rows for 2 epochs, group A only.
+2 seeds on 20,000 training rows for 2 epochs, group A only. ``--models``
+(``models=``) trains only the rows of some models (:data:`TABLE5_MODELS`;
+every ``m_s`` of a family, so ``m_s`` is chosen again), to rerun part of a
+published table after a change to those models; the report names them.
 
 Example:
     >>> [c["label"] for c in table5_configs("A")][:4]
