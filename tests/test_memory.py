@@ -38,10 +38,10 @@ def _faults_per_step(mode: str) -> float:
 @pytest.mark.skipif(not keep_freed_memory(), reason="needs glibc malloc")
 def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in():
     plain, keep = _faults_per_step("plain"), _faults_per_step("keep")
-    # measured on VMs whose kernel also reclaims pages in the background: 148-680 minor
-    # faults per step without, 0-100 with
-    assert plain > 100, plain
-    assert keep < plain / 2, (plain, keep)
+    # measured on VMs whose kernel also reclaims pages in the background, some of them
+    # loaded by other jobs: 95-680 minor faults per step without, 0-100 with (the two
+    # counts of one call: 132 and 0.45 at the lowest, 380 and 20 at the highest)
+    assert plain > 4 * keep + 20, (plain, keep)
 
 
 def test_keep_freed_memory_respects_the_environment():
