@@ -160,6 +160,9 @@ class TrainConfig(_Strict):
     selection: SelectionConfig = Field(SelectionConfig(),
                                        description="checkpoint selection and early stopping")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
+    flush_denormal: bool = Field(True, description="flush denormal floats to zero on CPU "
+                                 "(adatt.train.denormal): several times faster late in "
+                                 "training; false keeps IEEE gradual underflow")
     compile: bool | Literal["auto"] = Field(
         "auto", description="the training step through torch.compile (adatt.train.compiled): "
                             "true, false, or auto (on where measured faster than eager: "

@@ -77,6 +77,7 @@ from torch import Tensor, nn
 
 from adatt.config import ConfigError, RunConfig
 from adatt.data.errors import DataError
+from adatt.train.denormal import flush_denormals
 from adatt.train.losses import TaskLoss
 from adatt.train.rundir import RunError
 
@@ -649,6 +650,7 @@ def train_torchrec(cfg: RunConfig, *, sharding: str = "table_wise",
         log = (cfg.runtime.progress if log is None else log) and rank == 0
         local_world = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
         torch.set_num_threads(cfg.runtime.threads or max(1, (os.cpu_count() or 1) // local_world))
+        flush_denormals(cfg.train.flush_denormal)
         run = RunDir(Path(cfg.out_dir) / cfg.name, writes=rank == 0)
         refusal: list[Any] = [None, resume]
         tracker = NoTracker()  # rank 0 tracks, opened before any directory is made

@@ -47,6 +47,7 @@ import torch
 from adatt.config import ConfigError, RunConfig
 from adatt.train import distributed as ddp
 from adatt.train.compiled import TrainStep, cache_dir, wanted
+from adatt.train.denormal import flush_denormals
 from adatt.train.evaluation import evaluate
 from adatt.train.guard import NonFiniteGuard
 from adatt.train.losses import TaskLoss
@@ -87,6 +88,7 @@ def setup_runtime(cfg: RunConfig, splits: Any = None) -> tuple[torch.device, Any
     reported in ``results.json`` (``labelled``)."""
     tc, rt = cfg.train, cfg.runtime
     torch.set_num_threads(rt.threads or ddp.default_threads())
+    flush_denormals(tc.flush_denormal)
     if rt.keep_freed_memory:
         keep_freed_memory()
     device = ddp.local_device(rt.device)  # cuda: this process's GPU under torchrun
