@@ -286,8 +286,12 @@ def test_selection_best_pt_and_exact_resume(torchrec, tmp_path, monkeypatch):
     from adatt.train.rundir import RunDir
 
     splits = _toy_splits()
+    flush = []  # the recipe sets train.flush_denormal like the others
+    real_flush = atr.flush_denormals
+    monkeypatch.setattr(atr, "flush_denormals", lambda on: flush.append(on) or real_flush(on))
     whole = atr.train_torchrec(load_config(None, [*TR_RUN, f"out_dir={tmp_path}", "name=a"]),
                                splits=splits, sparse_lr=0.1)
+    assert flush == [True]
     lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 8  # 24 steps of 32 rows, one evaluation per 96 examples
     best = max(lines, key=lambda x: x["score"])

@@ -190,3 +190,27 @@ def test_resume_and_eval_of_a_run_saved_in_the_old_layout(tmp_path):
                        text=True)
     assert p.returncode == 0 and "task1" in p.stdout, p.stderr
     assert "deprecated" not in p.stderr  # a saved config is read silently
+
+
+def _flushes() -> bool:
+    import torch
+
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0  # a denormal read as 0
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_flush_denormal_is_set_by_the_run(tmp_path, flush):
+    """train.flush_denormal reaches the CPU mode (every recipe sets up through
+    setup_runtime); the run's numbers stay deterministic either way."""
+    from adatt.train.denormal import flush_denormals
+
+    flush_denormals(not flush)  # the opposite state before the run
+    try:
+        a = train(cfg_for(tmp_path, "train.epochs=1", "name=a",
+                          f"train.flush_denormal={str(flush).lower()}"))
+        assert _flushes() is flush
+        b = train(cfg_for(tmp_path, "train.epochs=1", "name=b",
+                          f"train.flush_denormal={str(flush).lower()}"))
+        assert a["test"] == b["test"]
+    finally:
+        flush_denormals(True)  # the default every run sets
