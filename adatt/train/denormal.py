@@ -32,6 +32,10 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import sys
+
 import torch
 
 __all__ = ["flush_denormals"]
@@ -40,6 +44,40 @@ __all__ = ["flush_denormals"]
 def flush_denormals(enabled: bool) -> bool:
     """Set (or clear) flush-to-zero for CPU floats in this process; True when it is on.
 
-    False where the CPU has no such mode (then nothing changes). Measured to reach
-    torch's intra-op threads too, those already started included."""
-    return bool(torch.set_flush_denormal(enabled)) and enabled
+    The mode is a per-thread CPU register that ``torch.set_flush_denormal`` sets for
+    the calling thread only; threads started later inherit it, but torch's OpenMP
+    threads may already be running (any parallel operation before the run starts
+    them). So the setting is also copied into each of them (:func:`_to_omp_threads`).
+    False where the CPU has no such mode (then nothing changes)."""
+    if not torch.set_flush_denormal(enabled):
+        return False
+    _to_omp_threads()
+    return enabled
+
+
+def _to_omp_threads() -> bool:
+    """Copy this thread's floating-point environment (MXCSR included) into every thread
+    of torch's OpenMP team: one parallel region of ``torch.get_num_threads()``
+    threads in torch's own libgomp whose body is glibc's ``fesetenv`` of the caller's
+    environment. True when done; False (and nothing changed) off Linux x86-64 with
+    glibc and GNU OpenMP (each such thread then keeps the mode it started with)."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    with open("/proc/self/maps") as maps:  # torch's OpenMP runtime, already loaded
+        gomp = next((line.split()[-1] for line in maps
+                     if line.rstrip().endswith("libgomp.so.1") or "/libgomp-" in line), None)
+    if gomp is None:
+        return False
+    try:
+        libm = ctypes.CDLL("libm.so.6")  # glibc's fegetenv / fesetenv
+        fegetenv, fesetenv = libm.fegetenv, ctypes.cast(libm.fesetenv, ctypes.c_void_p)
+        parallel = ctypes.CDLL(gomp).GOMP_parallel
+    except (OSError, AttributeError):
+        return False
+    env = ctypes.create_string_buffer(64)  # glibc's fenv_t is 32 bytes on x86-64
+    if fegetenv(env) != 0:
+        return False
+    parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.restype = None
+    parallel(fesetenv, env, torch.get_num_threads(), 0)  # each thread: fesetenv(&env)
+    return True
