@@ -84,8 +84,8 @@ from adatt.experiments.common import (
     write_seeds_csv,
 )
 
-__all__ = ["write_report", "seed_lines", "run_task_groups", "task_group_models", "run_seeds",
-           "sim_overrides",
+__all__ = ["write_report", "png_names", "seed_lines", "run_task_groups", "task_group_models",
+           "run_seeds", "sim_overrides",
            "model_overrides", "selection_override", "relative_summary", "seed_means",
            "primary_metric", "read_curves", "curve_table", "SIM_SIZES", "QUICK_SIZES",
            "MODEL_LABELS", "PAPER_GROUP1"]
@@ -483,7 +483,7 @@ def write_report(out: str | Path, summary: dict[str, Any], prefix: str | None = 
     write_seeds_csv(out / seeds_name, ["group", "model"], [
         row for group, g in summary["groups"].items() for name, m in g["models"].items()
         for row in seed_rows([group, name], m["seeds"])])
-    pngs = _plot_curves(out, summary, "convergence_" if prefix is None else "task-groups-")
+    pngs = _plot_curves(out, summary, png_names(summary, prefix))
     params = []
     for group, g in summary["groups"].items():
         params.append(f"- {group} ({', '.join(g['tasks'])}): " + ", ".join(
@@ -560,7 +560,24 @@ def seed_lines(summary: dict[str, Any]) -> str:
     return "\n\n".join(lines) + ("\n" if lines else "")
 
 
-def _plot_curves(out: Path, summary: dict[str, Any], png_prefix: str = "convergence_") -> list[str]:
+def png_names(summary: dict[str, Any], prefix: str | None = None) -> dict[str, str]:
+    """Each group's plot file: ``convergence_<group>.png``; with ``prefix``,
+    ``<prefix>.png`` for a single group, else ``<prefix>-<group>.png``.
+
+    >>> png_names({"groups": {"group1": {}}}, "task-groups-group1")
+    {'group1': 'task-groups-group1.png'}
+    >>> png_names({"groups": {"group2": {}, "group3": {}}}, "tg")
+    {'group2': 'tg-group2.png', 'group3': 'tg-group3.png'}
+    """
+    groups = list(summary["groups"])
+    if prefix is None:
+        return {g: f"convergence_{g}.png" for g in groups}
+    if len(groups) == 1:
+        return {groups[0]: f"{prefix}.png"}
+    return {g: f"{prefix}-{g}.png" for g in groups}
+
+
+def _plot_curves(out: Path, summary: dict[str, Any], names: dict[str, str]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -582,7 +599,7 @@ def _plot_curves(out: Path, summary: dict[str, Any], png_prefix: str = "converge
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
-        name = f"{png_prefix}{group}.png"
+        name = names[group]
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         files.append(name)
