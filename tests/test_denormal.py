@@ -23,8 +23,9 @@ def test_flush_reaches_the_threads_torch_already_runs(two_threads):
     (half of them with 2 threads) and runs in the slow path."""
     if not _to_omp_threads():
         pytest.skip("no GNU OpenMP runtime in this torch (or not Linux x86-64)")
-    x = torch.full((1 << 20,), 3e-39)  # denormal float32
     flush_denormals(False)
+    x = torch.full((1 << 20,), 3e-39)  # denormal float32 (written as 0 with the mode on)
+    assert int(x.count_nonzero()) == x.numel()
     assert int((x * 0.5).count_nonzero()) == x.numel()  # the team runs, keeping denormals
     flush_denormals(True)
     assert int((x * 0.5).count_nonzero()) == 0  # every thread's part flushed

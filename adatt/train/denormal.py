@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import sys
 
@@ -63,9 +64,11 @@ def _to_omp_threads() -> bool:
     glibc and GNU OpenMP (each such thread then keeps the mode it started with)."""
     if sys.platform != "linux" or platform.machine() != "x86_64":
         return False
-    with open("/proc/self/maps") as maps:  # torch's OpenMP runtime, already loaded
-        gomp = next((line.split()[-1] for line in maps
-                     if line.rstrip().endswith("libgomp.so.1") or "/libgomp-" in line), None)
+    with open("/proc/self/maps") as maps:  # the GNU OpenMP runtimes loaded in this process
+        loaded = {line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]}
+    # torch's own (compiled extensions, e.g. torch.compile's kernels, may load another)
+    ours = [p for p in loaded if p.startswith(os.path.dirname(torch.__file__) + os.sep)]
+    gomp = ours[0] if len(ours) == 1 else (next(iter(loaded)) if len(loaded) == 1 else None)
     if gomp is None:
         return False
     try:
