@@ -9,15 +9,12 @@ from adatt.train.denormal import _to_omp_threads, flush_denormals
 
 
 @pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
+def flush_restored():
     yield
-    torch.set_num_threads(old)
     flush_denormals(True)  # what every run sets by default
 
 
-def test_flush_reaches_the_threads_torch_already_runs(two_threads):
+def test_flush_reaches_the_threads_torch_already_runs(two_threads, flush_restored):
     """The mode is per thread: set after torch's OpenMP team exists, it must still reach
     the team's threads, or the part of an operation they compute keeps its denormals
     (half of them with 2 threads) and runs in the slow path."""
@@ -33,10 +30,7 @@ def test_flush_reaches_the_threads_torch_already_runs(two_threads):
     assert int((x * 0.5).count_nonzero()) == x.numel()
 
 
-def test_flush_denormals_reports_the_mode():
-    try:
-        assert flush_denormals(False) is False
-        assert flush_denormals(True) is True  # x86-64 CPUs have the mode
-        assert (torch.tensor([1e-39]) * 1.0).item() == 0.0
-    finally:
-        flush_denormals(True)
+def test_flush_denormals_reports_the_mode(flush_restored):
+    assert flush_denormals(False) is False
+    assert flush_denormals(True) is True  # x86-64 CPUs have the mode
+    assert (torch.tensor([1e-39]) * 1.0).item() == 0.0

@@ -95,14 +95,6 @@ def test_the_grid_covers_every_first_layer_layout():
     assert modes == {fusion.EXTERNAL, fusion.UNITS, fusion.FUSED, fusion.SPLIT}
 
 
-@pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_fast_path_equals_plain_path_with_every_kernel_on(two_threads):
     """float32, 2 threads, sizes where the CPU kernels apply (cache-line padding, row
     splits, the embedding product table, the small softmax, the bag sum)."""
