@@ -197,3 +197,18 @@ def test_models_option_is_checked(capsys):
         run_census_table5("unused", models=("adatt_sp",))
     with pytest.raises(ValueError, match="only context rows"):
         run_census_table5("unused", models=("mmoe",), context=False)
+
+
+def test_a_call_without_baselines_says_so(tmp_path, monkeypatch):
+    from adatt.experiments import census
+
+    class Trainer(_FakeTrainer):
+        def __init__(self, workers, resume, chunk, quick):
+            super().__init__(lambda cfg: 0.8)
+            self.workers = workers
+
+    monkeypatch.setattr(census, "_Trainer", Trainer)
+    run_census_table5(tmp_path, seeds=2, workers=1, progress=False, models=("adatt",),
+                      groups=("A",))
+    text = (tmp_path / "report.md").read_text()
+    assert "No baseline rows in this call: nothing to pair AdaTT with." in text

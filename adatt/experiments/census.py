@@ -463,7 +463,8 @@ education, income, marital status in that order).
 
 ## Paired comparison (same seeds): AdaTT (selected m_s) minus baseline, test AUC
 
-{markdown_table(paired_header, paired_rows)}
+{markdown_table(paired_header, paired_rows) if paired_rows else
+ "No baseline rows in this call: nothing to pair AdaTT with."}
 
 Plot: [{png_name}]({png_name}); every seed's validation and test metrics:
 [{seeds_name}]({seeds_name}).
