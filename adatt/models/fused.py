@@ -104,19 +104,18 @@ class FusedExpertModel(MultiTaskModel):
         self.towers = TowerBank(num_tasks, sizes[-1][-1], tower_sizes, activation)
 
     def _forward(self, dense: Tensor, cat: Tensor, want_weights: bool) -> tuple[Tensor, list]:
-        if any(self.split[1:]):
-            return self.forward_from_input(self.input(dense, cat), want_weights)
-        # level 0 alone reads the input product: it may take it with its zero columns
         z = self.input.forward_padded(dense, cat)  # [B, N + pad]
-        return self.forward_from_input(z, want_weights, width=self.split[0])
+        return self.forward_from_input(z, want_weights, width=sum(self.split))
 
     def forward_from_input(self, z: Tensor, want_weights: bool = False,
                            width: int | None = None) -> tuple[Tensor, list]:
         """``width``: only the first ``width`` columns of ``z`` are the input product;
-        the rest are zero padding (:meth:`InputLinear.forward_padded`)."""
+        the rest are zero padding (:meth:`InputLinear.forward_padded`), which level 0
+        reads as it is where it alone reads ``z``."""
         if any(self.split[1:]):  # later levels' external gates read columns of z too
             if width is not None and width != z.shape[1]:
                 z = drop_pad(z, width)  # [B,N+pad] -> [B,N]
+            width = None
             parts = z.split(self.split, dim=1)
         else:  # no split: its backward would concatenate the whole gradient with nothing
             parts = (z, *[None] * (len(self.split) - 1))
@@ -125,7 +124,7 @@ class FusedExpertModel(MultiTaskModel):
         for i, (level, pre) in enumerate(zip(self.levels, parts, strict=True)):
             gate_pre = pre if level.plan.external_gates else None
             x = pre if i == 0 else h  # level 0 takes its pre-activations, later ones [B,G,d]
-            w0 = width if i == 0 and not any(self.split[1:]) else None
+            w0 = width if i == 0 else None
             if want_weights:
                 h, w = level(x, gate_pre, return_weights=True, width=w0)
                 weights.append(w)

@@ -394,7 +394,7 @@ class FusionLevel(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         if self.plan.external_gates and gate_pre is None:
             raise ValueError("this level's gates need their pre-activations (gate_pre)")
-        if width is not None and width != x.shape[-1] and not self.reads_padded(x):
+        if width is not None and width != x.shape[-1] and not self.reads_padded():
             x, width = drop_pad(x, width), None  # [B,W+pad] -> [B,W], a view
         if is_plain():
             return self.equations(x, gate_pre, return_weights)
@@ -440,7 +440,7 @@ class FusionLevel(nn.Module):
         out = fp32_bmm(comb, h)  # [B,G,E] x [B,E,d] -> [B,G,d]
         return (out, comb) if return_weights else out
 
-    def reads_padded(self, x: Tensor) -> bool:
+    def reads_padded(self) -> bool:
         """Does the fast path take level 0's input with the input layer's zero
         columns still on (``forward(..., width=W)``, see
         :meth:`~adatt.modules.layers.InputLinear.forward_padded`)? Where the
