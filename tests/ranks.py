@@ -1,11 +1,11 @@
-"""Multi-process tests: one retry when a rank dies of gloo's intermittent abort.
+"""Multi-process tests: reruns when a rank dies of gloo's intermittent abort.
 
 Now and then (3 times in about 20 full test runs on the 2-core sandbox VM, once
 in about 60 runs of the test alone) one rank of a 2-process gloo test dies
 with SIGABRT and "terminate called without an active exception", an
 std::terminate in C++, within a second of the ranks starting. The rerun has
-always passed. These helpers rerun such a run (``run_ranks`` once, from the
-same starting files; ``spawn_ranks`` up to twice, each in a new folder) and
+always passed. These helpers rerun such a run up to twice (``run_ranks`` from the
+same starting files, ``spawn_ranks`` each in a new folder) and
 say so with a warning; any other failure, and a last abort, fails the test.
 """
 
@@ -26,14 +26,17 @@ GLOO_ABORT = "terminate called without an active exception"
 
 
 def run_ranks(cmd: list[str], env: dict[str, str], workdir: Path,
-              timeout: float = 300) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd)``, rerun once from a copy of ``workdir`` after a rank's abort."""
+              timeout: float = 300, tries: int = 3) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd)``, rerun from a copy of ``workdir`` after a rank's abort (up to
+    ``tries`` runs in all, as :func:`spawn_ranks`)."""
     before = workdir.with_name(workdir.name + ".before")
     shutil.copytree(workdir, before, dirs_exist_ok=True)
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        if p.returncode != 0 and GLOO_ABORT in p.stdout + p.stderr:
-            warnings.warn(f"a rank aborted ({GLOO_ABORT!r}); rerunning once", stacklevel=2)
+        for _ in range(tries - 1):
+            if p.returncode == 0 or GLOO_ABORT not in p.stdout + p.stderr:
+                break
+            warnings.warn(f"a rank aborted ({GLOO_ABORT!r}); rerunning", stacklevel=2)
             shutil.rmtree(workdir)
             shutil.copytree(before, workdir)
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
