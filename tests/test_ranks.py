@@ -1,4 +1,5 @@
-"""tests/ranks.py: a gloo abort gets one rerun from the starting files; nothing else does."""
+"""tests/ranks.py: a gloo abort gets up to two reruns from the starting files; nothing else
+does."""
 
 import sys
 
@@ -31,18 +32,24 @@ def _run(tmp_path, fail_times, message=GLOO_ABORT):
     return run_ranks(cmd, {}, work), len(count.read_text()), work
 
 
-def test_an_abort_is_rerun_once_from_the_starting_files(tmp_path):
-    with pytest.warns(UserWarning, match="rerunning once"):
+def test_an_abort_is_rerun_from_the_starting_files(tmp_path):
+    with pytest.warns(UserWarning, match="rerunning"):
         p, runs, work = _run(tmp_path, fail_times=1)
     assert p.returncode == 0 and runs == 2, p.stderr
     assert (work / "input.txt").read_text() == "kept"
     assert not (tmp_path / "work.before").exists()
 
 
-def test_a_second_abort_fails(tmp_path):
-    with pytest.warns(UserWarning):
+def test_a_second_abort_is_rerun_too(tmp_path):
+    with pytest.warns(UserWarning, match="rerunning"):
         p, runs, _ = _run(tmp_path, fail_times=2)
-    assert p.returncode != 0 and runs == 2
+    assert p.returncode == 0 and runs == 3, p.stderr
+
+
+def test_a_third_abort_fails(tmp_path):
+    with pytest.warns(UserWarning):
+        p, runs, _ = _run(tmp_path, fail_times=3)
+    assert p.returncode != 0 and runs == 3
 
 
 def test_other_failures_are_not_rerun(tmp_path):
