@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="parallel training processes (census-table5; "
                    "default: ensemble or workers, whichever a short probe measures faster)")
     s.add_argument("--resume", action="store_true", help="keep finished seed runs in the "
-                   "results directory and train only the missing ones (census-table5)")
+                   "results directory and train only the missing ones")
     s.add_argument("--context-seeds", type=int, help="seeds for the context rows "
                    "(Shared-bottom, MMoE, Cross-stitch; census-table5; default --seeds)")
     s.add_argument("--protocol", choices=["paper", "tuned"], help="census-table5: the "

@@ -430,7 +430,9 @@ def load_saved_config(path: str | Path) -> RunConfig:
     The old layout (execution keys under ``train``, every source's options under
     ``data``) is read without a warning: execution keys move to ``runtime`` and
     data options of other sources are dropped. A config saved before
-    ``data.standardize_labels`` existed reads it as false (how that run was trained).
+    ``data.standardize_labels`` existed reads it as false (how that run was trained),
+    and so does one saved before ``train.flush_denormal`` existed; so a resumed
+    experiment never takes such a run as made with the current defaults.
     """
     return _load(path, None, saved=True)
 
@@ -453,6 +455,9 @@ def _load(path: str | Path | None, overrides: list[str] | None, saved: bool) -> 
                 raw["data"] = {k: v for k, v in data.items() if k in own.model_fields}
             # saved before regression labels were standardised by default: trained on raw ones
             raw["data"].setdefault("standardize_labels", False)
+        if saved and isinstance(raw.get("train"), dict):
+            # saved before denormals were flushed by default: trained without flushing
+            raw["train"].setdefault("flush_denormal", False)
     raw = apply_overrides(raw, list(overrides or []))
     if isinstance(raw.get("model", {}), dict):
         raw.setdefault("model", {}).setdefault("name", "adatt_sp")

@@ -34,3 +34,24 @@ def test_flush_denormals_reports_the_mode(flush_restored):
     assert flush_denormals(False) is False
     assert flush_denormals(True) is True  # x86-64 CPUs have the mode
     assert (torch.tensor([1e-39]) * 1.0).item() == 0.0
+
+
+def test_a_run_saved_before_the_option_reads_as_made_without_flushing(tmp_path):
+    """Runs made before train.flush_denormal existed were trained without it: a resumed
+    experiment must train them again, not take them as runs of today's defaults."""
+    import yaml
+
+    from adatt.config import load_config, load_saved_config
+    from adatt.train.runs import finished_results
+
+    cfg = load_config(None, ["data.source=mmoe_synthetic", "data.rows=1000"])
+    assert cfg.train.flush_denormal is True
+    saved = cfg.model_dump(mode="json")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "results.json").write_text("{}")
+    assert load_saved_config(tmp_path / "config.yaml").train.flush_denormal is True
+    assert finished_results(tmp_path, cfg) == {}
+    del saved["train"]["flush_denormal"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert load_saved_config(tmp_path / "config.yaml").train.flush_denormal is False
+    assert finished_results(tmp_path, cfg) is None

@@ -266,26 +266,38 @@ def tiny_cfg(tmp_path, name):
                               "runtime.threads=1", f"out_dir={tmp_path}", f"name={name}"])
 
 
-def test_run_seeds_falls_back_to_one_train_per_seed(tmp_path, monkeypatch):
+def test_run_seeds_one_seed_trains_alone_with_the_numbers_of_the_ensemble(tmp_path):
     from adatt.data.config import load_splits
 
     cfg = tiny_cfg(tmp_path, "loop")
     splits = load_splits(cfg.data)
-    monkeypatch.setitem(sys.modules, "adatt.train.ensemble", None)  # import fails
-    looped = run_seeds(cfg, [0, 1], splits)
+    looped = [run_seeds(cfg, [s], splits)[0] for s in (0, 1)]  # one train() per seed
     for s in (0, 1):
         assert (tmp_path / "loop" / f"seed_{s}" / "metrics.jsonl").is_file()
     assert [r["seed"] for r in looped] == [0, 1]
     assert looped[0]["test"] != looped[1]["test"]
-    monkeypatch.undo()
-    try:
-        import adatt.train.ensemble  # noqa: F401
-    except ImportError:
-        return
     ens = run_seeds(tiny_cfg(tmp_path, "ens"), [0, 1], splits)  # vectorised: same numbers
     for a, b in zip(looped, ens, strict=True):
         for task in a["test"]:
             assert a["test"][task]["mse"] == pytest.approx(b["test"][task]["mse"], rel=1e-4)
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["train", "ensemble"])
+def test_run_seeds_resume_keeps_finished_runs_and_retrains_changed_ones(tmp_path, seeds):
+    from adatt.data.config import load_splits
+
+    cfg = tiny_cfg(tmp_path, "r")
+    splits = load_splits(cfg.data)
+    first = run_seeds(cfg, seeds, splits)
+    files = [tmp_path / "r" / f"seed_{s}" / "results.json" for s in seeds]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = run_seeds(cfg, seeds, splits, resume=True)
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # nothing trained again
+    assert [r["test"] for r in again] == [r["test"] for r in first]
+    other = cfg.model_copy(deep=True)
+    other.train.optimizer.lr = cfg.train.optimizer.lr * 2
+    run_seeds(other, seeds, splits, resume=True)  # another configuration: trained again
+    assert all(f.stat().st_mtime_ns != t for f, t in zip(files, stamps, strict=True))
 
 
 # ----------------------------------------------------------------------------- report lines
@@ -543,3 +555,30 @@ def test_task_groups_rejects_unknown_groups_and_models():
         run_task_groups("unused", groups=("group9",))
     with pytest.raises(ValueError, match="unknown task group or model 'lstm'"):
         run_task_groups("unused", models=("lstm",))
+
+
+@pytest.mark.parametrize("name", ["task-groups", "ablation", "experts-study", "levels-study",
+                                  "expert-weights", "partial-labels"])
+def test_every_simulator_experiment_passes_resume_to_its_seed_runs(name, tmp_path,
+                                                                   monkeypatch):
+    """`adatt experiment NAME --resume` reaches run_seeds, which keeps finished runs."""
+    import importlib
+
+    from adatt.cli import main
+    from adatt.experiments import EXPERIMENTS
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_seeds(cfg, seeds, splits=None, chunk=None, resume=False):
+        seen.append(resume)
+        raise Stop
+
+    module = importlib.import_module(EXPERIMENTS[name][0])
+    monkeypatch.setattr(module, "run_seeds", fake_run_seeds)
+    with pytest.raises(Stop):
+        main(["experiment", name, "--quick", "--resume", "--out-dir", str(tmp_path),
+              "--no-progress", *(["--no-census"] if name == "ablation" else [])])
+    assert seen == [True]

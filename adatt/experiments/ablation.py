@@ -105,7 +105,7 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
                  progress: bool = True, *, census: bool = True, sim: bool = True,
                  census_ms: Sequence[int] | None = None, rows: int | None = None,
                  data_dir: str | None = None, device: str = "cpu", threads: int | None = None,
-                 chunk: int | None = None) -> dict[str, Any]:
+                 chunk: int | None = None, resume: bool = False) -> dict[str, Any]:
     """NativeExpertLF on vs off; writes report.md, results.csv, seeds.csv, ablation.png;
     returns the summary (the report is written from it alone).
 
@@ -122,6 +122,8 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
         device: ``cpu`` or ``cuda``.
         threads: torch threads (default: all cores; quick mode 1).
         chunk: seeds trained together at most (memory).
+        resume: keep the seed runs already finished in ``out_dir/runs`` with the same
+            configuration and train only the missing ones.
 
     Returns:
         ``{"settings": {setting: {"tasks": {task: {...}}}}, "wall_time_s": ..., ...}``.
@@ -167,7 +169,7 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
             model = {**c["model"], "native_fusion": native}
             cfg = load_config(None, [*base, f"name={name}", *model_overrides(model)])
             ts = time.perf_counter()
-            runs[state] = (run_seeds(cfg, seed_list, splits[c["source"]], chunk),
+            runs[state] = (run_seeds(cfg, seed_list, splits[c["source"]], chunk, resume),
                            time.perf_counter() - ts)
         (on, t_on), (off, t_off) = runs["on"], runs["off"]
         rel = relative_summary(off, on)

@@ -157,7 +157,8 @@ def family_sharing(weights: np.ndarray, families: Sequence[str],
 def run_expert_weights(out_dir: str | Path = "results/expert-weights", quick: bool = False,
                        seeds: int = 3, progress: bool = True, *, preset: str = "all",
                        rows: int | None = None, device: str = "cpu",
-                       threads: int | None = None, chunk: int | None = None) -> dict[str, Any]:
+                       threads: int | None = None, chunk: int | None = None,
+                       resume: bool = False) -> dict[str, Any]:
     """Train the Figure 3 model; write report.md, weights.csv, seeds.csv,
     weights-seeds.csv, expert_weights.png.
 
@@ -171,6 +172,8 @@ def run_expert_weights(out_dir: str | Path = "results/expert-weights", quick: bo
         device: ``cpu`` or ``cuda``.
         threads: torch threads (default: all cores; quick mode 1).
         chunk: seeds trained together at most (memory).
+        resume: keep the seed runs already finished in ``out_dir/runs`` with the same
+            configuration and train only the missing ones.
 
     Returns:
         The summary: tasks, families, per level the mean weights ``[T, E]`` (seed
@@ -197,7 +200,7 @@ def run_expert_weights(out_dir: str | Path = "results/expert-weights", quick: bo
     sel, note = selection_override(splits)
     cfg = load_config(None, [*base, sel, f"name={name}", *model_overrides(model_opts)])
     ts = time.perf_counter()
-    results = run_seeds(cfg, seed_list, splits, chunk)
+    results = run_seeds(cfg, seed_list, splits, chunk, resume)
     train_s = time.perf_counter() - ts
     tasks = list(splits.schema.task_names)
     families = [TASKS[t].family for t in tasks]

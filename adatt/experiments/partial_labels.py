@@ -123,7 +123,8 @@ def _reported(kinds: dict[str, str], conditions: dict[str, str]) -> list[tuple[s
 def run_partial_labels(out_dir: str | Path = "results/partial-labels", quick: bool = False,
                        seeds: int = 5, progress: bool = True, *, rows: int | None = None,
                        models: tuple[str, ...] = MODELS, device: str = "cpu",
-                       threads: int | None = None, chunk: int | None = None) -> dict[str, Any]:
+                       threads: int | None = None, chunk: int | None = None,
+                       resume: bool = False) -> dict[str, Any]:
     """Masking against imputed zeros on the simulator's ``partial`` preset; writes
     report.md, results.csv and seeds.csv.
 
@@ -137,6 +138,8 @@ def run_partial_labels(out_dir: str | Path = "results/partial-labels", quick: bo
         device: ``cpu`` or ``cuda``.
         threads: torch threads (default: all cores; quick mode 1).
         chunk: seeds trained together at most (memory).
+        resume: keep the seed runs already finished in ``out_dir/runs`` with the same
+            configuration and train only the missing ones.
 
     Returns:
         The summary (also saved as summary.json) from which the report is written.
@@ -171,7 +174,7 @@ def run_partial_labels(out_dir: str | Path = "results/partial-labels", quick: bo
         for arm in ARMS:
             cfg = load_config(None, [*base, f"name={name}_{arm}", *model_overrides(spec)])
             t0 = clock.facts()["wall_time_s"]
-            results = run_seeds(cfg, seed_list, data[arm], chunk)
+            results = run_seeds(cfg, seed_list, data[arm], chunk, resume)
             seconds[name][arm] = clock.facts()["wall_time_s"] - t0
             runs[name][arm] = results
             if arm == "masked":

@@ -112,7 +112,8 @@ def levels_configs(quick: bool = False, levels: tuple[int, ...] = (2, 3, 4, 5)
 def run_experts_study(out_dir: str | Path = "results/experts-study", quick: bool = False,
                       seeds: int = 3, progress: bool = True, *, rows: int | None = None,
                       counts: tuple[int, ...] = EXPERT_COUNTS, device: str = "cpu",
-                      threads: int | None = None, chunk: int | None = None) -> dict[str, Any]:
+                      threads: int | None = None, chunk: int | None = None,
+                      resume: bool = False) -> dict[str, Any]:
     """Table 7: AdaTT-sp with 1..4 native experts per task; writes report.md, results.csv,
     seeds.csv, PNG.
 
@@ -126,19 +127,22 @@ def run_experts_study(out_dir: str | Path = "results/experts-study", quick: bool
         device: ``cpu`` or ``cuda``.
         threads: torch threads (default: all cores; quick mode 1).
         chunk: seeds trained together at most (memory).
+        resume: keep the seed runs already finished in ``out_dir/runs`` with the same
+            configuration and train only the missing ones.
 
     Returns:
         The summary: per configuration, per task the difference from the reference.
     """
     command = command_line("experts-study", run_experts_study, dict(locals()))
     return _run_study("experts", Path(out_dir), experts_configs(quick, counts), quick, seeds,
-                      progress, rows, device, threads, chunk, command)
+                      progress, rows, device, threads, chunk, resume, command)
 
 
 def run_levels_study(out_dir: str | Path = "results/levels-study", quick: bool = False,
                      seeds: int = 3, progress: bool = True, *, rows: int | None = None,
                      levels: tuple[int, ...] = (2, 3, 4, 5), device: str = "cpu",
-                     threads: int | None = None, chunk: int | None = None) -> dict[str, Any]:
+                     threads: int | None = None, chunk: int | None = None,
+                      resume: bool = False) -> dict[str, Any]:
     """Table 8: AdaTT-sp with 2..5 fusion levels; writes report.md, results.csv, seeds.csv, PNG.
 
     Args: as :func:`run_experts_study`, with ``levels`` (level counts; the first is
@@ -146,12 +150,12 @@ def run_levels_study(out_dir: str | Path = "results/levels-study", quick: bool =
     """
     command = command_line("levels-study", run_levels_study, dict(locals()))
     return _run_study("levels", Path(out_dir), levels_configs(quick, levels), quick, seeds,
-                      progress, rows, device, threads, chunk, command)
+                      progress, rows, device, threads, chunk, resume, command)
 
 
 def _run_study(kind: str, out: Path, configs: list[dict[str, Any]], quick: bool, seeds: int,
                progress: bool, rows: int | None, device: str, threads: int | None,
-               chunk: int | None, command: str) -> dict[str, Any]:
+               chunk: int | None, resume: bool, command: str) -> dict[str, Any]:
     from adatt.config import load_config
     from adatt.data.config import load_splits
 
@@ -171,7 +175,7 @@ def _run_study(kind: str, out: Path, configs: list[dict[str, Any]], quick: bool,
         name = f"{kind}_{c['label'].split(' [')[0].replace(' ', '_').replace('=', '')}"
         cfg = load_config(None, [*base, f"name={name}", *model_overrides(c["model"])])
         ts = time.perf_counter()
-        results[c["label"]] = run_seeds(cfg, seed_list, splits, chunk)
+        results[c["label"]] = run_seeds(cfg, seed_list, splits, chunk, resume)
         seconds[c["label"]] = time.perf_counter() - ts
         params[c["label"]] = results[c["label"]][0]["num_parameters"]
     ref = configs[0]["label"]

@@ -160,31 +160,29 @@ def model_overrides(model: dict[str, Any]) -> list[str]:
     return [f"model.{k}={json.dumps(v)}" for k, v in model.items()]
 
 
-def run_seeds(cfg, seeds: Sequence[int], splits=None, chunk: int | None = None
-              ) -> list[dict[str, Any]]:
+def run_seeds(cfg, seeds: Sequence[int], splits=None, chunk: int | None = None,
+              resume: bool = False) -> list[dict[str, Any]]:
     """Train ``cfg`` once per seed; one results dict per seed, run dirs ``<name>/seed_<k>/``.
 
     Several seeds train together as one vectorised model
-    (:func:`adatt.train.ensemble.train_ensemble`) when it is importable; otherwise
-    (or for one seed) ``train()`` runs once per seed with ``train.seed=k`` and
-    ``name=<name>/seed_<k>``, the same run directories and the same numbers.
+    (:func:`adatt.train.ensemble.train_ensemble`); one seed runs ``train()`` with
+    ``train.seed=k`` and ``name=<name>/seed_<k>``, the same run directory and numbers.
+    ``resume`` keeps the seeds whose run already finished with this configuration
+    (:func:`adatt.train.runs.finished_results`) and trains only the others.
     """
-    seeds = [int(s) for s in seeds]
-    if len(seeds) > 1:
-        try:
-            from adatt.train.ensemble import train_ensemble
-        except ImportError:
-            train_ensemble = None
-        if train_ensemble is not None:
-            return train_ensemble(cfg, seeds, splits=splits, overwrite=True, chunk=chunk)
+    from adatt.train.ensemble import seed_config, train_ensemble
+    from adatt.train.runs import finished_results
     from adatt.train.trainer import train
 
+    seeds = [int(s) for s in seeds]
+    if len(seeds) > 1:
+        return train_ensemble(cfg, seeds, splits=splits, overwrite=True, chunk=chunk,
+                              resume=resume)
     out = []
     for s in seeds:
-        c = cfg.model_copy(deep=True)
-        c.name = f"{cfg.name}/seed_{s}"
-        c.train.seed = s
-        out.append(train(c, overwrite=True, splits=splits))
+        c = seed_config(cfg, s)
+        done = finished_results(Path(c.out_dir) / c.name, c) if resume else None
+        out.append(done if done is not None else train(c, overwrite=True, splits=splits))
     return out
 
 
@@ -340,7 +338,7 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
                     groups: Sequence[str] = GROUPS, rows: int | None = None,
                     models: Sequence[str] | None = None, experts_per_level: int | None = None,
                     evaluations: int = 7, device: str = "cpu", threads: int | None = None,
-                    chunk: int | None = None) -> dict[str, Any]:
+                    chunk: int | None = None, resume: bool = False) -> dict[str, Any]:
     """Train every model on each task group; write report.md, results.csv, seeds.csv,
     curves.csv, PNGs.
 
@@ -357,6 +355,8 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
         device: ``cpu`` or ``cuda``.
         threads: torch threads (default: all cores; quick mode 1).
         chunk: seeds trained together at most (memory).
+        resume: keep the seed runs already finished in ``out_dir/runs`` with the same
+            configuration and train only the missing ones.
 
     Returns:
         The summary: per group, per model, per task the test and convergence differences,
@@ -400,7 +400,7 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
             cfg = load_config(None, [*base, f"name={run_name}", f"train.eval_every={eval_every}",
                                      *model_overrides(options[name])])
             ts = time.perf_counter()
-            results[name] = run_seeds(cfg, seed_list, splits, chunk)
+            results[name] = run_seeds(cfg, seed_list, splits, chunk, resume)
             seconds[name] = time.perf_counter() - ts
             curves[name] = read_curves([out / "runs" / run_name / f"seed_{s}" for s in seed_list])
         conv = curve_table(curves, kinds)
