@@ -65,8 +65,8 @@ def test_cli_rejects_options_an_experiment_does_not_have(capsys):
 
     assert main(["experiment", "ablation", "--context-seeds", "2", "--quick"]) != 0
     assert "no --context-seeds option" in capsys.readouterr().err
-    assert main(["experiment", "ablation", "--resume", "--quick"]) != 0
-    assert "no --resume option" in capsys.readouterr().err
+    assert main(["experiment", "ablation", "--workers", "2", "--quick"]) != 0
+    assert "no --workers option" in capsys.readouterr().err
 
 
 class _FakeTrainer:

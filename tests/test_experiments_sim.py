@@ -282,6 +282,53 @@ def test_run_seeds_one_seed_trains_alone_with_the_numbers_of_the_ensemble(tmp_pa
             assert a["test"][task]["mse"] == pytest.approx(b["test"][task]["mse"], rel=1e-4)
 
 
+def test_run_seeds_in_worker_processes_equals_the_ensemble(tmp_path, monkeypatch):
+    """Where the probe picks worker processes, each seed is its own train() run: the
+    numbers of the ensemble's copies, up to summation order; the choice is recorded."""
+    from adatt.data.config import load_splits
+    from adatt.experiments import engine
+
+    cfg = tiny_cfg(tmp_path, "w")
+    splits = load_splits(cfg.data)
+    picked = engine.EngineChoice("workers", 2, 1.0, 2.0)
+    monkeypatch.setattr(engine, "pick_engine", lambda *a, **k: picked)
+    engines: dict = {}
+    workers = run_seeds(cfg, [0, 1], splits, engines=engines)
+    assert engines == {"w": picked.as_dict()}
+    assert not (tmp_path / "w" / "ensemble.json").exists()  # not the ensemble
+    ens = run_seeds(tiny_cfg(tmp_path, "e"), [0, 1], splits)
+    assert (tmp_path / "e" / "ensemble.json").is_file()
+    assert [r["seed"] for r in workers] == [0, 1]
+    for a, b in zip(workers, ens, strict=True):
+        for task in a["test"]:
+            assert a["test"][task]["mse"] == pytest.approx(b["test"][task]["mse"], rel=1e-4)
+
+
+def test_run_seeds_probes_once_per_configuration_and_caches_it(tmp_path, monkeypatch):
+    from adatt.data.config import load_splits
+    from adatt.experiments import engine
+
+    cfg = tiny_cfg(tmp_path, "p")
+    splits = load_splits(cfg.data)
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)  # a choice to make on any host
+    calls = []
+
+    def probe(cfg, splits, seeds, workers):
+        calls.append((seeds, workers))
+        return 5.0, 1.0  # the ensemble measured faster
+
+    real = engine.pick_engine
+    monkeypatch.setattr(engine, "pick_engine",
+                        lambda *a, **k: real(*a, **{**k, "probe": probe}))
+    engines: dict = {}
+    run_seeds(cfg, [0, 1], splits, engines=engines)
+    assert calls == [(2, 2)] and engines["p"]["engine"] == "ensemble"
+    assert engines["p"]["source"] == "measured"
+    assert (tmp_path / "engine.json").is_file()  # beside the runs
+    run_seeds(cfg, [0, 1], splits, resume=True, engines=engines)
+    assert calls == [(2, 2)] and engines["p"]["source"] == "cached"
+
+
 @pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["train", "ensemble"])
 def test_run_seeds_resume_keeps_finished_runs_and_retrains_changed_ones(tmp_path, seeds):
     from adatt.data.config import load_splits
@@ -572,7 +619,7 @@ def test_every_simulator_experiment_passes_resume_to_its_seed_runs(name, tmp_pat
     class Stop(Exception):
         pass
 
-    def fake_run_seeds(cfg, seeds, splits=None, chunk=None, resume=False):
+    def fake_run_seeds(cfg, seeds, splits=None, chunk=None, resume=False, engines=None):
         seen.append(resume)
         raise Stop
 

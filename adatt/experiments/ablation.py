@@ -154,6 +154,8 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
                              threads=threads)
     splits: dict[str, Any] = {}
     summary: dict[str, Any] = {"quick": quick, "seeds": seeds, "rows": rows, "settings": {}}
+    # quick: the ensemble, no probe (and quick census keeps a subset a worker would not)
+    engines: dict[str, Any] | None = None if quick else {}
     for c in configs:
         base = census_base if c["source"] == "census" else sim_base
         if c["source"] not in splits:
@@ -169,7 +171,7 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
             model = {**c["model"], "native_fusion": native}
             cfg = load_config(None, [*base, f"name={name}", *model_overrides(model)])
             ts = time.perf_counter()
-            runs[state] = (run_seeds(cfg, seed_list, splits[c["source"]], chunk, resume),
+            runs[state] = (run_seeds(cfg, seed_list, splits[c["source"]], chunk, resume, engines),
                            time.perf_counter() - ts)
         (on, t_on), (off, t_off) = runs["on"], runs["off"]
         rel = relative_summary(off, on)
@@ -187,6 +189,7 @@ def run_ablation(out_dir: str | Path = "results/ablation", quick: bool = False, 
             "num_parameters": {"on": on[0]["num_parameters"], "off": off[0]["num_parameters"]},
             "seeds": {"on": per_seed(on, seed_list), "off": per_seed(off, seed_list)}}
     summary["halves"] = {"census": census, "sim": sim}
+    summary["engines"] = engines or {}
     summary.update(clock.facts())
     summary["command"] = command_line("ablation", run_ablation, call)
     write_report(out, summary)

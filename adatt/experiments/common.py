@@ -264,17 +264,41 @@ def _listed(v: Any) -> Any:
 
 
 def run_line(summary: dict[str, Any]) -> str:
-    """The report's last line: the command, wall and CPU time, the machine.
+    """The report's last line: the command, wall and CPU time, the machine, and how the
+    seeds were trained where a probe chose it (``summary["engines"]``, see
+    :func:`~adatt.experiments.task_groups.run_seeds`).
 
     >>> print(run_line({"command": "`adatt experiment x`", "wall_time_s": 12.3,
     ...                 "cpu_time_s": 20.0, "cpu_cores": 2, "torch_threads": 2}))
     Command: `adatt experiment x`.
     Wall time 12 s, CPU time 20 s (this process and its workers); 2 CPU cores visible, ...
+    >>> print(run_line({"command": "`c`", "wall_time_s": 1, "cpu_time_s": 1, "cpu_cores": 2,
+    ...                 "torch_threads": 2, "engines": {
+    ...     "a": {"engine": "workers", "workers": 2, "ensemble_rate": 2e4,
+    ...           "workers_rate": 3e4, "source": "measured"},
+    ...     "b": {"engine": "ensemble", "workers": 2, "ensemble_rate": 9e4,
+    ...           "workers_rate": 6e4, "source": "cached"}}}).splitlines()[-1])
+    Seeds trained, per configuration, as one vectorised ensemble or as separate runs in \
+worker processes, whichever a short probe measured faster on this host (training \
+examples/s): a: 2 workers (ensemble 20,000, workers 30,000); b: ensemble (ensemble 90,000, \
+workers 60,000).
     """
-    return (f"Command: {summary['command']}.\nWall time {summary['wall_time_s']:.0f} s, "
+    text = (f"Command: {summary['command']}.\nWall time {summary['wall_time_s']:.0f} s, "
             f"CPU time {summary['cpu_time_s']:.0f} s (this process and its workers); "
             f"{summary['cpu_cores']} CPU cores visible, torch threads: "
             f"{summary['torch_threads']}.")
+    engines = summary.get("engines") or {}
+    if engines:
+        parts = [f"{name}: ensemble (nothing to choose: one core or another device)"
+                 if e["source"] == "no choice" else
+                 f"{name}: " + (f"{e['workers']} workers" if e["engine"] == "workers"
+                                else "ensemble")
+                 + f" (ensemble {e['ensemble_rate']:,.0f}, workers {e['workers_rate']:,.0f})"
+                 for name, e in engines.items()]
+        text += ("\nSeeds trained, per configuration, as one vectorised ensemble or as "
+                 "separate runs in worker processes, whichever a short probe measured faster "
+                 "on this host (training examples/s): " + "; ".join(parts) + ".")
+    return text
 
 
 def wins_text(ours: list[float], others: dict[str, list[float]]) -> str:

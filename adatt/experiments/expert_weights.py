@@ -200,7 +200,8 @@ def run_expert_weights(out_dir: str | Path = "results/expert-weights", quick: bo
     sel, note = selection_override(splits)
     cfg = load_config(None, [*base, sel, f"name={name}", *model_overrides(model_opts)])
     ts = time.perf_counter()
-    results = run_seeds(cfg, seed_list, splits, chunk, resume)
+    engines: dict[str, Any] | None = None if quick else {}  # quick: the ensemble, no probe
+    results = run_seeds(cfg, seed_list, splits, chunk, resume, engines)
     train_s = time.perf_counter() - ts
     tasks = list(splits.schema.task_names)
     families = [TASKS[t].family for t in tasks]
@@ -227,7 +228,7 @@ def run_expert_weights(out_dir: str | Path = "results/expert-weights", quick: bo
                "test": seed_means(results), "train_s": train_s, "selection_note": note,
                "seed_list": seed_list, "seed_metrics": seed_numbers(results, seed_list),
                "weights_per_seed": [[w.tolist() for w in p] for p in per_seed],
-               **clock.facts(),
+               "engines": engines or {}, **clock.facts(),
                "command": command_line("expert-weights", run_expert_weights, call)}
     write_report(out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

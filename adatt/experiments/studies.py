@@ -171,11 +171,12 @@ def _run_study(kind: str, out: Path, configs: list[dict[str, Any]], quick: bool,
     sel, note = selection_override(splits)
     base.append(sel)
     results, seconds, params = {}, {}, {}
+    engines: dict[str, Any] | None = None if quick else {}  # quick: the ensemble, no probe
     for c in configs:
         name = f"{kind}_{c['label'].split(' [')[0].replace(' ', '_').replace('=', '')}"
         cfg = load_config(None, [*base, f"name={name}", *model_overrides(c["model"])])
         ts = time.perf_counter()
-        results[c["label"]] = run_seeds(cfg, seed_list, splits, chunk, resume)
+        results[c["label"]] = run_seeds(cfg, seed_list, splits, chunk, resume, engines)
         seconds[c["label"]] = time.perf_counter() - ts
         params[c["label"]] = results[c["label"]][0]["num_parameters"]
     ref = configs[0]["label"]
@@ -189,7 +190,8 @@ def _run_study(kind: str, out: Path, configs: list[dict[str, Any]], quick: bool,
                          "seeds": per_seed(results[c["label"]], seed_list)})
     summary = {"study": kind, "quick": quick, "seeds": seeds, "rows": rows, "preset": PRESET,
                "reference": ref, "tasks": results[ref][0]["tasks"], "configs": rows_out,
-               "selection_note": note, **clock.facts(), "command": command}
+               "selection_note": note, "engines": engines or {}, **clock.facts(),
+               "command": command}
     write_report(out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

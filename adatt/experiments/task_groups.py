@@ -161,7 +161,8 @@ def model_overrides(model: dict[str, Any]) -> list[str]:
 
 
 def run_seeds(cfg, seeds: Sequence[int], splits=None, chunk: int | None = None,
-              resume: bool = False) -> list[dict[str, Any]]:
+              resume: bool = False, engines: dict[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
     """Train ``cfg`` once per seed; one results dict per seed, run dirs ``<name>/seed_<k>/``.
 
     Several seeds train together as one vectorised model
@@ -169,6 +170,15 @@ def run_seeds(cfg, seeds: Sequence[int], splits=None, chunk: int | None = None,
     ``train.seed=k`` and ``name=<name>/seed_<k>``, the same run directory and numbers.
     ``resume`` keeps the seeds whose run already finished with this configuration
     (:func:`adatt.train.runs.finished_results`) and trains only the others.
+
+    ``engines`` (a dict to record the choice in, under ``cfg.name``): the seeds
+    train as one ensemble or as separate runs in worker processes, whichever a
+    short probe measures faster on this host
+    (:func:`~adatt.experiments.engine.pick_engine`, cached in
+    ``<cfg.out_dir>/engine.json``). Workers load their data again from
+    ``cfg.data``, so pass it only where ``splits`` are exactly ``cfg.data``'s.
+    Either engine gives each seed the numbers of its separate run, up to
+    floating-point summation order.
     """
     from adatt.train.ensemble import seed_config, train_ensemble
     from adatt.train.runs import finished_results
@@ -176,6 +186,16 @@ def run_seeds(cfg, seeds: Sequence[int], splits=None, chunk: int | None = None,
 
     seeds = [int(s) for s in seeds]
     if len(seeds) > 1:
+        if engines is not None:
+            from adatt.data.config import load_splits
+            from adatt.experiments.engine import pick_engine, train_in_workers
+
+            choice = pick_engine(cfg, splits if splits is not None else load_splits(cfg.data),
+                                 len(seeds), Path(cfg.out_dir) / "engine.json")
+            engines[cfg.name] = choice.as_dict()
+            if choice.engine == "workers":
+                return train_in_workers([(cfg.name, cfg, seeds)], choice.workers,
+                                        resume)[cfg.name][0]
         return train_ensemble(cfg, seeds, splits=splits, overwrite=True, chunk=chunk,
                               resume=resume)
     out = []
@@ -382,6 +402,7 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
     seed_list = list(range(seeds))
     summary: dict[str, Any] = {"quick": quick, "seeds": seeds, "rows": rows, "groups": {},
                                "sizes": sizes}
+    engines: dict[str, Any] | None = None if quick else {}  # quick: the ensemble, no probe
     for group in groups:
         base = sim_overrides(group, rows, out / "runs", progress, quick, device=device,
                              threads=threads)
@@ -400,7 +421,7 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
             cfg = load_config(None, [*base, f"name={run_name}", f"train.eval_every={eval_every}",
                                      *model_overrides(options[name])])
             ts = time.perf_counter()
-            results[name] = run_seeds(cfg, seed_list, splits, chunk, resume)
+            results[name] = run_seeds(cfg, seed_list, splits, chunk, resume, engines)
             seconds[name] = time.perf_counter() - ts
             curves[name] = read_curves([out / "runs" / run_name / f"seed_{s}" for s in seed_list])
         conv = curve_table(curves, kinds)
@@ -419,6 +440,7 @@ def run_task_groups(out_dir: str | Path = "results/task-groups", quick: bool = F
                 "seeds": per_seed(results[name], seed_list),
             }
         summary["groups"][group] = g
+    summary["engines"] = engines or {}
     summary.update(clock.facts())
     summary["command"] = command_line("task-groups", run_task_groups, call)
     write_report(out, summary)
