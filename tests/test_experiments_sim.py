@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np

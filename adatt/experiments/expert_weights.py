@@ -239,11 +239,18 @@ def _family_order(families: Sequence[str]) -> list[int]:
     return sorted(range(len(families)), key=lambda t: (families[t] != "consumption", t))
 
 
-def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+def write_report(out: str | Path, summary: dict[str, Any], prefix: str | None = None) -> None:
     """Write the report and its CSVs and plots into ``out`` from ``summary`` alone (what
-    the run function returns and stores as summary.json)."""
+    the run function returns and stores as summary.json); with ``prefix`` (e.g.
+    ``expert-weights`` for docs/results) the files are ``<prefix>.md``, ``<prefix>.csv``
+    (the weights), ``<prefix>-seeds.csv``, ``<prefix>-weights-seeds.csv`` and
+    ``<prefix>.png``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    md_name, csv_name, seeds_name, wseeds_name, png = (
+        ("report.md", "weights.csv", "seeds.csv", "weights-seeds.csv", "expert_weights.png")
+        if prefix is None else (f"{prefix}.md", f"{prefix}.csv", f"{prefix}-seeds.csv",
+                                f"{prefix}-weights-seeds.csv", f"{prefix}.png"))
     tasks, families = summary["tasks"], summary["families"]
     order = _family_order(families)
     csv_rows, tables = [], []
@@ -256,16 +263,16 @@ def write_report(out: str | Path, summary: dict[str, Any]) -> None:
         for t in range(len(tasks)):
             for e in range(w.shape[1]):
                 csv_rows.append([lv, tasks[t], families[t], f"e_{tasks[e]}", w[t, e]])
-    write_csv(out / "weights.csv", ["level", "task", "family", "expert", "mean_weight"],
+    write_csv(out / csv_name, ["level", "task", "family", "expert", "mean_weight"],
               csv_rows)
-    write_seeds_csv(out / "seeds.csv", [], seed_rows([], summary["seed_metrics"]))
-    write_csv(out / "weights-seeds.csv", ["seed", "level", "task", "family", "expert", "weight"],
+    write_seeds_csv(out / seeds_name, [], seed_rows([], summary["seed_metrics"]))
+    write_csv(out / wseeds_name, ["seed", "level", "task", "family", "expert", "weight"],
               [[seed, lv, tasks[t], families[t], f"e_{tasks[e]}", row[e]]
                for seed, levels in zip(summary["seed_list"], summary["weights_per_seed"],
                                        strict=True)
                for lv, w in enumerate(levels) for t, row in enumerate(w)
                for e in range(len(row))])
-    _plot(out / "expert_weights.png", summary, order)
+    _plot(out / png, summary, order)
     st = summary["sharing"]
     sh_header = ["level", "same/other (mean weights)", "foreign mass", "native mass",
                  "same/other per seed", "foreign per seed"]
@@ -311,13 +318,13 @@ untrained gate is near uniform, with foreign mass (E - 1) / E = {uniform:.3f}.
 Paper (Figure 3): level 0 separates the task groups; level 1 shares more broadly.
 Here: {verdict}
 
-Heatmaps: [expert_weights.png](expert_weights.png); every seed's weights:
-[weights-seeds.csv](weights-seeds.csv); every seed's validation and test metrics:
-[seeds.csv](seeds.csv).
+Heatmaps: [{png}]({png}); every seed's weights:
+[{wseeds_name}]({wseeds_name}); every seed's validation and test metrics:
+[{seeds_name}]({seeds_name}).
 
 {run_line(summary)}
 """
-    (out / "report.md").write_text(text)
+    (out / md_name).write_text(text)
 
 
 def _verdict(stats: list[dict[str, float]],

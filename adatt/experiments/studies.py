@@ -197,12 +197,17 @@ def _run_study(kind: str, out: Path, configs: list[dict[str, Any]], quick: bool,
     return summary
 
 
-def write_report(out: str | Path, summary: dict[str, Any]) -> None:
+def write_report(out: str | Path, summary: dict[str, Any], prefix: str | None = None) -> None:
     """Write the report and its CSVs and plots into ``out`` from ``summary`` alone (what
-    the run function returns and stores as summary.json)."""
+    the run function returns and stores as summary.json); with ``prefix`` (e.g.
+    ``experts-study`` for docs/results) the files are ``<prefix>.md``, ``<prefix>.csv``,
+    ``<prefix>-seeds.csv`` and ``<prefix>.png``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kind, tasks = summary["study"], summary["tasks"]
+    md_name, csv_name, seeds_name, png = (
+        ("report.md", "results.csv", "seeds.csv", f"{kind}_study.png") if prefix is None
+        else (f"{prefix}.md", f"{prefix}.csv", f"{prefix}-seeds.csv", f"{prefix}.png"))
     header = ["configuration", "params"] + [
         f"{t} {'MSE' if k == 'regression' else 'NE'}" + (" (aux.)" if t == "follow" else "")
         for t, k in tasks.items()] + ["seconds"]
@@ -214,11 +219,10 @@ def write_report(out: str | Path, summary: dict[str, Any]) -> None:
         for t in tasks:
             csv_rows.append([c["label"], c["x"], t, c["metric"][t], c["diff"][t]["diff"],
                              c["diff"][t]["ci"], c["num_parameters"]])
-    write_csv(out / "results.csv", ["configuration", "x", "task", "test_metric", "diff_pct",
+    write_csv(out / csv_name, ["configuration", "x", "task", "test_metric", "diff_pct",
                                     "ci95", "num_parameters"], csv_rows)
-    write_seeds_csv(out / "seeds.csv", ["configuration"], [
+    write_seeds_csv(out / seeds_name, ["configuration"], [
         row for c in summary["configs"] for row in seed_rows([c["label"]], c["seeds"])])
-    png = f"{kind}_study.png"
     _plot(out / png, summary)
     ref_metric = next(c["metric"] for c in summary["configs"]
                       if c["label"] == summary["reference"])
@@ -247,11 +251,12 @@ Paper: {PAPER_FINDING[kind]} (PAPER.md gives the direction, not the numbers.)
 
 {seed_lines(summary)}
 
-Plot: [{png}]({png}); every seed's validation and test metrics: [seeds.csv](seeds.csv).
+Plot: [{png}]({png}); every seed's validation and test metrics:
+[{seeds_name}]({seeds_name}).
 
 {run_line(summary)}
 """
-    (out / "report.md").write_text(text)
+    (out / md_name).write_text(text)
 
 
 def seed_lines(summary: dict[str, Any]) -> str:
