@@ -60,7 +60,7 @@ def _overrides(tmp_path, name: str, *extra: str) -> list[str]:
 def _torchrun(tmp_path, args: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "adatt", "train", *args]
-    p = run_ranks(cmd, {**os.environ, "OMP_NUM_THREADS": "1"}, tmp_path)
+    p = run_ranks(cmd, {**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count("selected:") == 1  # rank 0 prints the results, rank 1 nothing
 
@@ -217,7 +217,7 @@ def _torchrun_runner(tmp_path, args: list[str], kill_at: int = 0) -> dict[int, t
            str(script), "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RECORD_DIR": str(record),
            "KILL_AT_EVAL": str(kill_at)}
-    p = run_ranks(cmd, env, tmp_path)
+    p = run_ranks(cmd, env)
     if kill_at:
         assert p.returncode != 0
         return {}

@@ -436,7 +436,7 @@ def test_two_processes_equal_one(files, tmp_path):
             f"out_dir={tmp_path}", "name=two"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "2", "-m", "adatt", "train", *args]
-    p = run_ranks(cmd, {**os.environ, "OMP_NUM_THREADS": "1"}, tmp_path)
+    p = run_ranks(cmd, {**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     a, b = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two"))
     assert a["selected"] == b["selected"]

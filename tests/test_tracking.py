@@ -189,7 +189,7 @@ def test_mlflow_distributed_logs_from_rank_0_only(tmp_path, store):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "adatt", "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    p = run_ranks(cmd, env, tmp_path)
+    p = run_ranks(cmd, env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (run,) = runs_of(client, "ddp")
     assert run.info.status == "FINISHED"

@@ -74,6 +74,8 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import pickle
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -89,7 +91,8 @@ if TYPE_CHECKING:
     from adatt.data.sources import BatchSource
 
 __all__ = ["init", "shutdown", "is_active", "is_main", "rank", "world_size", "default_threads",
-           "local_device", "wrap", "row_range", "Shard", "shard", "barrier",
+           "local_device", "wrap", "row_range", "Shard", "shard", "barrier", "keep",
+           "all_gather", "broadcast_object",
            "batch_source", "RankShards", "rank_plan", "UNSUPPORTED_WEIGHTINGS"]
 
 # Weightings that need per-task gradients of the global batch (not a sum over ranks).
@@ -184,6 +187,49 @@ def barrier() -> None:
         dist.barrier(device_ids=[torch.cuda.current_device()])
     else:
         dist.barrier()
+
+
+# The works of the latest collectives, with the tensors they hold (see keep()).
+_recent: deque[Any] = deque(maxlen=4)
+
+
+def keep(work: Any) -> None:
+    """Wait for a collective's ``work`` (``async_op=True``) and hold it until a few later
+    collectives have completed.
+
+    A process-group worker thread drops its reference to a work once the work
+    completes. When that is the last reference, the work's tensors (Python
+    tensors) are freed in that thread, which takes the GIL; if that happens while
+    the interpreter shuts down, the thread cannot take it and the process aborts
+    ("terminate called without an active exception", SIGABRT), after the run has
+    written its results. The collectives at the end of a run (the test
+    evaluation's) are the ones at risk: held here, the last reference to each is
+    dropped by this thread, with the GIL.
+    """
+    work.wait()
+    _recent.append(work)
+
+
+def all_gather(t: Tensor) -> list[Tensor]:
+    """``t`` of every rank, in rank order (every rank's ``t`` has the same shape)."""
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    keep(dist.all_gather(out, t, async_op=True))
+    return out
+
+
+def broadcast_object(obj: Any, device: torch.device) -> Any:
+    """Rank 0's ``obj`` (picklable) on every rank; ``device``: where the backend's
+    tensors live (a GPU under NCCL)."""
+    if dist.get_rank() == 0:
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+        size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    else:
+        size = torch.zeros(1, dtype=torch.int64, device=device)
+    keep(dist.broadcast(size, src=0, async_op=True))
+    if dist.get_rank() != 0:
+        data = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    keep(dist.broadcast(data, src=0, async_op=True))
+    return obj if dist.get_rank() == 0 else pickle.loads(data.cpu().numpy().tobytes())
 
 
 def local_device(device: str) -> torch.device:

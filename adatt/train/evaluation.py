@@ -121,8 +121,7 @@ def evaluate(model: Any, data: Any, schema: FeatureSchema, batch_size: int = 819
     mine = torch.zeros(*lead, longest, schema.num_tasks, device=device)  # [..,longest,T]
     if parts:
         mine[..., : stop - start, :] = torch.cat(parts, dim=-2)  # [..,B_r,T] into [..,longest,T]
-    gathered = [torch.empty_like(mine) for _ in range(w)]
-    dist.all_gather(gathered, mine)
+    gathered = ddp.all_gather(mine)  # W x [..,longest,T]
     out: list[Any] = [None]
     if r == 0:
         logits = torch.cat([g[..., : hi - lo, :] for g, (lo, hi) in
@@ -131,8 +130,7 @@ def evaluate(model: Any, data: Any, schema: FeatureSchema, batch_size: int = 819
             b = data.batch(slice(s, s + rows)).to(device)
             acc.update(logits[..., s : s + rows, :], b.labels, b.weight)
         out[0] = acc.compute()
-    dist.broadcast_object_list(out, src=0)
-    return in_original_units(out[0], schema)
+    return in_original_units(ddp.broadcast_object(out[0], mine.device), schema)
 
 
 def in_original_units(metrics: Any, schema: FeatureSchema) -> Any:
