@@ -54,6 +54,26 @@ def test_pick_engine_probes_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert len(calls) == 2 and len(json.loads(cache.read_text())) == 2
 
 
+def test_seeds_trained_alone_count_the_workers_idle_in_a_last_round(tmp_path, monkeypatch):
+    """3 seeds on 2 workers: the third runs while the other worker waits, so 2 workers at
+    1.3x the ensemble's rate reach 3/4 of it over the 3 seeds: the ensemble is faster."""
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)
+
+    def probe(cfg, splits, seeds, workers):
+        return 10_000.0, 13_000.0
+
+    cache = tmp_path / "engine.json"
+    many = pick_engine(_cfg(tmp_path), None, seeds=3, cache=cache, probe=probe)
+    assert many.engine == "workers"  # other configurations' jobs fill the last round
+    for source in ("measured", "cached"):
+        alone = pick_engine(_cfg(tmp_path), None, seeds=3, cache=cache if source == "cached"
+                            else tmp_path / "other.json", probe=probe, alone=True)
+        assert (alone.engine, alone.source) == ("ensemble", source)
+        assert alone.workers_rate == 13_000.0 * 3 / 4
+    assert pick_engine(_cfg(tmp_path), None, seeds=4, probe=probe, alone=True).engine == \
+        "workers"  # whole rounds
+
+
 def test_one_seed_or_one_core_needs_no_probe(tmp_path, monkeypatch):
     def probe(*a):
         raise AssertionError("no probe expected")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -69,20 +70,32 @@ class EngineChoice:
 
 
 def choose_engine(ensemble_rate: float, workers_rate: float, workers: int,
-                  source: str = "measured") -> EngineChoice:
+                  source: str = "measured", seeds: int | None = None) -> EngineChoice:
     """The engine with the higher measured rate (a tie: the ensemble).
 
     Args:
         ensemble_rate: examples/s summed over the copies of one ensemble group.
         workers_rate: examples/s summed over ``workers`` processes side by side.
         workers: how many worker processes that rate is for.
+        seeds: when the workers train only these S seeds (one configuration
+            alone), a last round of ``S mod w`` seeds leaves the other workers
+            idle: the workers' rate is then counted over ``ceil(S / w)`` whole
+            rounds, ``workers_rate * S / (w * ceil(S / w))``, and that is the rate
+            compared and recorded.
 
     >>> c = choose_engine(1000.0, 1000.0, 2)
     >>> c.engine, c.workers
     ('ensemble', 1)
+    >>> choose_engine(900.0, 1000.0, 2).engine  # 2 workers, many jobs
+    'workers'
+    >>> c = choose_engine(900.0, 1000.0, 2, seeds=3)  # seed 3 runs alone: 3/4 of 1000
+    >>> c.engine, c.workers_rate
+    ('ensemble', 750.0)
     """
     if workers < 1 or ensemble_rate <= 0 or workers_rate <= 0:
         raise ValueError("choose_engine needs positive rates and at least one worker")
+    if seeds is not None:
+        workers_rate = workers_rate * seeds / (workers * math.ceil(seeds / workers))
     if workers > 1 and workers_rate > ensemble_rate:
         return EngineChoice("workers", workers, ensemble_rate, workers_rate, source)
     return EngineChoice("ensemble", 1, ensemble_rate, workers_rate, source)
@@ -187,13 +200,17 @@ def _ensemble_step(cfg, schema, S: int, device, data, rows) -> Callable[[], None
 
 
 def pick_engine(cfg, splits, seeds: int, cache: str | Path | None = None,
-                probe: Callable[..., tuple[float, float]] = probe_rates) -> EngineChoice:
+                probe: Callable[..., tuple[float, float]] = probe_rates,
+                alone: bool = False) -> EngineChoice:
     """:func:`choose_engine` from :func:`probe_rates`, or from ``cache`` when it holds this key.
 
     ``workers`` is ``min(cores, seeds)`` (one thread each on a small CPU); one
     seed or one core is always the ensemble (nothing to choose, no probe). The
     probe's rates are written to ``cache`` (a JSON file, other keys kept).
-    ``probe`` is the measuring function (injectable for tests).
+    ``probe`` is the measuring function (injectable for tests). ``alone``: the
+    workers would train only these seeds, so a partial last round counts
+    (``choose_engine(..., seeds=seeds)``); otherwise other configurations' jobs
+    fill it.
     """
     import torch
 
@@ -211,9 +228,10 @@ def pick_engine(cfg, splits, seeds: int, cache: str | Path | None = None,
             stored = {}
         if key in stored:
             r = stored[key]
-            return choose_engine(r["ensemble_rate"], r["workers_rate"], r["workers"], "cached")
+            return choose_engine(r["ensemble_rate"], r["workers_rate"], r["workers"], "cached",
+                                 seeds if alone else None)
     ens_rate, work_rate = probe(cfg, splits, seeds, workers)
-    choice = choose_engine(ens_rate, work_rate, workers)
+    choice = choose_engine(ens_rate, work_rate, workers, seeds=seeds if alone else None)
     if path is not None:
         stored[key] = {"ensemble_rate": ens_rate, "workers_rate": work_rate,
                        "workers": workers, "cores": cores, "seeds": seeds,

@@ -191,7 +191,7 @@ def run_seeds(cfg, seeds: Sequence[int], splits=None, chunk: int | None = None,
             from adatt.experiments.engine import pick_engine, train_in_workers
 
             choice = pick_engine(cfg, splits if splits is not None else load_splits(cfg.data),
-                                 len(seeds), Path(cfg.out_dir) / "engine.json")
+                                 len(seeds), Path(cfg.out_dir) / "engine.json", alone=True)
             engines[cfg.name] = choice.as_dict()
             if choice.engine == "workers":
                 return train_in_workers([(cfg.name, cfg, seeds)], choice.workers,
