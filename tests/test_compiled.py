@@ -112,6 +112,24 @@ def test_bag_sum_custom_op_registrations():
     assert torch.allclose(grad, w2.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("in_order", [False, True])
+def test_bag_sum_eager_function_equals_the_custom_op_bit_for_bit(in_order):
+    """Eager ``bag_sum`` runs an autograd Function, a compiled one the custom op: the
+    same functions, so the same output and weight gradient to the last bit (fp32)."""
+    g = torch.Generator().manual_seed(3)
+    cards = [9, 4, 30, 2]
+    offsets = torch.tensor([0, *cards[:-1]]).cumsum(0)
+    idx = torch.stack([torch.randint(0, c, (200,), generator=g) for c in cards], 1) + offsets
+    w = torch.randn(sum(cards), 13, generator=g, requires_grad=True)
+    up = torch.randn(200, 13, generator=g)
+    out = kernels.bag_sum(idx, w, in_order)
+    assert out.grad_fn.name() == "_BagSumBackward"  # the eager Function, not the op
+    (grad,) = torch.autograd.grad(out, w, up)
+    op_out = torch.ops.adatt.bag_sum(idx, w, in_order)
+    (op_grad,) = torch.autograd.grad(op_out, w, up)
+    assert torch.equal(out, op_out) and torch.equal(grad, op_grad)
+
+
 def test_wanted_and_the_fallbacks(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     assert not comp.wanted(False, cpu)
