@@ -1,5 +1,6 @@
 """The committed reports in docs/results: every local file a report links exists, and
-the ablation report's prefixed names are the ones its report code writes."""
+the ablation report's prefixed names are the ones its report code writes, and each report's
+headline numbers are the means of the per-seed CSV committed beside it."""
 
 from __future__ import annotations
 
@@ -88,3 +89,159 @@ def test_expert_weights_report_names_follow_the_prefix(tmp_path: Path) -> None:
     for name in ("expert-weights-seeds.csv", "expert-weights-weights-seeds.csv",
                  "expert-weights.png"):
         assert f"[{name}]({name})" in text
+
+
+# ------------------------------------------------------------ numbers from the committed seeds
+# Each report's headline numbers recomputed from its per-seed CSV (test split, mean over
+# seeds) and looked up in the report: the CSV is the data behind the report, and the report
+# was written from it.
+
+
+def _test_means(csv_name: str, keys: list[str]) -> dict[tuple, float]:
+    import csv
+    import statistics
+
+    groups: dict[tuple, list[float]] = {}
+    with open(RESULTS / csv_name, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["split"] == "test":
+                key = (*(r[k] for k in keys), r["task"], r["metric"])
+                groups.setdefault(key, []).append(float(r["value"]))
+    return {k: statistics.mean(v) for k, v in groups.items()}
+
+
+def _main_metric(means: dict[tuple, float], head: tuple, task: str) -> str:
+    return "mse" if (*head, task, "mse") in means else "ne"
+
+
+def _row(text: str, start: str) -> str:
+    rows = [line for line in text.splitlines() if line.startswith(start)]
+    assert len(rows) == 1, f"{len(rows)} rows start with {start!r}"
+    return rows[0]
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _cell(text: str, header_start: str, row_start: str, column: str) -> str:
+    """The cell of ``column`` in the one row starting with ``row_start`` of the table
+    whose header row starts with ``header_start``."""
+    return _cells(_row(text, row_start))[_cells(_row(text, header_start)).index(column)]
+
+
+def _section(text: str, heading: str | tuple[str, ...]) -> str:
+    """The text under the first heading line that starts with ``heading`` (or one of them)."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    end = next((i for i in range(at + 1, len(lines)) if lines[i].startswith("#")), len(lines))
+    return "\n".join(lines[at:end])
+
+
+def _reports(suffix: str, prefix: str) -> list[str]:
+    return sorted(p.name[: -len(suffix)] for p in RESULTS.glob(f"{prefix}*{suffix}"))
+
+
+@pytest.mark.parametrize("name", _reports("-seeds.csv", "ablation-"))
+def test_ablation_report_numbers_are_the_seed_means(name: str) -> None:
+    means = _test_means(f"{name}-seeds.csv", ["setting", "native_fusion"])
+    text = (RESULTS / f"{name}.md").read_text()
+    checked = 0
+    for setting, fusion, task, _ in {k for k in means if k[1] == "on"}:
+        metric = _main_metric(means, (setting, fusion), task)
+        for side in ("on", "off"):
+            cell = _cell(text, "| setting |", f"| {setting} | {task} | ", side)
+            assert cell == f"{means[(setting, side, task, metric)]:.5f}", (setting, task, side)
+        checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("name", _reports("-seeds.csv", "census-table5"))
+def test_census_report_aucs_are_the_seed_means(name: str) -> None:
+    means = _test_means(f"{name}-seeds.csv", ["group", "model"])
+    text = (RESULTS / f"{name}.md").read_text()
+    checked = 0
+    for (group, model, task, metric), value in means.items():
+        if metric == "auc":
+            cell = _cell(text, "| group | model |", f"| {group} | {model} | ", f"{task} AUC")
+            assert cell.startswith(f"{value:.4f} ± "), (group, model, task, cell)
+            checked += 1
+    assert checked >= 9
+
+
+@pytest.mark.parametrize("name", _reports("-seeds.csv", "task-groups-"))
+def test_task_group_report_differences_follow_from_the_seed_means(name: str) -> None:
+    from adatt.experiments.task_groups import MODEL_LABELS
+
+    means = _test_means(f"{name}-seeds.csv", ["group", "model"])
+    text = (RESULTS / f"{name}.md").read_text()
+    checked = 0
+    for group, model, task, _ in {k for k in means if k[1] == "shared_bottom"}:
+        metric = _main_metric(means, (group, model), task)
+        sb = means[(group, "shared_bottom", task, metric)]
+        section = _section(text, (f"### {group}: {task},", f"### {group}: {task} ("))
+        assert f"Shared-bottom: {sb:.5f})" in section.splitlines()[0]
+        for (g, m, t, met), value in means.items():
+            if (g, t, met) == (group, task, metric) and m != "shared_bottom":
+                cell = _cell(section, "| model |", f"| {MODEL_LABELS[m]} | ", "test")
+                assert cell.startswith(f"{100 * (value / sb - 1):+.3f}% ± "), (group, task, m)
+                checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("name", _reports("-seeds.csv", "experts-study")
+                         + _reports("-seeds.csv", "levels-study"))
+def test_study_report_differences_follow_from_the_seed_means(name: str) -> None:
+    means = _test_means(f"{name}-seeds.csv", ["configuration"])
+    text = (RESULTS / f"{name}.md").read_text()
+    configs = list(dict.fromkeys(k[0] for k in means))
+    reference = next(c for c in configs if "| reference |" in _row(text, f"| {c} | "))
+    checked = 0
+    for config in configs:
+        if config == reference:
+            continue
+        for ref, task, _ in {k for k in means if k[0] == reference}:
+            metric = _main_metric(means, (ref,), task)
+            diff = 100 * (means[(config, task, metric)] / means[(ref, task, metric)] - 1)
+            column = next(c for c in _cells(_row(text, "| configuration |"))
+                          if c.startswith(f"{task} "))
+            cell = _cell(text, "| configuration |", f"| {config} | ", column)
+            assert cell.startswith(f"{diff:+.3f}% ± "), (config, task, cell)
+            checked += 1
+    assert checked >= 5
+
+
+def test_expert_weights_report_is_the_seed_means() -> None:
+    import csv
+    import statistics
+
+    text = (RESULTS / "expert-weights.md").read_text()
+    means = _test_means("expert-weights-seeds.csv", [])
+    line = _row(text, "Test NE/MSE of the model")
+    for task, metric in means:
+        if metric == _main_metric(means, (), task):
+            assert f"{task} {means[(task, metric)]:.4f}" in line, task
+    cells: dict[tuple, list[float]] = {}
+    with open(RESULTS / "expert-weights-weights-seeds.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            cells.setdefault((r["level"], r["task"], r["expert"]), []).append(float(r["weight"]))
+    for (level, task, expert), ws in cells.items():
+        section = _section(text, f"### Level {level}")
+        cell = _cell(section, "| task (family) |", f"| {task} (", expert)
+        assert float(cell) == pytest.approx(statistics.mean(ws), abs=5e-4), (level, task, expert)
+
+
+def test_partial_labels_report_is_the_seed_means() -> None:
+    means = _test_means("partial-labels-seeds.csv", ["model", "labels"])
+    text = (RESULTS / "partial-labels.md").read_text()
+    labels = {"adatt_sp": "AdaTT-sp, 1 expert/task", "mmoe": "MMoE"}
+    checked = 0
+    for model, _, task, metric in {k for k in means if k[1] == "masked"}:
+        if metric not in ("ne", "auc"):
+            continue
+        for side in ("masked", "imputed"):
+            start = f"| {labels[model]} | {task} | {metric.upper()} | "
+            cell = _cell(text, "| model | task |", start, side)
+            assert cell == f"{means[(model, side, task, metric)]:.4f}", (model, task, metric, side)
+        checked += 1
+    assert checked >= 6
