@@ -52,6 +52,11 @@ def test_pick_engine_probes_once_then_reads_the_cache(tmp_path, monkeypatch):
     # another seed count (or host, model, batch) is another key: measured again
     pick_engine(_cfg(tmp_path), None, seeds=20, cache=cache, probe=probe)
     assert len(calls) == 2 and len(json.loads(cache.read_text())) == 2
+    # so is other data under the same model config (here more rows; another preset too)
+    other = _cfg(tmp_path)
+    other.data.rows = 900
+    pick_engine(other, None, seeds=20, cache=cache, probe=probe)
+    assert len(calls) == 3 and len(json.loads(cache.read_text())) == 3
 
 
 def test_seeds_trained_alone_count_the_workers_idle_in_a_last_round(tmp_path, monkeypatch):

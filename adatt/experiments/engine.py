@@ -115,10 +115,15 @@ def _cpu_model() -> str:
 
 
 def probe_key(cfg, seeds: int, cores: int) -> str:
-    """The cache key of a probe: host CPU model, cores, torch, model, batch, seeds."""
+    """The cache key of a probe: host CPU model, cores, torch, data, model, batch, seeds.
+
+    The data config is part of it: the same model config on another preset (more
+    tasks, other features) is another step, so another rate.
+    """
     import torch
 
-    what = {"cpu": _cpu_model(), "cores": cores, "torch": torch.__version__,
+    data = cfg.data.model_dump(mode="json") if hasattr(cfg.data, "model_dump") else cfg.data
+    what = {"cpu": _cpu_model(), "cores": cores, "torch": torch.__version__, "data": data,
             "model": cfg.model, "batch": cfg.train.batch_size, "seeds": seeds,
             "device": cfg.runtime.device}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
