@@ -110,6 +110,11 @@ def _test_means(csv_name: str, keys: list[str]) -> dict[tuple, float]:
     return {k: statistics.mean(v) for k, v in groups.items()}
 
 
+def _report(name: str, keys: list[str]) -> tuple[dict[tuple, float], str]:
+    """The test means of report ``name``'s per-seed CSV, and the report's text."""
+    return _test_means(f"{name}-seeds.csv", keys), (RESULTS / f"{name}.md").read_text()
+
+
 def _main_metric(means: dict[tuple, float], head: tuple, task: str) -> str:
     return "mse" if (*head, task, "mse") in means else "ne"
 
@@ -144,8 +149,7 @@ def _reports(suffix: str, prefix: str) -> list[str]:
 
 @pytest.mark.parametrize("name", _reports("-seeds.csv", "ablation-"))
 def test_ablation_report_numbers_are_the_seed_means(name: str) -> None:
-    means = _test_means(f"{name}-seeds.csv", ["setting", "native_fusion"])
-    text = (RESULTS / f"{name}.md").read_text()
+    means, text = _report(name, ["setting", "native_fusion"])
     checked = 0
     for setting, fusion, task, _ in {k for k in means if k[1] == "on"}:
         metric = _main_metric(means, (setting, fusion), task)
@@ -158,8 +162,7 @@ def test_ablation_report_numbers_are_the_seed_means(name: str) -> None:
 
 @pytest.mark.parametrize("name", _reports("-seeds.csv", "census-table5"))
 def test_census_report_aucs_are_the_seed_means(name: str) -> None:
-    means = _test_means(f"{name}-seeds.csv", ["group", "model"])
-    text = (RESULTS / f"{name}.md").read_text()
+    means, text = _report(name, ["group", "model"])
     checked = 0
     for (group, model, task, metric), value in means.items():
         if metric == "auc":
@@ -173,8 +176,7 @@ def test_census_report_aucs_are_the_seed_means(name: str) -> None:
 def test_task_group_report_differences_follow_from_the_seed_means(name: str) -> None:
     from adatt.experiments.task_groups import MODEL_LABELS
 
-    means = _test_means(f"{name}-seeds.csv", ["group", "model"])
-    text = (RESULTS / f"{name}.md").read_text()
+    means, text = _report(name, ["group", "model"])
     checked = 0
     for group, model, task, _ in {k for k in means if k[1] == "shared_bottom"}:
         metric = _main_metric(means, (group, model), task)
@@ -192,8 +194,7 @@ def test_task_group_report_differences_follow_from_the_seed_means(name: str) -> 
 @pytest.mark.parametrize("name", _reports("-seeds.csv", "experts-study")
                          + _reports("-seeds.csv", "levels-study"))
 def test_study_report_differences_follow_from_the_seed_means(name: str) -> None:
-    means = _test_means(f"{name}-seeds.csv", ["configuration"])
-    text = (RESULTS / f"{name}.md").read_text()
+    means, text = _report(name, ["configuration"])
     configs = list(dict.fromkeys(k[0] for k in means))
     reference = next(c for c in configs if "| reference |" in _row(text, f"| {c} | "))
     checked = 0
