@@ -4,7 +4,9 @@ headline numbers are the means of the per-seed CSV committed beside it."""
 
 from __future__ import annotations
 
+import csv
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -98,9 +100,6 @@ def test_expert_weights_report_names_follow_the_prefix(tmp_path: Path) -> None:
 
 
 def _test_means(csv_name: str, keys: list[str]) -> dict[tuple, float]:
-    import csv
-    import statistics
-
     groups: dict[tuple, list[float]] = {}
     with open(RESULTS / csv_name, newline="") as f:
         for r in csv.DictReader(f):
@@ -213,11 +212,7 @@ def test_study_report_differences_follow_from_the_seed_means(name: str) -> None:
 
 
 def test_expert_weights_report_is_the_seed_means() -> None:
-    import csv
-    import statistics
-
-    text = (RESULTS / "expert-weights.md").read_text()
-    means = _test_means("expert-weights-seeds.csv", [])
+    means, text = _report("expert-weights", [])
     line = _row(text, "Test NE/MSE of the model")
     for task, metric in means:
         if metric == _main_metric(means, (), task):
@@ -233,8 +228,7 @@ def test_expert_weights_report_is_the_seed_means() -> None:
 
 
 def test_partial_labels_report_is_the_seed_means() -> None:
-    means = _test_means("partial-labels-seeds.csv", ["model", "labels"])
-    text = (RESULTS / "partial-labels.md").read_text()
+    means, text = _report("partial-labels", ["model", "labels"])
     labels = {"adatt_sp": "AdaTT-sp, 1 expert/task", "mmoe": "MMoE"}
     checked = 0
     for model, _, task, metric in {k for k in means if k[1] == "masked"}:

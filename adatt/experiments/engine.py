@@ -122,8 +122,8 @@ def probe_key(cfg, seeds: int, cores: int) -> str:
     """
     import torch
 
-    data = cfg.data.model_dump(mode="json") if hasattr(cfg.data, "model_dump") else cfg.data
-    what = {"cpu": _cpu_model(), "cores": cores, "torch": torch.__version__, "data": data,
+    what = {"cpu": _cpu_model(), "cores": cores, "torch": torch.__version__,
+            "data": cfg.data.model_dump(mode="json"),
             "model": cfg.model, "batch": cfg.train.batch_size, "seeds": seeds,
             "device": cfg.runtime.device}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
