@@ -124,15 +124,52 @@ def test_gate_softmax_under_vmap_and_in_bf16():
     assert gate_softmax(xb).dtype == torch.bfloat16  # torch.softmax's path
 
 
-def test_align_pad_only_where_it_pays():
-    from adatt.modules.kernels import align_pad
+def test_align_pad_only_where_the_size_qualifies():
+    from adatt.modules.kernels import align_pad, padding_mode
 
     x = torch.zeros(2, 2)
-    assert align_pad(512, 1554, x) == 14 and align_pad(512, 1568, x) == 0
-    assert align_pad(256, 262, x) == 10
-    assert align_pad(32, 1554, x) == 0 and align_pad(512, 40, x) == 0  # small products
-    assert align_pad(128, 134, x) == 0  # census level 1: the copies cost more
-    assert align_pad(512, 262, torch.zeros(2, 2, device="meta")) == 0  # not on CPU
+    with padding_mode("on"):
+        assert align_pad(512, 1554, x) == 14 and align_pad(512, 1568, x) == 0
+        assert align_pad(256, 262, x) == 10
+        assert align_pad(32, 1554, x) == 0 and align_pad(512, 40, x) == 0  # small products
+        assert align_pad(128, 134, x) == 0  # census level 1: the copies cost more
+        assert align_pad(512, 262, torch.zeros(2, 2, device="meta")) == 0  # not on CPU
+    with padding_mode("off"):
+        assert align_pad(512, 1554, x) == 0
+    with pytest.raises(ValueError, match="padding mode must be one of auto, on, off"):
+        with padding_mode("always"):
+            pass
+
+
+def test_align_pad_auto_is_measured_once_without_drawing_random_numbers():
+    """"auto" times both forms of the product on this host: the answer is one of the two,
+    the same on every later call, and the global random stream is untouched (a run's
+    numbers cannot depend on it)."""
+    from adatt.modules.kernels import align_pad, padding_mode
+
+    x = torch.zeros(256, 512)
+    state = torch.get_rng_state()
+    with padding_mode("auto"):
+        first = align_pad(512, 1554, x)
+        assert first in (0, 14)
+        assert [align_pad(512, 1554, x) for _ in range(3)] == [first] * 3
+    assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_padded_product_is_bit_identical_to_the_plain_one(lead):
+    """Why "auto" may choose either form: the padded product's first W columns and its
+    weight gradient equal the plain product's bit for bit (forward and backward)."""
+    torch.manual_seed(0)
+    a, w = torch.randn(*lead, 256, 512), torch.randn(*lead, 512, 1554)
+    g = torch.randn(*lead, 256, 1554)
+    wp = torch.nn.functional.pad(w, (0, 14)).requires_grad_()
+    w.requires_grad_()
+    plain, padded = a @ w, (a @ wp)[..., :1554]
+    assert torch.equal(plain, padded)
+    plain.backward(g)
+    padded.backward(g)
+    assert torch.equal(w.grad, wp.grad[..., :1554])
 
 
 def test_row_splits_only_where_threads_would_idle(threads):

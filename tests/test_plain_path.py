@@ -12,9 +12,16 @@ import torch
 import adatt.modules.fusion as fusion
 import adatt.modules.layers as layers
 from adatt.models import create_model, list_models, model_options
-from adatt.modules.kernels import align_pad, plain_mode, row_splits
+from adatt.modules.kernels import align_pad, padding_mode, plain_mode, row_splits
 
 DENSE, CARDS, T = 5, [3, 4, 6], 3
+
+
+@pytest.fixture
+def pad_on():
+    """Cache-line padding wherever the size qualifies, whatever this host measures."""
+    with padding_mode("on"):
+        yield
 
 # every option a model has takes each of these values (options a model lacks are skipped)
 GRID = {
@@ -95,7 +102,7 @@ def test_the_grid_covers_every_first_layer_layout():
     assert modes == {fusion.EXTERNAL, fusion.UNITS, fusion.FUSED, fusion.SPLIT}
 
 
-def test_fast_path_equals_plain_path_with_every_kernel_on(two_threads):
+def test_fast_path_equals_plain_path_with_every_kernel_on(two_threads, pad_on):
     """float32, 2 threads, sizes where the CPU kernels apply (cache-line padding, row
     splits, the embedding product table, the small softmax, the bag sum)."""
     torch.manual_seed(0)
@@ -138,7 +145,7 @@ def test_plain_path_uses_no_kernel(monkeypatch):
 @pytest.mark.parametrize("name,kw", [("adatt_sp", dict(experts_per_task=2)),
                                      ("mmoe", dict(num_experts=4)),
                                      ("adatt", dict(experts_per_task=1, shared_experts=2))])
-def test_level_0_reads_the_padded_input_product_bit_for_bit(name, kw):
+def test_level_0_reads_the_padded_input_product_bit_for_bit(name, kw, pad_on):
     """Where the input product is padded (align_pad), level 0 reads it with its zero
     columns on (no padding pass in the backward): the same outputs and gradients, bit
     for bit, as reading the sliced product, and the padding's gradient is zero."""

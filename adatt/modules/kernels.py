@@ -17,7 +17,8 @@ F index columns (fields), K entries of a softmax row.
 * :func:`slot_baddbmm` -- ``baddbmm`` over S slots with each slot's rows split
   in :func:`row_splits` blocks so the threads stay equally busy.
 * :func:`align_pad` / :func:`drop_pad` -- products whose output rows are a
-  whole number of cache lines, sliced back to the true width.
+  whole number of cache lines, sliced back to the true width, where that is
+  measured faster on the host (:func:`padding_mode` forces it either way).
 * :func:`product_table` -- per field, embeddings times their slice of the
   first-layer weight, so an embedding input becomes a gather-sum.
 * :func:`fp32_bmm` -- the fusion's small batched product in fp32 under CPU
@@ -38,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -46,16 +48,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ALIGN", "MAX_TABLE_CARD", "SMALL_SOFTMAX_MAX", "align_pad", "bag_sum", "drop_pad",
-           "exporting", "fp32_bmm", "gate_softmax", "is_plain", "pairs_by_row", "plain_mode",
-           "product_table", "row_splits", "slot_baddbmm"]
+__all__ = ["ALIGN", "MAX_TABLE_CARD", "PAD_MODES", "SMALL_SOFTMAX_MAX", "align_pad", "bag_sum",
+           "drop_pad", "exporting", "fp32_bmm", "gate_softmax", "is_plain", "padding_mode",
+           "pairs_by_row", "plain_mode", "product_table", "row_splits", "slot_baddbmm"]
 
 #: last-dim widths up to which :func:`gate_softmax` computes with whole-tensor ops
 SMALL_SOFTMAX_MAX = 16
 #: embedding mode: largest field cardinality for which :func:`product_table` may be used
 MAX_TABLE_CARD = 8192
 #: CPU products whose output width is not a multiple of this many floats (64 bytes, a
-#: cache line) run with it padded up to one (see :func:`align_pad`)
+#: cache line) may run with it padded up to one (see :func:`align_pad`)
 ALIGN = 16
 
 _plain = False
@@ -284,26 +286,113 @@ def drop_pad(t: Tensor, n: int) -> Tensor:
 def align_pad(in_dim: int, out_dim: int, x: Tensor) -> int:
     """Zero columns to add to a ``[*, in_dim] x [in_dim, out_dim]`` product's weight.
 
-    On CPU, a product whose output rows are not a whole number of 64-byte cache
-    lines runs markedly slower: ``[1024, 512] x [512, 1554]`` (six experts of
-    256 and three gates of 6, the industrial first layer) at 96 GFLOP/s
-    against 139 padded to 1568 columns, on 2 threads of the development
-    machine. Products large enough for that to matter (``in_dim * out_dim``
-    at least 65,536, each at least 128) are computed with the weight padded by
-    this many zero columns and the output sliced back (:func:`drop_pad`, a
-    view); the padding is not a parameter and changes no value. Smaller
-    products (census sizes) gain nothing and pay for the copies, so they are
-    left alone. 0 on GPU, when exporting and when the width is already aligned.
+    On some CPUs a product whose output rows are not a whole number of 64-byte
+    cache lines runs markedly slower: ``[1024, 512] x [512, 1554]`` (six
+    experts of 256 and three gates of 6, the industrial first layer) ran at 96
+    GFLOP/s against 139 padded to 1568 columns on 2 threads of an AMD EPYC
+    (AVX2) host. On an Intel Xeon with AVX-512 the padded product gains nothing
+    and the padding's copies (the weight padded forward, its gradient sliced
+    back) made training steps 1-8% slower. So the choice is measured: the
+    first time a shape is seen (eager CPU, per thread count and autocast
+    state), both forms of its forward product and weight gradient, copies
+    included, are timed a few times on constant inputs (about 0.1 s at the
+    industrial size, no random numbers drawn), and the padding is kept where
+    it is faster by more than 2% (:func:`padding_mode` forces either way). The
+    padding is not a parameter and changes no value: the padded product's
+    columns are bit-identical to the plain one's (tested), so the choice never
+    changes a result.
+
+    Only products large enough to matter are considered (``in_dim * out_dim``
+    at least 65,536, each at least 128); census-size products pay for the
+    copies. The output is sliced back by the caller (:func:`drop_pad`, a
+    view). 0 on GPU, when exporting or compiling, and when the width is
+    already aligned.
+
+    Shapes: ``x [..., in_dim]``, its leading dimensions those of the product.
 
     Example:
         >>> x = torch.zeros(2, 2)
-        >>> align_pad(512, 1554, x), align_pad(512, 1568, x), align_pad(128, 134, x)
+        >>> with padding_mode("on"):
+        ...     align_pad(512, 1554, x), align_pad(512, 1568, x), align_pad(128, 134, x)
         (14, 0, 0)
+        >>> with padding_mode("off"):
+        ...     align_pad(512, 1554, x)
+        0
     """
     if (x.device.type != "cpu" or min(in_dim, out_dim) < 128 or in_dim * out_dim < 65_536
             or out_dim % ALIGN == 0 or exporting()):
         return 0
-    return -out_dim % ALIGN
+    pad = -out_dim % ALIGN
+    if _pad_mode == "auto":
+        return pad if _padding_pays(x, in_dim, out_dim, pad) else 0
+    return pad if _pad_mode == "on" else 0
+
+
+#: :func:`align_pad`'s setting: "auto" (measured per shape), "on" or "off"
+PAD_MODES = ("auto", "on", "off")
+_pad_mode = "auto"
+_pad_choice: dict[tuple, bool] = {}
+
+
+@contextmanager
+def padding_mode(mode: str) -> Iterator[None]:
+    """Force :func:`align_pad` inside the block: ``"on"`` (pad wherever the size
+    qualifies), ``"off"`` (never) or ``"auto"`` (the default: where measured
+    faster on this host). Restores the previous setting on exit.
+
+    Example:
+        >>> with padding_mode("off"):
+        ...     align_pad(512, 1554, torch.zeros(2, 2))
+        0
+    """
+    global _pad_mode
+    if mode not in PAD_MODES:
+        raise ValueError(f"padding mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
+    before, _pad_mode = _pad_mode, mode
+    try:
+        yield
+    finally:
+        _pad_mode = before
+
+
+def _padding_pays(x: Tensor, in_dim: int, out_dim: int, pad: int) -> bool:
+    """Time the plain and the padded product once for this shape (see :func:`align_pad`)."""
+    lead = tuple(x.shape[:-1])
+    autocast = torch.is_autocast_enabled("cpu")
+    key = (lead, in_dim, out_dim, torch.get_num_threads(), autocast)
+    if key not in _pad_choice:
+        if torch._C._functorch.is_batchedtensor(x) or torch._C._functorch.is_gradtrackingtensor(x):
+            return False  # the ensemble's copies: measured only on a plain tensor
+        _pad_choice[key] = _time_padding(lead, in_dim, out_dim, pad)
+    return _pad_choice[key]
+
+
+def _time_padding(lead: tuple[int, ...], in_dim: int, out_dim: int, pad: int) -> bool:
+    """Is the padded product faster, forward and weight gradient, copies and casts included?"""
+    slots = lead[:-1]  # () for a 2-D product, (S,) for slot products
+    w = torch.full((*slots, in_dim, out_dim), 0.25, requires_grad=True)  # [..., D, W]
+    bias_shape = (*slots, 1, out_dim) if slots else (out_dim,)  # [W] or [S, 1, W]
+    bias = torch.zeros(bias_shape, requires_grad=True)
+    a = torch.full((*lead, in_dim), 0.5)  # [..., B, D]
+    g = torch.full((*lead, out_dim), 0.125)  # [..., B, W]
+    gp = F.pad(g, (0, pad))  # [..., B, W+pad]
+    product = torch.addmm if w.dim() == 2 else torch.baddbmm
+
+    def plain() -> None:
+        product(bias, a, w).backward(g)  # [...,B,D] x [...,D,W] -> [...,B,W]
+
+    def padded() -> None:
+        product(F.pad(bias, (0, pad)), a, F.pad(w, (0, pad))).backward(gp)  # -> [...,B,W+pad]
+
+    best = {plain: math.inf, padded: math.inf}
+    with torch.enable_grad():
+        for rnd in range(4):  # the first round warms up
+            for f in (plain, padded):
+                t0 = time.perf_counter()
+                f()
+                if rnd:
+                    best[f] = min(best[f], time.perf_counter() - t0)
+    return best[padded] < 0.98 * best[plain]
 
 
 def row_splits(x: Tensor, w: Tensor) -> int:
