@@ -40,3 +40,16 @@ def test_benchmarks_import_it_from_their_own_folder():
         out = subprocess.run([sys.executable, str(BENCH / name), "--help"], cwd="/",
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
+
+
+def test_padding_benchmark_prints_a_row_per_model():
+    """benchmarks/padding.py, one short turn: the host line, and the padding "auto" chose
+    for MMoE's industrial first layer (1554 columns: 0 or 14)."""
+    out = subprocess.run([sys.executable, str(BENCH / "padding.py"), "--models", "mmoe",
+                          "--turns", "1", "--threads", "1"], cwd="/",
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("host: ")
+    row = lines[-1].split()
+    assert row[0] == "mmoe" and row[1] in ("0", "14") and row[-1].endswith("x")

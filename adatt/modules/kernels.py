@@ -292,7 +292,7 @@ def align_pad(in_dim: int, out_dim: int, x: Tensor) -> int:
     GFLOP/s against 139 padded to 1568 columns on 2 threads of an AMD EPYC
     (AVX2) host. On an Intel Xeon with AVX-512 the padded product gains nothing
     and the padding's copies (the weight padded forward, its gradient sliced
-    back) made training steps 1-8% slower. So the choice is measured: the
+    back) made training steps 1-5% slower. So the choice is measured: the
     first time a shape is seen (eager CPU, per thread count and autocast
     state), both forms of its forward product and weight gradient, copies
     included, are timed a few times on constant inputs (about 0.1 s at the
