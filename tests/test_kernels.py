@@ -156,6 +156,17 @@ def test_align_pad_auto_is_measured_once_without_drawing_random_numbers():
     assert torch.equal(state, torch.get_rng_state())
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_align_pad_auto_measures_inside_no_grad_and_inference_mode(context):
+    """Evaluation and `adatt predict` run the forward without gradients: the measurement
+    (then of the forward alone) must work there too."""
+    from adatt.modules.kernels import align_pad, padding_mode
+
+    with padding_mode("auto"), context():
+        assert align_pad(512, 1554, torch.zeros(96, 512)) in (0, 14)
+        assert align_pad(256, 262, torch.zeros(3, 96, 256)) in (0, 10)  # slot products
+
+
 @pytest.mark.parametrize("lead", [(), (3,)])
 def test_padded_product_is_bit_identical_to_the_plain_one(lead):
     """Why "auto" may choose either form: the padded product's first W columns and its

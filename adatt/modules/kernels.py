@@ -293,9 +293,10 @@ def align_pad(in_dim: int, out_dim: int, x: Tensor) -> int:
     (AVX2) host. On an Intel Xeon with AVX-512 the padded product gains nothing
     and the padding's copies (the weight padded forward, its gradient sliced
     back) made training steps 1-5% slower. So the choice is measured: the
-    first time a shape is seen (eager CPU, per thread count and autocast
-    state), both forms of its forward product and weight gradient, copies
-    included, are timed a few times on constant inputs (about 0.1 s at the
+    first time a shape is seen (eager CPU, per thread count, autocast state
+    and whether gradients are recorded), both forms of its forward product and
+    weight gradient (the forward alone under ``no_grad`` / inference mode),
+    copies included, are timed a few times on constant inputs (about 0.1 s at the
     industrial size, no random numbers drawn), and the padding is kept where
     it is faster by more than 2% (:func:`padding_mode` forces either way). The
     padding is not a parameter and changes no value: the padded product's
@@ -356,36 +357,44 @@ def padding_mode(mode: str) -> Iterator[None]:
 
 
 def _padding_pays(x: Tensor, in_dim: int, out_dim: int, pad: int) -> bool:
-    """Time the plain and the padded product once for this shape (see :func:`align_pad`)."""
+    """Time the plain and the padded product once for this shape (see :func:`align_pad`):
+    forward and weight gradient where gradients are recorded, the forward alone where
+    not (evaluation, prediction)."""
     lead = tuple(x.shape[:-1])
-    autocast = torch.is_autocast_enabled("cpu")
-    key = (lead, in_dim, out_dim, torch.get_num_threads(), autocast)
+    backward = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    key = (lead, in_dim, out_dim, torch.get_num_threads(), torch.is_autocast_enabled("cpu"),
+           backward)
     if key not in _pad_choice:
         if torch._C._functorch.is_batchedtensor(x) or torch._C._functorch.is_gradtrackingtensor(x):
             return False  # the ensemble's copies: measured only on a plain tensor
-        _pad_choice[key] = _time_padding(lead, in_dim, out_dim, pad)
+        _pad_choice[key] = _time_padding(lead, in_dim, out_dim, pad, backward)
     return _pad_choice[key]
 
 
-def _time_padding(lead: tuple[int, ...], in_dim: int, out_dim: int, pad: int) -> bool:
-    """Is the padded product faster, forward and weight gradient, copies and casts included?"""
-    slots = lead[:-1]  # () for a 2-D product, (S,) for slot products
-    w = torch.full((*slots, in_dim, out_dim), 0.25, requires_grad=True)  # [..., D, W]
-    bias_shape = (*slots, 1, out_dim) if slots else (out_dim,)  # [W] or [S, 1, W]
-    bias = torch.zeros(bias_shape, requires_grad=True)
-    a = torch.full((*lead, in_dim), 0.5)  # [..., B, D]
-    g = torch.full((*lead, out_dim), 0.125)  # [..., B, W]
-    gp = F.pad(g, (0, pad))  # [..., B, W+pad]
-    product = torch.addmm if w.dim() == 2 else torch.baddbmm
+def _time_padding(lead: tuple[int, ...], in_dim: int, out_dim: int, pad: int,
+                  backward: bool) -> bool:
+    """Is the padded product faster, copies and autocast casts included?"""
+    with torch.inference_mode(False), torch.set_grad_enabled(backward):
+        slots = lead[:-1]  # () for a 2-D product, (S,) for slot products
+        w = torch.full((*slots, in_dim, out_dim), 0.25, requires_grad=backward)  # [..., D, W]
+        bias_shape = (*slots, 1, out_dim) if slots else (out_dim,)  # [W] or [S, 1, W]
+        bias = torch.zeros(bias_shape, requires_grad=backward)
+        a = torch.full((*lead, in_dim), 0.5)  # [..., B, D]
+        g = torch.full((*lead, out_dim), 0.125)  # [..., B, W]
+        gp = F.pad(g, (0, pad))  # [..., B, W+pad]
+        product = torch.addmm if w.dim() == 2 else torch.baddbmm
 
-    def plain() -> None:
-        product(bias, a, w).backward(g)  # [...,B,D] x [...,D,W] -> [...,B,W]
+        def plain() -> None:
+            y = product(bias, a, w)  # [...,B,D] x [...,D,W] -> [...,B,W]
+            if backward:
+                y.backward(g)
 
-    def padded() -> None:
-        product(F.pad(bias, (0, pad)), a, F.pad(w, (0, pad))).backward(gp)  # -> [...,B,W+pad]
+        def padded() -> None:
+            y = product(F.pad(bias, (0, pad)), a, F.pad(w, (0, pad)))  # -> [...,B,W+pad]
+            if backward:
+                y.backward(gp)
 
-    best = {plain: math.inf, padded: math.inf}
-    with torch.enable_grad():
+        best = {plain: math.inf, padded: math.inf}
         for rnd in range(4):  # the first round warms up
             for f in (plain, padded):
                 t0 = time.perf_counter()
