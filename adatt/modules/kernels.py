@@ -373,7 +373,9 @@ def _padding_pays(x: Tensor, in_dim: int, out_dim: int, pad: int) -> bool:
 
 def _time_padding(lead: tuple[int, ...], in_dim: int, out_dim: int, pad: int,
                   backward: bool) -> bool:
-    """Is the padded product faster, copies and autocast casts included?"""
+    """Is the padded product faster, copies and autocast casts included? ``lead`` with a
+    slot dimension (``[S, B]``): a slot product, whose output is sliced back
+    (:func:`drop_pad`); without (``[B]``): the input layer's, read padded."""
     with torch.inference_mode(False), torch.set_grad_enabled(backward):
         slots = lead[:-1]  # () for a 2-D product, (S,) for slot products
         w = torch.full((*slots, in_dim, out_dim), 0.25, requires_grad=backward)  # [..., D, W]
@@ -391,8 +393,10 @@ def _time_padding(lead: tuple[int, ...], in_dim: int, out_dim: int, pad: int,
 
         def padded() -> None:
             y = product(F.pad(bias, (0, pad)), a, F.pad(w, (0, pad)))  # -> [...,B,W+pad]
+            if slots:  # SlotLinear slices its output back; the input layer's reader does not
+                y = drop_pad(y, out_dim)  # [...,B,W+pad] -> [...,B,W]
             if backward:
-                y.backward(gp)
+                y.backward(g if slots else gp)
 
         best = {plain: math.inf, padded: math.inf}
         for rnd in range(4):  # the first round warms up
