@@ -162,21 +162,17 @@ def run_one(impl: str, name: str, size_name: str, ref_path: str | None, bf16: bo
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    # FLOPs of a step after the first: a first eager step of ours also times the
-    # cache-line padding's two forms once per shape (adatt.modules.kernels.align_pad)
     compile_s = 0.0
     if impl == "ours" and compiled:
         step(0)  # compiles; FLOPs are counted on the eager model below
         compile_s = ts.compile_s
         eager = TrainStep(model, TaskLoss(["binary"] * T), opt, compiled=False, bf16=bf16)
-        eager.losses(batches[0], whole).sum().backward()
         with FlopCounterMode(display=False) as fc:
             eager.losses(batches[0], whole).sum().backward()
         opt.zero_grad(set_to_none=True)
     else:
-        step(0)
         with FlopCounterMode(display=False) as fc:
-            step(1)
+            step(0)
     flops = fc.get_total_flops()
     warm = []
     for i in range(6):

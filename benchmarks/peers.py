@@ -420,9 +420,8 @@ def measure(lib: str, name: str, size_name: str, threads: int, quick: bool,
     def step(i: int) -> None:
         train_step(built, opt, inputs[i % n_batches], labels[i % n_batches])
 
-    step(0)  # ours times the cache-line padding's two forms once per shape in its first step
     with FlopCounterMode(display=False) as fc:
-        step(1)
+        step(0)
     flops = fc.get_total_flops()
     warm = 1 if quick else 5
     times = []

@@ -172,6 +172,35 @@ def test_level_0_reads_the_padded_input_product_bit_for_bit(name, kw, pad_on):
         assert torch.equal(g, ref_grads[n]), n
 
 
+@pytest.mark.parametrize("name,kw", [("adatt_sp", dict(experts_per_task=2)),
+                                     ("mmoe", dict(num_experts=4)),
+                                     ("adatt", dict(experts_per_task=1, shared_experts=2))])
+def test_padding_on_or_off_gives_the_same_numbers(name, kw, two_threads):
+    """A model with its products padded (input layer and slot products) and without: the
+    same outputs bit for bit; gradients equal up to the last bit of a bias gradient
+    summed over the wider rows (why "auto" is fixed per host, not timed)."""
+    torch.manual_seed(0)
+    sizes = [[262, 136]] if name == "mmoe" else [262, 136]
+    model = create_model(name, num_tasks=T, dense_dim=256, cat_cardinalities=[5, 9],
+                         expert_sizes=sizes, **kw)
+    dense, cat = inputs(128, 256, [5, 9], torch.float32)
+    runs = []
+    for mode in ("on", "off"):
+        model.zero_grad()
+        with padding_mode(mode):
+            assert (align_pad(256, model.input.out_features, dense) > 0) == (mode == "on")
+            out = model(dense, cat)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        runs.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (out, grads), (ref_out, ref_grads) = runs
+    assert torch.equal(out, ref_out)
+    for n, g in grads.items():
+        if n.endswith("bias"):
+            torch.testing.assert_close(g, ref_grads[n], rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(g, ref_grads[n]), n
+
+
 def test_experts_and_gates_with_padding_under_vmap():
     """The ensemble's copies (vmap) through the padded read: each copy as alone."""
     y = torch.randn(3, 1, 5, 2 * 4 + 3 + 2, requires_grad=True)  # [S,1,B,E*H + K + pad]

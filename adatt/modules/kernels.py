@@ -17,8 +17,8 @@ F index columns (fields), K entries of a softmax row.
 * :func:`slot_baddbmm` -- ``baddbmm`` over S slots with each slot's rows split
   in :func:`row_splits` blocks so the threads stay equally busy.
 * :func:`align_pad` / :func:`drop_pad` -- products whose output rows are a
-  whole number of cache lines, sliced back to the true width, where that is
-  measured faster on the host (:func:`padding_mode` forces it either way).
+  whole number of cache lines, sliced back to the true width, on hosts below
+  AVX-512 (:func:`padding_mode` forces it either way).
 * :func:`product_table` -- per field, embeddings times their slice of the
   first-layer weight, so an embedding input becomes a gather-sum.
 * :func:`fp32_bmm` -- the fusion's small batched product in fp32 under CPU
@@ -38,8 +38,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -290,26 +290,24 @@ def align_pad(in_dim: int, out_dim: int, x: Tensor) -> int:
     cache lines runs markedly slower: ``[1024, 512] x [512, 1554]`` (six
     experts of 256 and three gates of 6, the industrial first layer) ran at 96
     GFLOP/s against 139 padded to 1568 columns on 2 threads of an AMD EPYC
-    (AVX2) host. On an Intel Xeon with AVX-512 the padded product gains nothing
-    and the padding's copies (the weight padded forward, its gradient sliced
-    back) made training steps 1-5% slower. So the choice is measured: the
-    first time a shape is seen (eager CPU, per thread count, autocast state
-    and whether gradients are recorded), both forms of its forward product and
-    weight gradient (the forward alone under ``no_grad`` / inference mode),
-    copies included, are timed a few times on constant inputs (about 0.1 s at the
-    industrial size, no random numbers drawn), and the padding is kept where
-    it is faster by more than 2% (:func:`padding_mode` forces either way). The
-    padding is not a parameter and changes no value: the padded product's
-    columns are bit-identical to the plain one's (tested), so the choice never
-    changes a result.
+    host with AVX2. On an Intel Xeon with AVX-512 the padded product gains
+    nothing, and the padding's copies (the weight padded forward, its gradient
+    sliced back) made industrial training steps 1-5% slower
+    (``benchmarks/padding.py``). So by default (``"auto"``) products are padded
+    where PyTorch's CPU kernels run below AVX-512
+    (``torch.backends.cpu.get_cpu_capability()``), and not on AVX-512 hosts;
+    :func:`padding_mode` forces either way. The choice is fixed per host, not
+    timed: the padded product's outputs are bit-identical to the plain one's,
+    but a bias gradient summed over the wider rows can differ in the last bit,
+    and a host's runs must repeat exactly.
 
     Only products large enough to matter are considered (``in_dim * out_dim``
     at least 65,536, each at least 128); census-size products pay for the
-    copies. The output is sliced back by the caller (:func:`drop_pad`, a
-    view). 0 on GPU, when exporting or compiling, and when the width is
-    already aligned.
+    copies. The padding is not a parameter; the output is sliced back by the
+    caller (:func:`drop_pad`, a view). 0 on GPU, when exporting or compiling,
+    and when the width is already aligned.
 
-    Shapes: ``x [..., in_dim]``, its leading dimensions those of the product.
+    Shapes: ``x [..., in_dim]``.
 
     Example:
         >>> x = torch.zeros(2, 2)
@@ -323,23 +321,21 @@ def align_pad(in_dim: int, out_dim: int, x: Tensor) -> int:
     if (x.device.type != "cpu" or min(in_dim, out_dim) < 128 or in_dim * out_dim < 65_536
             or out_dim % ALIGN == 0 or exporting()):
         return 0
-    pad = -out_dim % ALIGN
-    if _pad_mode == "auto":
-        return pad if _padding_pays(x, in_dim, out_dim, pad) else 0
-    return pad if _pad_mode == "on" else 0
+    if _pad_mode == "off" or (_pad_mode == "auto" and _vector_width_512()):
+        return 0
+    return -out_dim % ALIGN
 
 
-#: :func:`align_pad`'s setting: "auto" (measured per shape), "on" or "off"
+#: :func:`align_pad`'s settings: "auto" (by the host's CPU capability), "on", "off"
 PAD_MODES = ("auto", "on", "off")
 _pad_mode = "auto"
-_pad_choice: dict[tuple, bool] = {}
 
 
 @contextmanager
 def padding_mode(mode: str) -> Iterator[None]:
     """Force :func:`align_pad` inside the block: ``"on"`` (pad wherever the size
-    qualifies), ``"off"`` (never) or ``"auto"`` (the default: where measured
-    faster on this host). Restores the previous setting on exit.
+    qualifies), ``"off"`` (never) or ``"auto"`` (the default: below AVX-512 only).
+    Restores the previous setting on exit.
 
     Example:
         >>> with padding_mode("off"):
@@ -356,56 +352,10 @@ def padding_mode(mode: str) -> Iterator[None]:
         _pad_mode = before
 
 
-def _padding_pays(x: Tensor, in_dim: int, out_dim: int, pad: int) -> bool:
-    """Time the plain and the padded product once for this shape (see :func:`align_pad`):
-    forward and weight gradient where gradients are recorded, the forward alone where
-    not (evaluation, prediction)."""
-    lead = tuple(x.shape[:-1])
-    backward = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-    key = (lead, in_dim, out_dim, torch.get_num_threads(), torch.is_autocast_enabled("cpu"),
-           backward)
-    if key not in _pad_choice:
-        if torch._C._functorch.is_batchedtensor(x) or torch._C._functorch.is_gradtrackingtensor(x):
-            return False  # the ensemble's copies: measured only on a plain tensor
-        _pad_choice[key] = _time_padding(lead, in_dim, out_dim, pad, backward)
-    return _pad_choice[key]
-
-
-def _time_padding(lead: tuple[int, ...], in_dim: int, out_dim: int, pad: int,
-                  backward: bool) -> bool:
-    """Is the padded product faster, copies and autocast casts included? ``lead`` with a
-    slot dimension (``[S, B]``): a slot product, whose output is sliced back
-    (:func:`drop_pad`); without (``[B]``): the input layer's, read padded."""
-    with torch.inference_mode(False), torch.set_grad_enabled(backward):
-        slots = lead[:-1]  # () for a 2-D product, (S,) for slot products
-        w = torch.full((*slots, in_dim, out_dim), 0.25, requires_grad=backward)  # [..., D, W]
-        bias_shape = (*slots, 1, out_dim) if slots else (out_dim,)  # [W] or [S, 1, W]
-        bias = torch.zeros(bias_shape, requires_grad=backward)
-        a = torch.full((*lead, in_dim), 0.5)  # [..., B, D]
-        g = torch.full((*lead, out_dim), 0.125)  # [..., B, W]
-        gp = F.pad(g, (0, pad))  # [..., B, W+pad]
-        product = torch.addmm if w.dim() == 2 else torch.baddbmm
-
-        def plain() -> None:
-            y = product(bias, a, w)  # [...,B,D] x [...,D,W] -> [...,B,W]
-            if backward:
-                y.backward(g)
-
-        def padded() -> None:
-            y = product(F.pad(bias, (0, pad)), a, F.pad(w, (0, pad)))  # -> [...,B,W+pad]
-            if slots:  # SlotLinear slices its output back; the input layer's reader does not
-                y = drop_pad(y, out_dim)  # [...,B,W+pad] -> [...,B,W]
-            if backward:
-                y.backward(g if slots else gp)
-
-        best = {plain: math.inf, padded: math.inf}
-        for rnd in range(4):  # the first round warms up
-            for f in (plain, padded):
-                t0 = time.perf_counter()
-                f()
-                if rnd:
-                    best[f] = min(best[f], time.perf_counter() - t0)
-    return best[padded] < 0.98 * best[plain]
+@functools.cache
+def _vector_width_512() -> bool:
+    """Do PyTorch's CPU kernels run with AVX-512 (or wider) on this host?"""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def row_splits(x: Tensor, w: Tensor) -> int:

@@ -276,16 +276,6 @@ class InputLinear(nn.Module):
         """Dense and single-valued part plus the bias, ``[B, Dd], [B, F] -> [B, N]``
         (None when the layer has neither); ``keep_pad``: ``[B, N + pad]`` (see
         :meth:`forward_padded`)."""
-        pad = (align_pad(self.dense_dim, self.out_features, dense)
-               if self.dense_weight is not None else 0)
-        if pad:  # a large dense part: its product with cache-line rows (align_pad)
-            out = torch.addmm(F.pad(self.bias, (0, pad)), dense,
-                              F.pad(self.dense_weight, (0, pad)))  # -> [B,N+pad]
-            if self.cat_weight is not None:
-                out[:, : self.out_features] += self._categorical(cat)  # [B,N] part, in place
-            if keep_pad:
-                return out  # [B,N+pad]
-            return drop_pad(out, self.out_features)  # [B,N+pad] -> [B,N], a view
         out = None
         if self.cat_weight is not None:
             idx = cat + self.offsets  # [B, F] global row indices
@@ -299,13 +289,24 @@ class InputLinear(nn.Module):
                 out = torch.addmm(self.bias, onehot, self.cat_weight)  # [B,C] x [C,N] -> [B,N]
             else:
                 out = self._categorical(cat, self.bias)  # [B,F] -> [B,N]
-        if self.dense_weight is not None:
-            if out is None:
-                out = torch.addmm(self.bias, dense, self.dense_weight)  # [B,Dd] x [Dd,N] -> [B,N]
-            elif out.dtype != self.dense_weight.dtype:  # bf16 autocast: addmm_ would not cast
-                out = torch.addmm(out, dense, self.dense_weight)  # [B,N] + [B,Dd] x [Dd,N]
+        if self.dense_weight is None:
+            return out
+        # a large dense part may run with cache-line rows (align_pad): the same sums in the
+        # same order on N + pad columns, the pad columns zero
+        pad = align_pad(self.dense_dim, self.out_features, dense)
+        w = F.pad(self.dense_weight, (0, pad)) if pad else self.dense_weight  # [Dd, N+pad]
+        if out is None:
+            bias = F.pad(self.bias, (0, pad)) if pad else self.bias  # [N+pad]
+            out = torch.addmm(bias, dense, w)  # [B,Dd] x [Dd,N+pad] -> [B,N+pad]
+        else:
+            if pad:
+                out = F.pad(out, (0, pad))  # [B,N] -> [B,N+pad]
+            if out.dtype != w.dtype:  # bf16 autocast: addmm_ would not cast
+                out = torch.addmm(out, dense, w)  # [B,N+pad] + [B,Dd] x [Dd,N+pad]
             else:
-                out = out.addmm_(dense, self.dense_weight)  # += [B,Dd] x [Dd,N], in place
+                out = out.addmm_(dense, w)  # += [B,Dd] x [Dd,N+pad], in place
+        if pad and not keep_pad:
+            return drop_pad(out, self.out_features)  # [B,N+pad] -> [B,N], a view
         return out
 
     def _categorical(self, cat: Tensor, bias: Tensor | None = None) -> Tensor:
