@@ -272,6 +272,9 @@ def run_line(summary: dict[str, Any]) -> str:
     ...                 "cpu_time_s": 20.0, "cpu_cores": 2, "torch_threads": 2}))
     Command: `adatt experiment x`.
     Wall time 12 s, CPU time 20 s (this process and its workers); 2 CPU cores visible, ...
+    >>> print(run_line({"command": "`adatt experiment x --resume`", "wall_time_s": 1,
+    ...                 "cpu_time_s": 1, "cpu_cores": 2, "torch_threads": 2}).splitlines()[-1])
+    With `--resume`, seed runs finished by an earlier invocation were kept: these times, ...
     >>> print(run_line({"command": "`c`", "wall_time_s": 1, "cpu_time_s": 1, "cpu_cores": 2,
     ...                 "torch_threads": 2, "engines": {
     ...     "a": {"engine": "workers", "workers": 2, "ensemble_rate": 2e4,
@@ -287,6 +290,10 @@ workers 60,000).
             f"CPU time {summary['cpu_time_s']:.0f} s (this process and its workers); "
             f"{summary['cpu_cores']} CPU cores visible, torch threads: "
             f"{summary['torch_threads']}.")
+    if "--resume" in summary["command"]:
+        text += ("\nWith `--resume`, seed runs finished by an earlier invocation were kept: "
+                 "these times, and any per-configuration seconds above, count this "
+                 "invocation only (each kept run's own wall time is in its `results.json`).")
     engines = summary.get("engines") or {}
     if engines:
         parts = [f"{name}: ensemble (nothing to choose: one core or another device)"
