@@ -328,6 +328,32 @@ def test_run_seeds_probes_once_per_configuration_and_caches_it(tmp_path, monkeyp
     assert calls == [(2, 2)] and engines["p"]["source"] == "cached"
 
 
+def test_run_seeds_resume_chooses_the_engine_for_the_seeds_left(tmp_path, monkeypatch):
+    """With --resume and seed 0 finished, the probe is for the 2 seeds that will train
+    (a choice for 3 would count a third worker round that never comes)."""
+    from adatt.data.config import load_splits
+    from adatt.experiments import engine
+
+    cfg = tiny_cfg(tmp_path, "left")
+    splits = load_splits(cfg.data)
+    run_seeds(cfg, [0], splits)
+    first = tmp_path / "left" / "seed_0" / "results.json"
+    stamp = first.stat().st_mtime_ns
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)
+    calls = []
+
+    def probe(cfg, splits, seeds, workers):
+        calls.append((seeds, workers))
+        return 5.0, 1.0
+
+    real = engine.pick_engine
+    monkeypatch.setattr(engine, "pick_engine",
+                        lambda *a, **k: real(*a, **{**k, "probe": probe}))
+    results = run_seeds(cfg, [0, 1, 2], splits, resume=True, engines={})
+    assert calls == [(2, 2)]
+    assert [r["seed"] for r in results] == [0, 1, 2] and first.stat().st_mtime_ns == stamp
+
+
 @pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["train", "ensemble"])
 def test_run_seeds_resume_keeps_finished_runs_and_retrains_changed_ones(tmp_path, seeds):
     from adatt.data.config import load_splits

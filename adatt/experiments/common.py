@@ -296,7 +296,8 @@ workers 60,000).
                  "invocation only (each kept run's own wall time is in its `results.json`).")
     engines = summary.get("engines") or {}
     if engines:
-        parts = [f"{name}: ensemble (nothing to choose: one core or another device)"
+        parts = [f"{name}: ensemble (nothing to choose: one seed to train, one core or "
+                 "another device)"
                  if e["source"] == "no choice" else
                  f"{name}: " + (f"{e['workers']} workers" if e["engine"] == "workers"
                                 else "ensemble")

@@ -173,9 +173,10 @@ def run_seeds(cfg, seeds: Sequence[int], splits=None, chunk: int | None = None,
 
     ``engines`` (a dict to record the choice in, under ``cfg.name``): the seeds
     train as one ensemble or as separate runs in worker processes, whichever a
-    short probe measures faster on this host
+    short probe measures faster on this host for the seeds still to train
     (:func:`~adatt.experiments.engine.pick_engine`, cached in
-    ``<cfg.out_dir>/engine.json``). Workers load their data again from
+    ``<cfg.out_dir>/engine.json``; with ``resume`` and 2 of 3 seeds kept, the
+    choice for one seed). Workers load their data again from
     ``cfg.data``, so pass it only where ``splits`` are exactly ``cfg.data``'s.
     Either engine gives each seed the numbers of its separate run, up to
     floating-point summation order.
@@ -184,14 +185,21 @@ def run_seeds(cfg, seeds: Sequence[int], splits=None, chunk: int | None = None,
     from adatt.train.runs import finished_results
     from adatt.train.trainer import train
 
+    def kept(seed: int) -> dict[str, Any] | None:
+        """With ``resume``: this seed's finished run with this configuration."""
+        c = seed_config(cfg, seed)
+        return finished_results(Path(c.out_dir) / c.name, c) if resume else None
+
     seeds = [int(s) for s in seeds]
     if len(seeds) > 1:
         if engines is not None:
             from adatt.data.config import load_splits
             from adatt.experiments.engine import pick_engine, train_in_workers
 
+            todo = [s for s in seeds if kept(s) is None]  # the engine is for these
             choice = pick_engine(cfg, splits if splits is not None else load_splits(cfg.data),
-                                 len(seeds), Path(cfg.out_dir) / "engine.json", alone=True)
+                                 len(todo) or len(seeds), Path(cfg.out_dir) / "engine.json",
+                                 alone=True)
             engines[cfg.name] = choice.as_dict()
             if choice.engine == "workers":
                 return train_in_workers([(cfg.name, cfg, seeds)], choice.workers,
@@ -200,9 +208,9 @@ def run_seeds(cfg, seeds: Sequence[int], splits=None, chunk: int | None = None,
                               resume=resume)
     out = []
     for s in seeds:
-        c = seed_config(cfg, s)
-        done = finished_results(Path(c.out_dir) / c.name, c) if resume else None
-        out.append(done if done is not None else train(c, overwrite=True, splits=splits))
+        done = kept(s)
+        out.append(done if done is not None else
+                   train(seed_config(cfg, s), overwrite=True, splits=splits))
     return out
 
 
