@@ -19,7 +19,7 @@ DENSE, CARDS, T = 5, [3, 4, 6], 3
 
 @pytest.fixture
 def pad_on():
-    """Cache-line padding wherever the size qualifies, whatever this host measures."""
+    """Cache-line padding wherever the size qualifies, whatever this host's default."""
     with padding_mode("on"):
         yield
 
@@ -142,56 +142,57 @@ def test_plain_path_uses_no_kernel(monkeypatch):
             model(dense, cat)
 
 
-@pytest.mark.parametrize("name,kw", [("adatt_sp", dict(experts_per_task=2)),
-                                     ("mmoe", dict(num_experts=4)),
-                                     ("adatt", dict(experts_per_task=1, shared_experts=2))])
-def test_level_0_reads_the_padded_input_product_bit_for_bit(name, kw, pad_on):
-    """Where the input product is padded (align_pad), level 0 reads it with its zero
-    columns on (no padding pass in the backward): the same outputs and gradients, bit
-    for bit, as reading the sliced product, and the padding's gradient is zero."""
+PADDED = pytest.mark.parametrize("name,kw", [("adatt_sp", dict(experts_per_task=2)),
+                                             ("mmoe", dict(num_experts=4)),
+                                             ("adatt", dict(experts_per_task=1,
+                                                            shared_experts=2))])
+
+
+def padded_model(name: str, kw: dict, batch: int):
+    """A model whose input product (256 dense -> unaligned width) can be padded, and inputs."""
     torch.manual_seed(0)
     sizes = [[262, 136]] if name == "mmoe" else [262, 136]
     model = create_model(name, num_tasks=T, dense_dim=256, cat_cardinalities=[5, 9],
                          expert_sizes=sizes, **kw)
-    dense, cat = inputs(64, 256, [5, 9], torch.float32)
+    return model, *inputs(batch, 256, [5, 9], torch.float32)
+
+
+def outputs_and_grads(model, dense, cat):
+    """Logits and every parameter's gradient of a fixed weighting of them."""
+    model.zero_grad()
+    out = model(dense, cat)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@PADDED
+def test_level_0_reads_the_padded_input_product_bit_for_bit(name, kw, pad_on):
+    """Where the input product is padded (align_pad), level 0 reads it with its zero
+    columns on (no padding pass in the backward): the same outputs and gradients, bit
+    for bit, as reading the sliced product, and the padding's gradient is zero."""
+    model, dense, cat = padded_model(name, kw, 64)
     padded = model.input.forward_padded(dense, cat)
     assert padded.shape[1] > model.split[0] and model.levels[0].reads_padded()
     assert torch.equal(padded[:, model.split[0]:], torch.zeros_like(padded[:, model.split[0]:]))
-
-    def run():
-        model.zero_grad()
-        out = model(dense, cat)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    out, grads = run()
+    out, grads = outputs_and_grads(model, dense, cat)
     model.input.forward_padded = model.input.forward  # the sliced product, as before
-    ref_out, ref_grads = run()
+    ref_out, ref_grads = outputs_and_grads(model, dense, cat)
     assert torch.equal(out, ref_out)
     for n, g in grads.items():
         assert torch.equal(g, ref_grads[n]), n
 
 
-@pytest.mark.parametrize("name,kw", [("adatt_sp", dict(experts_per_task=2)),
-                                     ("mmoe", dict(num_experts=4)),
-                                     ("adatt", dict(experts_per_task=1, shared_experts=2))])
+@PADDED
 def test_padding_on_or_off_gives_the_same_numbers(name, kw, two_threads):
     """A model with its products padded (input layer and slot products) and without: the
     same outputs bit for bit; gradients equal up to the last bit of a bias gradient
     summed over the wider rows (why "auto" is fixed per host, not timed)."""
-    torch.manual_seed(0)
-    sizes = [[262, 136]] if name == "mmoe" else [262, 136]
-    model = create_model(name, num_tasks=T, dense_dim=256, cat_cardinalities=[5, 9],
-                         expert_sizes=sizes, **kw)
-    dense, cat = inputs(128, 256, [5, 9], torch.float32)
+    model, dense, cat = padded_model(name, kw, 128)
     runs = []
     for mode in ("on", "off"):
-        model.zero_grad()
         with padding_mode(mode):
             assert (align_pad(256, model.input.out_features, dense) > 0) == (mode == "on")
-            out = model(dense, cat)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        runs.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+            runs.append(outputs_and_grads(model, dense, cat))
     (out, grads), (ref_out, ref_grads) = runs
     assert torch.equal(out, ref_out)
     for n, g in grads.items():
